@@ -1,0 +1,1076 @@
+//! The in-memory ledger: every resident user's counters, the atomic
+//! check-and-count, the idempotency table, and the due-structures the sync
+//! engine drains.
+//!
+//! # Shape
+//!
+//! Users are spread over `N` shards by a hash of their id; each shard is a
+//! mutex around a hash map plus three queues. A consume locks exactly one
+//! shard (two with a request id: the dedup shard, then the user shard), so
+//! different users almost never contend and the same user is serialised,
+//! which is what makes check-and-count atomic: the limit test and the
+//! increment happen under one lock.
+//!
+//! # Counter states
+//!
+//! Each (user, kind, period) slot holds three numbers:
+//! - `persisted`: what the store held after our last flush of this slot;
+//! - `pending`: units counted here and not yet taken into a batch (signed,
+//!   because a refund of already-flushed units is a negative delta);
+//! - `in_flight`: units taken into a batch whose outcome is not known yet.
+//!
+//! `used = persisted + pending + in_flight` is what the limit is checked
+//! against. Taking a batch moves `pending` into `in_flight`; a successful
+//! flush moves `in_flight` into `persisted` (replacing it with the store's
+//! value); a failed flush changes nothing, and the engine retries the same
+//! batch. So units are never dropped and never counted twice in memory.
+//!
+//! Invariant: a slot is in at most one outstanding batch (`flushing`). Two
+//! batches for one slot could be acknowledged out of order and leave a stale
+//! `persisted`; units counted while a slot is flushing simply wait in
+//! `pending` for the next batch.
+//!
+//! # Due-structures (why no trigger ever scans every user)
+//!
+//! - `dirty`: a FIFO of users that went from clean to having pending units,
+//!   stamped with that time. Time only moves forward, so the FIFO is ordered
+//!   oldest-first; entries are invalidated lazily by a generation number.
+//!   The check pass merges the shard fronts with a heap: cost is shards +
+//!   users taken, independent of users tracked.
+//! - `threshold`: users whose pending reached the threshold, queued once.
+//! - `activity`: one entry per resident user stamped with a time at or before
+//!   its last activity. The heartbeat pops entries older than the session
+//!   timeout; a user active since is pushed back with its real last activity
+//!   (each user is re-queued at most once per session timeout), an idle one
+//!   is flushed (session end) or evicted.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use foldhash::fast::RandomState;
+
+use crate::error::CoreError;
+use crate::ids::{Kind, Kinds, RequestId, UserId, Units};
+use crate::quota::{Limit, Plan, Plans, UserProfile};
+use crate::sync::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
+use crate::time::Timestamp;
+
+/// Tuning of the ledger.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Number of shards, rounded up to a power of two.
+    pub shards: usize,
+    /// Pending units of one counter that make it due (`force_sync_threshold`).
+    pub threshold: u64,
+    /// How long a request id is remembered, in milliseconds.
+    pub dedup_window_ms: i64,
+    /// Random bits that make flush ids unique across processes.
+    pub instance_nonce: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            shards: 64,
+            threshold: 5,
+            dedup_window_ms: 24 * 3600 * 1000,
+            instance_nonce: 0,
+        }
+    }
+}
+
+/// The answer to "may this user spend this much?".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Usage of the period after this decision (unchanged when denied).
+    pub used: u64,
+    pub limit: Limit,
+    pub remaining: Option<u64>,
+    pub period_start: Timestamp,
+}
+
+/// Result of [`Ledger::consume`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumeOutcome {
+    pub user: UserId,
+    pub kind: Kind,
+    pub amount: u64,
+    pub decision: Decision,
+    /// The request id was seen before: nothing was counted and `decision`
+    /// is the original one.
+    pub deduplicated: bool,
+    /// This consume made a counter due by threshold: wake the sync engine.
+    pub threshold_reached: bool,
+}
+
+/// Result of [`Ledger::refund`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundOutcome {
+    pub user: UserId,
+    pub kind: Kind,
+    /// Units given back (0 when the original consume was denied).
+    pub refunded: u64,
+}
+
+/// Usage of one kind, for the usage endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindUsage {
+    pub kind: Kind,
+    pub persisted: u64,
+    /// Units counted in memory and not yet known to be in the store
+    /// (pending plus in flight). May be negative after refunds.
+    pub pending: i64,
+    pub in_flight: i64,
+    pub used: u64,
+    pub limit: Limit,
+    pub remaining: Option<u64>,
+}
+
+/// Usage of one user in its current period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserUsage {
+    pub user: UserId,
+    pub plan: String,
+    pub period_start: Timestamp,
+    pub kinds: Vec<KindUsage>,
+    pub last_sync_at: Option<Timestamp>,
+    pub last_activity_at: Option<Timestamp>,
+    pub resident: bool,
+}
+
+/// A persisted usage row handed to [`Ledger::warm`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistedRow {
+    pub kind: usize,
+    pub period_start: Timestamp,
+    pub used: i64,
+}
+
+/// Token from [`Ledger::load_epoch`]: lets `warm` detect that the user was
+/// evicted or changed by an admin while its state was being read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadEpoch(u64);
+
+/// What a heartbeat pass did.
+#[derive(Debug, Default)]
+pub struct HeartbeatOutcome {
+    /// Batches for idle users that still had pending units.
+    pub session_end: Vec<FlushBatch>,
+    pub session_end_users: usize,
+    pub evicted: usize,
+    /// Expired request ids dropped from the dedup table.
+    pub dedup_expired: usize,
+}
+
+/// Counters of one (user, kind, period).
+#[derive(Clone, Debug)]
+struct Slot {
+    period_start: Timestamp,
+    persisted: i64,
+    pending: i64,
+    in_flight: i64,
+    /// A batch holding `in_flight` is outstanding.
+    flushing: bool,
+}
+
+impl Slot {
+    fn new(period_start: Timestamp, persisted: i64) -> Self {
+        Slot {
+            period_start,
+            persisted,
+            pending: 0,
+            in_flight: 0,
+            flushing: false,
+        }
+    }
+
+    fn used(&self) -> i64 {
+        self.persisted + self.pending + self.in_flight
+    }
+
+    fn is_clean(&self) -> bool {
+        self.pending == 0 && self.in_flight == 0 && !self.flushing
+    }
+}
+
+struct UserEntry {
+    id: UserId,
+    profile: UserProfile,
+    /// Plan catalogue version the fields below were resolved against.
+    resolved_version: u64,
+    plan: Arc<Plan>,
+    limits: Box<[Limit]>,
+    period_start: Timestamp,
+    period_end: Timestamp,
+    /// Current-period counters, indexed by kind.
+    current: Box<[Slot]>,
+    /// Counters of earlier periods that still hold units to flush (after a
+    /// period rollover or a reset). Usually empty.
+    stale: Vec<(u16, Slot)>,
+    last_activity: Timestamp,
+    last_sync_at: Option<Timestamp>,
+    /// `Some` iff a valid entry for this user (same `dirty_gen`) is in the
+    /// shard's dirty FIFO.
+    dirty_since: Option<Timestamp>,
+    dirty_gen: u32,
+    threshold_queued: bool,
+}
+
+impl UserEntry {
+    /// Re-resolves plan, limits and period when the catalogue changed or the
+    /// period ended. On a period change, counters with units move to `stale`
+    /// so they are flushed into the period they were consumed in.
+    fn refresh(&mut self, plans: &RwLock<Arc<Plans>>, version: u64, now: Timestamp) {
+        if self.resolved_version == version && now >= self.period_start && now < self.period_end {
+            return;
+        }
+        let plans = plans.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.apply_resolution(&plans, now);
+    }
+
+    fn apply_resolution(&mut self, plans: &Plans, now: Timestamp) {
+        let r = plans.resolve(&self.profile, now);
+        self.resolved_version = plans.version;
+        self.plan = r.plan;
+        self.limits = r.limits.into_boxed_slice();
+        self.period_end = r.period_end;
+        if r.period_start != self.period_start {
+            for (k, slot) in self.current.iter_mut().enumerate() {
+                let old = std::mem::replace(slot, Slot::new(r.period_start, 0));
+                if !old.is_clean() {
+                    self.stale.push((k as u16, old));
+                }
+            }
+            self.period_start = r.period_start;
+        }
+    }
+
+    fn slot_mut(&mut self, kind: usize, period_start: Timestamp) -> Option<&mut Slot> {
+        if self.current[kind].period_start == period_start {
+            return Some(&mut self.current[kind]);
+        }
+        self.stale
+            .iter_mut()
+            .find(|(k, s)| *k as usize == kind && s.period_start == period_start)
+            .map(|(_, s)| s)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.current.iter().any(|s| s.pending != 0) || self.stale.iter().any(|(_, s)| s.pending != 0)
+    }
+
+    fn is_clean(&self) -> bool {
+        self.current.iter().all(Slot::is_clean) && self.stale.iter().all(|(_, s)| s.is_clean())
+    }
+
+    fn decision(&self, kind: usize, allowed: bool) -> Decision {
+        let used = self.current[kind].used().max(0) as u64;
+        let limit = self.limits[kind];
+        Decision {
+            allowed,
+            used,
+            limit,
+            remaining: limit.map(|l| l.saturating_sub(used)),
+            period_start: self.period_start,
+        }
+    }
+}
+
+struct Shard {
+    users: HashMap<UserId, UserEntry, RandomState>,
+    dirty: VecDeque<(Timestamp, u32, UserId)>,
+    activity: VecDeque<(Timestamp, UserId)>,
+    threshold: Vec<UserId>,
+    /// Bumped on every eviction and external profile change in this shard.
+    epoch: u64,
+}
+
+impl Shard {
+    /// Marks `e` dirty if it has pending units and is not already queued.
+    fn mark_dirty(dirty: &mut VecDeque<(Timestamp, u32, UserId)>, e: &mut UserEntry, now: Timestamp) {
+        if e.dirty_since.is_none() && e.has_pending() {
+            e.dirty_since = Some(now);
+            dirty.push_back((now, e.dirty_gen, e.id.clone()));
+        }
+    }
+}
+
+struct DedupRecord {
+    user: UserId,
+    kind: Kind,
+    amount: u64,
+    period_start: Timestamp,
+    decision: Decision,
+    refunded: bool,
+    at: Timestamp,
+}
+
+struct DedupShard {
+    map: HashMap<RequestId, DedupRecord, RandomState>,
+    /// Insertion order; records are only ever inserted with `now`, so the
+    /// front is the oldest.
+    expiry: VecDeque<(Timestamp, RequestId)>,
+}
+
+impl DedupShard {
+    fn expire(&mut self, now: Timestamp, window_ms: i64) -> usize {
+        let mut n = 0;
+        while let Some((at, _)) = self.expiry.front() {
+            if now.since(*at) < window_ms {
+                break;
+            }
+            let (at, id) = self.expiry.pop_front().expect("front exists");
+            // A record is only removed by the expiry entry that inserted it.
+            if self.map.get(&id).is_some_and(|r| r.at == at) {
+                self.map.remove(&id);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Keeps a shard on its own cache lines so two cores locking neighbouring
+/// shards do not bounce one line between them.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The in-memory ledger. Cheap to share behind an `Arc`; every method takes
+/// `&self`.
+pub struct Ledger {
+    kinds: Kinds,
+    plans: RwLock<Arc<Plans>>,
+    /// Mirror of `plans.version`, read on every consume without locking.
+    plans_version: AtomicU64,
+    threshold: u64,
+    dedup_window_ms: i64,
+    shard_hasher: RandomState,
+    shard_mask: usize,
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    dedup: Box<[Padded<Mutex<DedupShard>>]>,
+    instance_nonce: u64,
+    next_seq: AtomicU64,
+    resident: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard lock cannot leave counters half-updated
+    // (each update is a few integer writes after all checks), so keep
+    // serving rather than poisoning every later request.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ledger {
+    pub fn new(kinds: Kinds, plans: Plans, config: LedgerConfig) -> Self {
+        let n = config.shards.max(1).next_power_of_two();
+        let shards = (0..n)
+            .map(|_| {
+                Padded(Mutex::new(Shard {
+                    users: HashMap::with_hasher(RandomState::default()),
+                    dirty: VecDeque::new(),
+                    activity: VecDeque::new(),
+                    threshold: Vec::new(),
+                    epoch: 0,
+                }))
+            })
+            .collect();
+        let dedup = (0..n)
+            .map(|_| {
+                Padded(Mutex::new(DedupShard {
+                    map: HashMap::with_hasher(RandomState::default()),
+                    expiry: VecDeque::new(),
+                }))
+            })
+            .collect();
+        let version = plans.version;
+        Ledger {
+            kinds,
+            plans: RwLock::new(Arc::new(plans)),
+            plans_version: AtomicU64::new(version),
+            threshold: config.threshold.max(1),
+            dedup_window_ms: config.dedup_window_ms,
+            shard_hasher: RandomState::default(),
+            shard_mask: n - 1,
+            shards,
+            dedup,
+            instance_nonce: config.instance_nonce,
+            next_seq: AtomicU64::new(1),
+            resident: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn kinds(&self) -> &Kinds {
+        &self.kinds
+    }
+
+    pub fn plans(&self) -> Arc<Plans> {
+        self.plans.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
+    /// Replaces the plan catalogue. Users pick the change up on their next
+    /// operation; pending units are untouched.
+    pub fn set_plan(&self, plan: Plan) {
+        let mut guard = self.plans.write().unwrap_or_else(|e| e.into_inner());
+        let next = guard.with_plan(plan);
+        let version = next.version;
+        *guard = Arc::new(next);
+        self.plans_version.store(version, Ordering::Release);
+    }
+
+    /// Number of users held in memory.
+    pub fn resident_users(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    fn index_of(&self, key: &str) -> usize {
+        // High bits: the maps inside the shards use their own hasher, but
+        // keep the shard choice independent of the low bits regardless.
+        (self.shard_hasher.hash_one(key) >> 40) as usize & self.shard_mask
+    }
+
+    fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.index_of(user)].0)
+    }
+
+    fn next_flush_id(&self) -> FlushId {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        FlushId(((self.instance_nonce as u128) << 64) | seq as u128)
+    }
+
+    /// Whether `user` is in memory.
+    pub fn is_resident(&self, user: &str) -> bool {
+        self.shard(user).users.contains_key(user)
+    }
+
+    /// Read this before loading a user from the store, and pass it to
+    /// [`Ledger::warm`].
+    pub fn load_epoch(&self, user: &str) -> LoadEpoch {
+        LoadEpoch(self.shard(user).epoch)
+    }
+
+    /// Creates the in-memory entry for `user` from its persisted state.
+    ///
+    /// Warm-up never overwrites: if the user is already resident nothing
+    /// changes (it may have pending units the store does not know about).
+    /// Returns `Err(())` if the shard was changed since `epoch` was read
+    /// (eviction or admin change), in which case the caller must reload.
+    #[allow(clippy::result_unit_err)]
+    pub fn warm(
+        &self,
+        user: &UserId,
+        profile: UserProfile,
+        rows: &[PersistedRow],
+        epoch: LoadEpoch,
+        now: Timestamp,
+    ) -> Result<(), ()> {
+        let plans = self.plans();
+        let mut shard = self.shard(user.as_str());
+        if shard.users.contains_key(user.as_str()) {
+            return Ok(());
+        }
+        if shard.epoch != epoch.0 {
+            return Err(());
+        }
+        let r = plans.resolve(&profile, now);
+        let current: Box<[Slot]> = (0..self.kinds.len())
+            .map(|k| {
+                let persisted = rows
+                    .iter()
+                    .find(|row| row.kind == k && row.period_start == r.period_start)
+                    .map_or(0, |row| row.used);
+                Slot::new(r.period_start, persisted)
+            })
+            .collect();
+        let entry = UserEntry {
+            id: user.clone(),
+            profile,
+            resolved_version: plans.version,
+            plan: r.plan,
+            limits: r.limits.into_boxed_slice(),
+            period_start: r.period_start,
+            period_end: r.period_end,
+            current,
+            stale: Vec::new(),
+            last_activity: now,
+            last_sync_at: None,
+            dirty_since: None,
+            dirty_gen: 0,
+            threshold_queued: false,
+        };
+        shard.users.insert(user.clone(), entry);
+        shard.activity.push_back((now, user.clone()));
+        self.resident.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Replaces a user's profile (plan, overrides, reset time) after the
+    /// store was updated. A resident user re-resolves at once: a reset moves
+    /// its current counters to the old period (still flushed there) and
+    /// starts the new period at zero. Pending units are never lost.
+    pub fn set_profile(&self, user: &str, profile: UserProfile, now: Timestamp) {
+        let plans = self.plans();
+        let mut shard = self.shard(user);
+        shard.epoch += 1;
+        if let Some(e) = shard.users.get_mut(user) {
+            e.profile = profile;
+            e.apply_resolution(&plans, now);
+        }
+    }
+
+    /// The profile of a resident user.
+    pub fn profile(&self, user: &str) -> Option<UserProfile> {
+        self.shard(user).users.get(user).map(|e| e.profile.clone())
+    }
+
+    /// Atomically checks `used + amount <= limit` and, if allowed, counts
+    /// the units. With a request id, a repeat within the dedup window counts
+    /// nothing and returns the original decision.
+    ///
+    /// Returns [`CoreError::NotResident`] if the user must be loaded first.
+    pub fn consume(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+        now: Timestamp,
+    ) -> Result<ConsumeOutcome, CoreError> {
+        let Some(rid) = request_id else {
+            return self.consume_locked(user, kind, amount, now);
+        };
+        // Lock order: dedup shard, then user shard (refund uses the same
+        // order). Holding the dedup shard across the consume is what makes
+        // two concurrent requests with one id count once.
+        let mut dedup = lock(&self.dedup[self.index_of(rid.as_str())].0);
+        if let Some(rec) = dedup.map.get(rid.as_str())
+            && now.since(rec.at) < self.dedup_window_ms
+        {
+            return Ok(ConsumeOutcome {
+                user: rec.user.clone(),
+                kind: rec.kind.clone(),
+                amount: rec.amount,
+                decision: rec.decision.clone(),
+                deduplicated: true,
+                threshold_reached: false,
+            });
+        }
+        let out = self.consume_locked(user, kind, amount, now)?;
+        dedup.expire(now, self.dedup_window_ms);
+        dedup.map.insert(
+            rid.clone(),
+            DedupRecord {
+                user: out.user.clone(),
+                kind: kind.clone(),
+                amount: amount.get(),
+                period_start: out.decision.period_start,
+                decision: out.decision.clone(),
+                refunded: false,
+                at: now,
+            },
+        );
+        dedup.expiry.push_back((now, rid.clone()));
+        Ok(out)
+    }
+
+    fn consume_locked(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        now: Timestamp,
+    ) -> Result<ConsumeOutcome, CoreError> {
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut guard = self.shard(user);
+        let shard = &mut *guard;
+        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        e.refresh(&self.plans, version, now);
+        e.last_activity = now;
+        let k = kind.index();
+        let amount = amount.get() as i64;
+        let used = e.current[k].used();
+        let next = used.checked_add(amount).ok_or(CoreError::Overflow)?;
+        let allowed = match e.limits[k] {
+            Some(limit) => next <= limit as i64,
+            None => true,
+        };
+        let mut threshold_reached = false;
+        if allowed {
+            let slot = &mut e.current[k];
+            slot.pending += amount;
+            if slot.pending >= self.threshold as i64 && !e.threshold_queued {
+                e.threshold_queued = true;
+                shard.threshold.push(e.id.clone());
+                threshold_reached = true;
+            }
+            Shard::mark_dirty(&mut shard.dirty, e, now);
+        }
+        Ok(ConsumeOutcome {
+            user: e.id.clone(),
+            kind: kind.clone(),
+            amount: amount as u64,
+            decision: e.decision(k, allowed),
+            deduplicated: false,
+            threshold_reached,
+        })
+    }
+
+    /// Answers the consume question without counting.
+    pub fn check(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        now: Timestamp,
+    ) -> Result<Decision, CoreError> {
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut shard = self.shard(user);
+        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        e.refresh(&self.plans, version, now);
+        let k = kind.index();
+        let allowed = match e.limits[k] {
+            Some(limit) => e.current[k].used().saturating_add(amount.get() as i64) <= limit as i64,
+            None => true,
+        };
+        Ok(e.decision(k, allowed))
+    }
+
+    /// The user a request id was counted for, so the caller can make it
+    /// resident before [`Ledger::refund`].
+    pub fn request_owner(&self, request_id: &str, now: Timestamp) -> Option<UserId> {
+        let dedup = lock(&self.dedup[self.index_of(request_id)].0);
+        dedup
+            .map
+            .get(request_id)
+            .filter(|r| now.since(r.at) < self.dedup_window_ms)
+            .map(|r| r.user.clone())
+    }
+
+    /// Reverses the consume recorded under `request_id`, once. The units
+    /// come off the period they were counted in, even if that period has
+    /// ended or was already flushed (then as a negative delta).
+    pub fn refund(&self, request_id: &str, now: Timestamp) -> Result<RefundOutcome, CoreError> {
+        let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
+        let rec = dedup
+            .map
+            .get_mut(request_id)
+            .filter(|r| now.since(r.at) < self.dedup_window_ms)
+            .ok_or(CoreError::UnknownRequest)?;
+        if rec.refunded {
+            return Err(CoreError::AlreadyRefunded);
+        }
+        let refunded = if rec.decision.allowed { rec.amount } else { 0 };
+        if refunded > 0 {
+            let version = self.plans_version.load(Ordering::Acquire);
+            let mut guard = self.shard(rec.user.as_str());
+            let shard = &mut *guard;
+            let e = shard
+                .users
+                .get_mut(rec.user.as_str())
+                .ok_or(CoreError::NotResident)?;
+            e.refresh(&self.plans, version, now);
+            let k = rec.kind.index();
+            match e.slot_mut(k, rec.period_start) {
+                Some(slot) => slot.pending -= refunded as i64,
+                None => {
+                    // The period ended and its counters were flushed and
+                    // dropped: recreate it to carry the negative delta.
+                    let mut slot = Slot::new(rec.period_start, 0);
+                    slot.pending = -(refunded as i64);
+                    e.stale.push((k as u16, slot));
+                }
+            }
+            e.last_activity = now;
+            Shard::mark_dirty(&mut shard.dirty, e, now);
+        }
+        rec.refunded = true;
+        Ok(RefundOutcome {
+            user: rec.user.clone(),
+            kind: rec.kind.clone(),
+            refunded,
+        })
+    }
+
+    /// Current usage of a resident user, or `None`.
+    pub fn usage(&self, user: &str, now: Timestamp) -> Option<UserUsage> {
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut shard = self.shard(user);
+        let e = shard.users.get_mut(user)?;
+        e.refresh(&self.plans, version, now);
+        let kinds = self
+            .kinds
+            .iter()
+            .map(|kind| {
+                let s = &e.current[kind.index()];
+                let d = e.decision(kind.index(), true);
+                KindUsage {
+                    kind: kind.clone(),
+                    persisted: s.persisted.max(0) as u64,
+                    pending: s.pending + s.in_flight,
+                    in_flight: s.in_flight,
+                    used: d.used,
+                    limit: d.limit,
+                    remaining: d.remaining,
+                }
+            })
+            .collect();
+        Some(UserUsage {
+            user: e.id.clone(),
+            plan: e.plan.name.clone(),
+            period_start: e.period_start,
+            kinds,
+            last_sync_at: e.last_sync_at,
+            last_activity_at: Some(e.last_activity),
+            resident: true,
+        })
+    }
+
+    /// Usage of a user that is not resident, computed from its persisted
+    /// state without making it resident.
+    pub fn usage_from_store(
+        &self,
+        user: &UserId,
+        profile: &UserProfile,
+        rows: &[PersistedRow],
+        now: Timestamp,
+    ) -> UserUsage {
+        let r = self.plans().resolve(profile, now);
+        let kinds = self
+            .kinds
+            .iter()
+            .map(|kind| {
+                let used = rows
+                    .iter()
+                    .find(|row| row.kind == kind.index() && row.period_start == r.period_start)
+                    .map_or(0, |row| row.used.max(0) as u64);
+                let limit = r.limits[kind.index()];
+                KindUsage {
+                    kind: kind.clone(),
+                    persisted: used,
+                    pending: 0,
+                    in_flight: 0,
+                    used,
+                    limit,
+                    remaining: limit.map(|l| l.saturating_sub(used)),
+                }
+            })
+            .collect();
+        UserUsage {
+            user: user.clone(),
+            plan: r.plan.name.clone(),
+            period_start: r.period_start,
+            kinds,
+            last_sync_at: None,
+            last_activity_at: None,
+            resident: false,
+        }
+    }
+
+    /// Moves every pending, non-flushing counter of `e` into the builder.
+    /// Leaves the user dirty (re-queued) if some pending units had to stay
+    /// because their counter is already in an outstanding batch.
+    fn take_entry(
+        dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
+        e: &mut UserEntry,
+        kinds: &Kinds,
+        b: &mut BatchBuilder<'_>,
+    ) -> u64 {
+        let mut taken_units = 0u64;
+        let mut left_behind = false;
+        let all = e
+            .current
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| (k, s))
+            .chain(e.stale.iter_mut().map(|(k, s)| (*k as usize, s)));
+        for (k, s) in all {
+            if s.pending == 0 {
+                continue;
+            }
+            if s.flushing {
+                left_behind = true;
+                continue;
+            }
+            b.push(Delta {
+                user: e.id.clone(),
+                kind: kinds.by_index(k).clone(),
+                period_start: s.period_start,
+                delta: s.pending,
+            });
+            taken_units = taken_units.saturating_add(s.pending.unsigned_abs());
+            s.in_flight += s.pending;
+            s.pending = 0;
+            s.flushing = true;
+        }
+        e.threshold_queued = false;
+        // Invalidate the old dirty entry; re-queue (keeping the original
+        // time) if units had to stay behind.
+        e.dirty_gen = e.dirty_gen.wrapping_add(1);
+        if left_behind {
+            let since = e.dirty_since.unwrap_or(e.last_activity);
+            e.dirty_since = Some(since);
+            dirty.push_back((since, e.dirty_gen, e.id.clone()));
+        } else {
+            e.dirty_since = None;
+        }
+        taken_units
+    }
+
+    /// Takes every user queued by the threshold trigger.
+    pub fn take_threshold(&self, max_rows: usize) -> Vec<FlushBatch> {
+        let next = || self.next_flush_id();
+        let mut b = BatchBuilder::new(&next, Trigger::Threshold, max_rows);
+        for s in self.shards.iter() {
+            let mut guard = lock(&s.0);
+            let shard = &mut *guard;
+            if shard.threshold.is_empty() {
+                continue;
+            }
+            for id in std::mem::take(&mut shard.threshold) {
+                if let Some(e) = shard.users.get_mut(id.as_str()) {
+                    Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+                }
+            }
+        }
+        b.finish()
+    }
+
+    /// Pops the next valid dirty entry's time from a shard, discarding
+    /// invalidated entries.
+    fn dirty_front(shard: &mut Shard) -> Option<Timestamp> {
+        while let Some((since, gen_, id)) = shard.dirty.front() {
+            match shard.users.get(id.as_str()) {
+                Some(e) if e.dirty_gen == *gen_ && e.dirty_since.is_some() => return Some(*since),
+                _ => {
+                    shard.dirty.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes up to `max_users` users with pending units, oldest pending
+    /// first (the main check). Cost: one lock per shard to read its oldest
+    /// entry, plus one per user taken.
+    pub fn take_oldest(&self, max_users: usize, max_rows: usize, trigger: Trigger) -> (Vec<FlushBatch>, usize) {
+        let next = || self.next_flush_id();
+        let mut b = BatchBuilder::new(&next, trigger, max_rows);
+        let mut heap = BinaryHeap::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            if let Some(t) = Self::dirty_front(&mut lock(&s.0)) {
+                heap.push(Reverse((t, i)));
+            }
+        }
+        let mut users = 0;
+        let mut deferred: Vec<(usize, (Timestamp, u32, UserId))> = Vec::new();
+        while users < max_users {
+            let Some(Reverse((_, i))) = heap.pop() else { break };
+            let mut guard = lock(&self.shards[i].0);
+            let shard = &mut *guard;
+            if Self::dirty_front(shard).is_some() {
+                let (_, _, id) = shard.dirty.pop_front().expect("front is valid");
+                let e = shard.users.get_mut(id.as_str()).expect("valid entries are resident");
+                let before = shard.dirty.len();
+                Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+                if shard.dirty.len() > before {
+                    // Everything left was already flushing: put it aside so
+                    // this pass does not pick it again, and re-queue after.
+                    let entry = shard.dirty.pop_back().expect("just pushed");
+                    deferred.push((i, entry));
+                } else {
+                    users += 1;
+                }
+            }
+            if let Some(t) = Self::dirty_front(shard) {
+                heap.push(Reverse((t, i)));
+            }
+        }
+        for (i, entry) in deferred {
+            lock(&self.shards[i].0).dirty.push_back(entry);
+        }
+        (b.finish(), users)
+    }
+
+    /// Takes everything pending (the guarantee and shutdown passes). Cost is
+    /// proportional to the dirty users, not to the users tracked.
+    pub fn take_all(&self, max_rows: usize, trigger: Trigger) -> (Vec<FlushBatch>, usize) {
+        let next = || self.next_flush_id();
+        let mut b = BatchBuilder::new(&next, trigger, max_rows);
+        let mut users = 0;
+        for s in self.shards.iter() {
+            let mut guard = lock(&s.0);
+            let shard = &mut *guard;
+            let mut left = VecDeque::new();
+            for (_, g, id) in std::mem::take(&mut shard.dirty) {
+                let Some(e) = shard.users.get_mut(id.as_str()) else { continue };
+                if e.dirty_gen != g || e.dirty_since.is_none() {
+                    continue;
+                }
+                let before = left.len();
+                Self::take_entry(&mut left, e, &self.kinds, &mut b);
+                if left.len() == before {
+                    users += 1;
+                }
+            }
+            shard.dirty = left;
+        }
+        (b.finish(), users)
+    }
+
+    /// Takes one user's pending counters (manual sync).
+    pub fn take_user(&self, user: &str, max_rows: usize) -> Vec<FlushBatch> {
+        let next = || self.next_flush_id();
+        let mut b = BatchBuilder::new(&next, Trigger::Manual, max_rows);
+        let mut guard = self.shard(user);
+        let shard = &mut *guard;
+        if let Some(e) = shard.users.get_mut(user)
+            && e.dirty_since.is_some()
+        {
+            Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+        }
+        b.finish()
+    }
+
+    /// Records a successful flush. `used_after[i]` is the store's value of
+    /// `batch.deltas[i]`'s counter after the transaction. Returns true if a
+    /// counter is already due again by threshold (units were counted while
+    /// the batch was in flight).
+    pub fn complete(&self, batch: &FlushBatch, used_after: &[i64], now: Timestamp) -> bool {
+        debug_assert_eq!(batch.deltas.len(), used_after.len());
+        let mut due = false;
+        for (d, &after) in batch.deltas.iter().zip(used_after) {
+            let mut guard = self.shard(d.user.as_str());
+            let shard = &mut *guard;
+            // Users with in-flight units are never evicted.
+            let Some(e) = shard.users.get_mut(d.user.as_str()) else {
+                debug_assert!(false, "user with in-flight units was evicted");
+                continue;
+            };
+            let k = d.kind.index();
+            if let Some(s) = e.slot_mut(k, d.period_start) {
+                s.in_flight -= d.delta;
+                s.persisted = after;
+                s.flushing = false;
+                if s.pending >= self.threshold as i64 && !e.threshold_queued {
+                    e.threshold_queued = true;
+                    shard.threshold.push(e.id.clone());
+                    due = true;
+                }
+            }
+            e.stale.retain(|(_, s)| !s.is_clean());
+            e.last_sync_at = Some(now);
+        }
+        due
+    }
+
+    /// The heartbeat's scan of the activity queue: users idle longer than
+    /// `session_timeout_ms` are flushed if they hold pending units (session
+    /// end) or evicted if clean. While more than `max_users` are resident,
+    /// clean users are evicted in least-recently-active order regardless of
+    /// the timeout. Also expires old request ids.
+    pub fn heartbeat(
+        &self,
+        now: Timestamp,
+        session_timeout_ms: i64,
+        max_users: usize,
+        max_rows: usize,
+    ) -> HeartbeatOutcome {
+        let next = || self.next_flush_id();
+        let mut b = BatchBuilder::new(&next, Trigger::SessionEnd, max_rows);
+        let mut out = HeartbeatOutcome::default();
+        let cutoff = now.saturating_sub_ms(session_timeout_ms);
+        let per_shard_cap = max_users.div_ceil(self.shards.len());
+        for s in self.shards.iter() {
+            let mut guard = lock(&s.0);
+            let shard = &mut *guard;
+            // Bounded by the queue length at the start, so re-queued entries
+            // are not visited twice in one pass.
+            let mut budget = shard.activity.len();
+            while budget > 0 {
+                let over = shard.users.len() > per_shard_cap;
+                let Some((at, _)) = shard.activity.front() else { break };
+                if *at > cutoff && !over {
+                    break;
+                }
+                budget -= 1;
+                let (at, id) = shard.activity.pop_front().expect("front exists");
+                let Some(e) = shard.users.get_mut(id.as_str()) else { continue };
+                if e.last_activity > at && e.last_activity > cutoff {
+                    // Active since it was queued: look again later.
+                    shard.activity.push_back((e.last_activity, id));
+                    continue;
+                }
+                let idle = e.last_activity <= cutoff;
+                if e.is_clean() {
+                    shard.users.remove(id.as_str());
+                    shard.epoch += 1;
+                    self.resident.fetch_sub(1, Ordering::Relaxed);
+                    out.evicted += 1;
+                } else {
+                    if idle && e.dirty_since.is_some() {
+                        Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+                        out.session_end_users += 1;
+                    }
+                    // Evicted on a later pass, once the flush has landed.
+                    shard.activity.push_back((now, id));
+                }
+            }
+        }
+        for d in self.dedup.iter() {
+            out.dedup_expired += lock(&d.0).expire(now, self.dedup_window_ms);
+        }
+        out.session_end = b.finish();
+        out
+    }
+
+    /// Totals over all resident users: (pending units, in-flight units,
+    /// users with pending units, time the oldest pending unit was counted).
+    /// Walks every user: for diagnostics and tests, not for triggers.
+    pub fn totals(&self) -> LedgerTotals {
+        let mut t = LedgerTotals::default();
+        for s in self.shards.iter() {
+            let shard = lock(&s.0);
+            for e in shard.users.values() {
+                let slots = e.current.iter().chain(e.stale.iter().map(|(_, s)| s));
+                let mut has = false;
+                for s in slots {
+                    t.pending += s.pending;
+                    t.in_flight += s.in_flight;
+                    has |= s.pending != 0 || s.in_flight != 0;
+                }
+                if has {
+                    t.users_with_pending += 1;
+                }
+                if let Some(since) = e.dirty_since {
+                    t.oldest_pending = Some(t.oldest_pending.map_or(since, |o: Timestamp| o.min(since)));
+                }
+            }
+        }
+        t
+    }
+
+    /// Number of remembered request ids.
+    pub fn dedup_entries(&self) -> usize {
+        self.dedup.iter().map(|d| lock(&d.0).map.len()).sum()
+    }
+}
+
+/// See [`Ledger::totals`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerTotals {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub users_with_pending: usize,
+    pub oldest_pending: Option<Timestamp>,
+}
+
+#[cfg(test)]
+#[path = "counters_tests.rs"]
+mod tests;

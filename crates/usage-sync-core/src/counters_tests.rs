@@ -1,0 +1,466 @@
+use std::sync::Arc;
+use std::thread;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::quota::{PeriodKind, default_catalogue};
+
+const T0: Timestamp = Timestamp(1_795_000_000_000); // 2026-11-18
+
+fn ledger(threshold: u64) -> Ledger {
+    let (kinds, plans) = default_catalogue();
+    Ledger::new(
+        kinds,
+        plans,
+        LedgerConfig {
+            shards: 8,
+            threshold,
+            ..LedgerConfig::default()
+        },
+    )
+}
+
+fn warm(l: &Ledger, user: &str, profile: UserProfile, rows: &[PersistedRow], now: Timestamp) {
+    let id = UserId::parse(user).unwrap();
+    let epoch = l.load_epoch(user);
+    l.warm(&id, profile, rows, epoch, now).unwrap();
+}
+
+fn kind(l: &Ledger, name: &str) -> Kind {
+    l.kinds().get(name).unwrap().clone()
+}
+
+fn consume(l: &Ledger, user: &str, k: &str, n: u64, now: Timestamp) -> ConsumeOutcome {
+    l.consume(user, &kind(l, k), Units::parse(n as i128).unwrap(), None, now)
+        .unwrap()
+}
+
+fn pending(l: &Ledger, user: &str, k: &str) -> i64 {
+    let u = l.usage(user, T0).unwrap();
+    u.kinds[kind(l, k).index()].pending
+}
+
+#[test]
+fn per_kind_accounting() {
+    let l = ledger(100);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    for k in ["fast", "fast", "premium", "fast"] {
+        assert!(consume(&l, "u", k, 1, T0).decision.allowed);
+    }
+    assert_eq!(pending(&l, "u", "fast"), 3);
+    assert_eq!(pending(&l, "u", "premium"), 1);
+}
+
+#[test]
+fn not_resident_until_warmed_and_warm_never_overwrites() {
+    let l = ledger(100);
+    let fast = kind(&l, "fast");
+    assert_eq!(
+        l.consume("u", &fast, Units::ONE, None, T0),
+        Err(CoreError::NotResident)
+    );
+    let rows = [PersistedRow {
+        kind: fast.index(),
+        period_start: T0.start_of_month(),
+        used: 7,
+    }];
+    warm(&l, "u", UserProfile::default(), &rows, T0);
+    consume(&l, "u", "fast", 2, T0);
+    // A second warm-up (a concurrent cold load) with older data is a no-op.
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let u = l.usage("u", T0).unwrap();
+    assert_eq!(u.kinds[fast.index()].persisted, 7);
+    assert_eq!(u.kinds[fast.index()].pending, 2);
+    assert_eq!(u.kinds[fast.index()].used, 9);
+}
+
+#[test]
+fn warm_refuses_after_an_eviction_in_between() {
+    let l = ledger(100);
+    let epoch = l.load_epoch("u");
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    // Evict it (idle and clean).
+    let hb = l.heartbeat(T0.saturating_add_ms(10), 1, 1_000, 100);
+    assert_eq!(hb.evicted, 1);
+    let id = UserId::parse("u").unwrap();
+    assert_eq!(l.warm(&id, UserProfile::default(), &[], epoch, T0), Err(()));
+}
+
+#[test]
+fn limit_is_enforced_exactly_and_denials_count_nothing() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let mut allowed = 0;
+    for _ in 0..60 {
+        if consume(&l, "u", "fast", 1, T0).decision.allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 50);
+    let d = consume(&l, "u", "fast", 1, T0).decision;
+    assert_eq!((d.allowed, d.used, d.limit, d.remaining), (false, 50, Some(50), Some(0)));
+    // A big amount that does not fit is denied whole.
+    let l = ledger(1000);
+    warm(&l, "v", UserProfile::default(), &[], T0);
+    consume(&l, "v", "premium", 8, T0);
+    assert!(!consume(&l, "v", "premium", 3, T0).decision.allowed);
+    assert!(consume(&l, "v", "premium", 2, T0).decision.allowed);
+}
+
+#[test]
+fn exactly_k_admitted_under_contention() {
+    // Unlimited users first to reach limit - k, then many threads race.
+    let l = Arc::new(ledger(1_000_000));
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    for _ in 0..(50 - 7) {
+        consume(&l, "u", "fast", 1, T0);
+    }
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let l = l.clone();
+            thread::spawn(move || {
+                (0..100)
+                    .filter(|_| consume(&l, "u", "fast", 1, T0).decision.allowed)
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(admitted, 7);
+    assert_eq!(l.usage("u", T0).unwrap().kinds[1].used, 50);
+}
+
+#[test]
+fn request_id_dedups_within_window_and_refund_once() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let fast = kind(&l, "fast");
+    let rid = RequestId::parse("r-1").unwrap();
+    let a = l.consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0).unwrap();
+    let b = l.consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0).unwrap();
+    assert!(!a.deduplicated && b.deduplicated);
+    assert_eq!(a.decision, b.decision);
+    assert_eq!(pending(&l, "u", "fast"), 3);
+    let r = l.refund("r-1", T0).unwrap();
+    assert_eq!(r.refunded, 3);
+    assert_eq!(pending(&l, "u", "fast"), 0);
+    assert_eq!(l.refund("r-1", T0), Err(CoreError::AlreadyRefunded));
+    assert_eq!(l.refund("nope", T0), Err(CoreError::UnknownRequest));
+    // After the window the id is forgotten and counts again.
+    let later = T0.saturating_add_ms(24 * 3600 * 1000);
+    let c = l.consume("u", &fast, Units::ONE, Some(&rid), later).unwrap();
+    assert!(!c.deduplicated);
+}
+
+#[test]
+fn concurrent_duplicates_count_once() {
+    let l = Arc::new(ledger(1_000_000));
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let l = l.clone();
+            thread::spawn(move || {
+                let fast = l.kinds().get("fast").unwrap().clone();
+                for i in 0..20 {
+                    let rid = RequestId::parse(&format!("r{i}")).unwrap();
+                    l.consume("u", &fast, Units::ONE, Some(&rid), T0).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(pending(&l, "u", "fast"), 20);
+}
+
+#[test]
+fn flush_moves_pending_and_keeps_units_counted_in_flight() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    consume(&l, "u", "fast", 4, T0);
+    let (batches, users) = l.take_all(500, Trigger::Guarantee);
+    assert_eq!((batches.len(), users), (1, 1));
+    assert_eq!(batches[0].units(), 4);
+    // Consumed while the batch is in flight.
+    consume(&l, "u", "fast", 2, T0);
+    let u = l.usage("u", T0).unwrap();
+    assert_eq!((u.kinds[1].pending, u.kinds[1].in_flight, u.kinds[1].used), (6, 4, 6));
+    // The slot is flushing: nothing more can be taken for it.
+    assert!(l.take_all(500, Trigger::Guarantee).0.is_empty());
+    l.complete(&batches[0], &[4], T0);
+    let u = l.usage("u", T0).unwrap();
+    assert_eq!((u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used), (4, 2, 6));
+    let (b2, _) = l.take_all(500, Trigger::Guarantee);
+    assert_eq!(b2[0].units(), 2);
+    assert_ne!(b2[0].id, batches[0].id);
+}
+
+#[test]
+fn failed_batch_keeps_units_in_flight_until_completed() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    consume(&l, "u", "premium", 5, T0);
+    let (b, _) = l.take_all(500, Trigger::Check);
+    // The store failed: the engine keeps `b` and does not call complete.
+    // Usage still counts the units; the limit still applies.
+    assert_eq!(l.usage("u", T0).unwrap().kinds[0].used, 5);
+    assert!(!consume(&l, "u", "premium", 6, T0).decision.allowed);
+    // Retry succeeds (same batch value).
+    l.complete(&b[0], &[5], T0);
+    assert_eq!(l.totals().in_flight, 0);
+    assert_eq!(l.usage("u", T0).unwrap().kinds[0].persisted, 5);
+}
+
+#[test]
+fn threshold_queues_once_and_take_threshold_drains() {
+    let l = ledger(3);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    assert!(!consume(&l, "u", "fast", 1, T0).threshold_reached);
+    assert!(!consume(&l, "u", "fast", 1, T0).threshold_reached);
+    assert!(consume(&l, "u", "fast", 1, T0).threshold_reached);
+    assert!(!consume(&l, "u", "fast", 1, T0).threshold_reached);
+    let b = l.take_threshold(500);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].units(), 4);
+    assert_eq!(b[0].trigger, Trigger::Threshold);
+    assert!(l.take_threshold(500).is_empty());
+}
+
+#[test]
+fn oldest_first_and_bounded_check() {
+    let l = ledger(1000);
+    for i in 0..10 {
+        let now = T0.saturating_add_ms(i);
+        warm(&l, &format!("u{i}"), UserProfile::default(), &[], now);
+        consume(&l, &format!("u{i}"), "fast", 1, now);
+    }
+    let (b, users) = l.take_oldest(3, 500, Trigger::Check);
+    assert_eq!(users, 3);
+    let mut names: Vec<_> = b[0].deltas.iter().map(|d| d.user.to_string()).collect();
+    names.sort();
+    assert_eq!(names, vec!["u0", "u1", "u2"]);
+    let (_, users) = l.take_oldest(100, 500, Trigger::Check);
+    assert_eq!(users, 7);
+    assert_eq!(l.take_oldest(100, 500, Trigger::Check).1, 0);
+}
+
+#[test]
+fn batches_are_cut_at_max_rows_and_sorted() {
+    let l = ledger(1000);
+    for i in 0..7 {
+        warm(&l, &format!("u{i}"), UserProfile::default(), &[], T0);
+        consume(&l, &format!("u{i}"), "fast", 1, T0);
+        consume(&l, &format!("u{i}"), "premium", 1, T0);
+    }
+    let (b, users) = l.take_all(5, Trigger::Guarantee);
+    assert_eq!(users, 7);
+    assert_eq!(b.iter().map(|b| b.rows()).collect::<Vec<_>>(), vec![5, 5, 4]);
+    for batch in &b {
+        let keys: Vec<_> = batch
+            .deltas
+            .iter()
+            .map(|d| (d.user.clone(), d.kind.index()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+}
+
+#[test]
+fn period_rollover_flushes_old_units_into_the_old_period() {
+    let l = ledger(1000);
+    let nov = Timestamp::parse_rfc3339("2026-11-30T23:59:00Z").unwrap();
+    let dec = Timestamp::parse_rfc3339("2026-12-01T00:01:00Z").unwrap();
+    warm(&l, "u", UserProfile::default(), &[], nov);
+    for _ in 0..50 {
+        consume(&l, "u", "fast", 1, nov);
+    }
+    assert!(!consume(&l, "u", "fast", 1, nov).decision.allowed);
+    // New month: starts at zero.
+    let d = consume(&l, "u", "fast", 1, dec).decision;
+    assert!(d.allowed);
+    assert_eq!((d.used, d.period_start), (1, dec.start_of_month()));
+    let (b, _) = l.take_all(500, Trigger::Guarantee);
+    let mut got: Vec<_> = b[0]
+        .deltas
+        .iter()
+        .map(|d| (d.period_start, d.delta))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(nov.start_of_month(), 50), (dec.start_of_month(), 1)]);
+    l.complete(&b[0], &[50, 1], dec);
+    assert_eq!(l.totals().pending + l.totals().in_flight, 0);
+}
+
+#[test]
+fn reset_starts_new_period_and_keeps_old_pending() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    for _ in 0..10 {
+        consume(&l, "u", "premium", 1, T0);
+    }
+    let later = T0.saturating_add_ms(1000);
+    l.set_profile(
+        "u",
+        UserProfile {
+            reset_at: Some(later),
+            ..Default::default()
+        },
+        later,
+    );
+    let d = consume(&l, "u", "premium", 1, later).decision;
+    assert_eq!((d.allowed, d.used, d.period_start), (true, 1, later));
+    let (b, _) = l.take_all(500, Trigger::Guarantee);
+    let total: i64 = b.iter().map(|b| b.units()).sum();
+    assert_eq!(total, 11);
+}
+
+#[test]
+fn refund_after_flush_is_a_negative_delta() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let fast = kind(&l, "fast");
+    let rid = RequestId::parse("r").unwrap();
+    l.consume("u", &fast, Units::parse(5).unwrap(), Some(&rid), T0).unwrap();
+    let (b, _) = l.take_all(500, Trigger::Guarantee);
+    l.complete(&b[0], &[5], T0);
+    l.refund("r", T0).unwrap();
+    let u = l.usage("u", T0).unwrap();
+    assert_eq!((u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used), (5, -5, 0));
+    let (b, _) = l.take_all(500, Trigger::Guarantee);
+    assert_eq!(b[0].units(), -5);
+}
+
+#[test]
+fn heartbeat_flushes_idle_dirty_users_and_evicts_idle_clean_ones() {
+    let l = ledger(1000);
+    warm(&l, "idle-dirty", UserProfile::default(), &[], T0);
+    consume(&l, "idle-dirty", "fast", 1, T0);
+    warm(&l, "idle-clean", UserProfile::default(), &[], T0);
+    warm(&l, "active", UserProfile::default(), &[], T0);
+    let timeout = 60_000;
+    let t1 = T0.saturating_add_ms(50_000);
+    consume(&l, "active", "fast", 1, t1);
+    let t2 = T0.saturating_add_ms(61_000);
+    let hb = l.heartbeat(t2, timeout, 1_000_000, 500);
+    assert_eq!(hb.evicted, 1);
+    assert_eq!(hb.session_end_users, 1);
+    let batch = hb.session_end.into_iter().next().unwrap();
+    assert_eq!(batch.deltas[0].user.as_str(), "idle-dirty");
+    assert_eq!(batch.trigger, Trigger::SessionEnd);
+    assert!(!l.is_resident("idle-clean"));
+    assert!(l.is_resident("active") && l.is_resident("idle-dirty"));
+    // Nothing due: nothing happens.
+    let hb = l.heartbeat(t2, timeout, 1_000_000, 500);
+    assert_eq!((hb.evicted, hb.session_end_users), (0, 0));
+    // Once flushed, the idle user is evicted on a later pass.
+    l.complete(&batch, &[1], t2);
+    let t3 = t2.saturating_add_ms(timeout + 1);
+    let hb = l.heartbeat(t3, timeout, 1_000_000, 500);
+    // "active" went idle too, but still holds a pending unit: session end.
+    assert_eq!((hb.evicted, hb.session_end_users), (1, 1));
+    assert_eq!(hb.session_end[0].deltas[0].user.as_str(), "active");
+    assert_eq!(l.resident_users(), 1);
+}
+
+#[test]
+fn over_capacity_evicts_clean_users_in_lru_order() {
+    let l = ledger(1000);
+    for i in 0..100 {
+        warm(&l, &format!("u{i}"), UserProfile::default(), &[], T0.saturating_add_ms(i));
+    }
+    consume(&l, "u0", "fast", 1, T0); // dirty: must survive
+    let hb = l.heartbeat(T0.saturating_add_ms(200), 3_600_000, 16, 500);
+    assert!(l.resident_users() <= 24, "resident {}", l.resident_users());
+    assert!(hb.evicted >= 76);
+    assert!(l.is_resident("u0"));
+}
+
+#[test]
+fn plan_change_applies_to_next_consume_without_losing_pending() {
+    let l = ledger(1000);
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    for _ in 0..50 {
+        consume(&l, "u", "fast", 1, T0);
+    }
+    assert!(!consume(&l, "u", "fast", 1, T0).decision.allowed);
+    let kinds = l.kinds().clone();
+    l.set_plan(Plan::from_named_limits("free", PeriodKind::Monthly, &kinds, [("premium", Some(10)), ("fast", Some(60))]).unwrap());
+    let d = consume(&l, "u", "fast", 1, T0).decision;
+    assert_eq!((d.allowed, d.used, d.limit), (true, 51, Some(60)));
+    assert_eq!(pending(&l, "u", "fast"), 51);
+}
+
+proptest! {
+    /// Whatever the interleaving of consumes, refunds, takes, successes and
+    /// failures, every allowed unit is accounted exactly once:
+    /// admitted - refunded == persisted + pending + in flight, and after
+    /// completing everything the store (the sum of completed deltas) holds
+    /// exactly that.
+    #[test]
+    fn units_are_conserved(ops in proptest::collection::vec((0u8..6, 0usize..3, 1u64..4), 1..200)) {
+        let l = ledger(4);
+        let mut store: std::collections::HashMap<(String, usize, Timestamp), i64> = Default::default();
+        let mut outstanding: Vec<FlushBatch> = Vec::new();
+        let mut admitted = 0i64;
+        let mut refunded = 0i64;
+        let mut next_rid = 0;
+        let mut rids: Vec<String> = Vec::new();
+        for u in 0..3 {
+            warm(&l, &format!("u{u}"), UserProfile { plan: Some("premium".into()), ..Default::default() }, &[], T0);
+        }
+        for (op, u, n) in ops {
+            let user = format!("u{u}");
+            match op {
+                0 | 1 => {
+                    next_rid += 1;
+                    let rid = RequestId::parse(&format!("r{next_rid}")).unwrap();
+                    let k = kind(&l, if op == 0 { "fast" } else { "premium" });
+                    let o = l.consume(&user, &k, Units::parse(n as i128).unwrap(), Some(&rid), T0).unwrap();
+                    if o.decision.allowed { admitted += n as i64; rids.push(rid.to_string()); }
+                }
+                2 => {
+                    if let Some(r) = rids.pop() {
+                        refunded += l.refund(&r, T0).unwrap().refunded as i64;
+                    }
+                }
+                3 => outstanding.extend(l.take_oldest(2, 3, Trigger::Check).0),
+                4 => outstanding.extend(l.take_threshold(3)),
+                _ => {
+                    // Complete the oldest outstanding batch ("store" applies it).
+                    if !outstanding.is_empty() {
+                        let b = outstanding.remove(0);
+                        let after: Vec<i64> = b.deltas.iter().map(|d| {
+                            let e = store.entry((d.user.to_string(), d.kind.index(), d.period_start)).or_default();
+                            *e += d.delta;
+                            *e
+                        }).collect();
+                        l.complete(&b, &after, T0);
+                    }
+                }
+            }
+            let t = l.totals();
+            let stored: i64 = store.values().sum();
+            prop_assert_eq!(admitted - refunded, stored + t.pending + t.in_flight);
+        }
+        // Drain everything.
+        loop {
+            outstanding.extend(l.take_all(3, Trigger::Guarantee).0);
+            if outstanding.is_empty() { break; }
+            for b in std::mem::take(&mut outstanding) {
+                let after: Vec<i64> = b.deltas.iter().map(|d| {
+                    let e = store.entry((d.user.to_string(), d.kind.index(), d.period_start)).or_default();
+                    *e += d.delta;
+                    *e
+                }).collect();
+                l.complete(&b, &after, T0);
+            }
+        }
+        let stored: i64 = store.values().sum();
+        prop_assert_eq!(admitted - refunded, stored);
+        prop_assert_eq!(l.totals().pending + l.totals().in_flight, 0);
+    }
+}

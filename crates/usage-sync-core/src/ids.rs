@@ -1,0 +1,261 @@
+//! Domain newtypes that cannot hold invalid data: once a `UserId`,
+//! `RequestId` or `Units` exists, it has passed `parse`.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::CoreError;
+
+/// Longest accepted user or request id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Largest accepted amount for one consume.
+pub const MAX_AMOUNT: u64 = 1_000_000_000;
+
+fn check_id(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.len() > MAX_ID_BYTES {
+        return Err("too long");
+    }
+    if s.chars().any(char::is_control) {
+        return Err("control character");
+    }
+    Ok(())
+}
+
+/// A user id. Reference-counted because the same id is held by the user
+/// table, the dirty queue, the activity queue and in-flight batches; cloning
+/// it is an atomic increment, not an allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        check_id(s).map_err(CoreError::InvalidUserId)?;
+        Ok(UserId(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client-chosen idempotency key for one consume.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        check_id(s).map_err(CoreError::InvalidRequestId)?;
+        Ok(RequestId(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for RequestId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A positive amount of units for one consume, at most [`MAX_AMOUNT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Units(u64);
+
+impl Units {
+    pub const ONE: Units = Units(1);
+
+    /// Accepts 1..=1e9. Takes an `i128` so callers can pass whatever integer
+    /// they parsed (negative or huge) and get the same error.
+    pub fn parse(n: i128) -> Result<Self, CoreError> {
+        if n < 1 || n > MAX_AMOUNT as i128 {
+            return Err(CoreError::InvalidAmount(n));
+        }
+        Ok(Units(n as u64))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A kind of usage (`premium`, `fast`, ...). Kinds are fixed at start-up and
+/// numbered densely so per-user counters can live in a small array indexed
+/// by [`Kind::index`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Kind {
+    index: u16,
+    name: Arc<str>,
+}
+
+impl Kind {
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Kind({})", self.name)
+    }
+}
+
+/// The configured kinds, in a fixed order.
+#[derive(Clone, Debug)]
+pub struct Kinds {
+    all: Vec<Kind>,
+}
+
+impl Kinds {
+    /// Kinds must be non-empty, unique and valid identifiers
+    /// (`[a-z0-9_-]{1,64}`), because they appear in URLs, JSON keys and SQL.
+    pub fn new<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Err("at least one kind is required".into());
+        }
+        if names.len() > u16::MAX as usize {
+            return Err("too many kinds".into());
+        }
+        let mut all = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            let n = n.as_ref();
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
+                });
+            if !ok {
+                return Err(format!(
+                    "invalid kind name '{n}' (use 1-64 of a-z, 0-9, '_' and '-')"
+                ));
+            }
+            if all.iter().any(|k: &Kind| k.name() == n) {
+                return Err(format!("duplicate kind '{n}'"));
+            }
+            all.push(Kind {
+                index: i as u16,
+                name: Arc::from(n),
+            });
+        }
+        Ok(Kinds { all })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Kind, CoreError> {
+        self.all
+            .iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| CoreError::UnknownKind(truncate_for_message(name)))
+    }
+
+    pub fn by_index(&self, i: usize) -> &Kind {
+        &self.all[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Kind> {
+        self.all.iter()
+    }
+}
+
+/// Error messages echo client input; cap it so a 64 KiB kind name does not
+/// come back in the response.
+pub fn truncate_for_message(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = s[..end].chars().filter(|c| !c.is_control()).collect();
+    if end < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_empty_long_and_control() {
+        assert!(UserId::parse("u1").is_ok());
+        assert_eq!(
+            UserId::parse(""),
+            Err(CoreError::InvalidUserId("empty"))
+        );
+        assert!(UserId::parse(&"x".repeat(128)).is_ok());
+        assert_eq!(
+            UserId::parse(&"x".repeat(129)),
+            Err(CoreError::InvalidUserId("too long"))
+        );
+        assert_eq!(
+            RequestId::parse("a\nb"),
+            Err(CoreError::InvalidRequestId("control character"))
+        );
+        // 128 bytes, not 128 chars: 43 three-byte chars = 129 bytes.
+        assert!(UserId::parse(&"€".repeat(43)).is_err());
+    }
+
+    #[test]
+    fn units_bounds() {
+        assert!(Units::parse(0).is_err());
+        assert!(Units::parse(-1).is_err());
+        assert_eq!(Units::parse(1_000_000_000).unwrap().get(), 1_000_000_000);
+        assert!(Units::parse(1_000_000_001).is_err());
+    }
+
+    #[test]
+    fn kinds_are_validated_and_indexed() {
+        let k = Kinds::new(&["premium", "fast"]).unwrap();
+        assert_eq!(k.get("fast").unwrap().index(), 1);
+        assert!(matches!(k.get("slow"), Err(CoreError::UnknownKind(_))));
+        assert!(Kinds::new(&["a", "a"]).is_err());
+        assert!(Kinds::new(&["Bad Name"]).is_err());
+        assert!(Kinds::new::<&str>(&[]).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! The pure core of usage-sync: no I/O, no async runtime, no clock.
+//!
+//! Modules:
+//! - [`ids`]: domain newtypes (`UserId`, `RequestId`, `Units`, `Kind`) that
+//!   are valid by construction.
+//! - [`time`]: `Timestamp` and the calendar arithmetic for periods.
+//! - [`quota`]: plans, limits, periods and their resolution for a user.
+//! - [`counters`]: the sharded in-memory ledger with the atomic
+//!   check-and-count, idempotency, refunds and the due-structures.
+//! - [`sync`]: flush ids, batches, triggers.
+//! - [`error`]: the crate's error enum.
+//!
+//! Everything that depends on time takes `now` as an argument, so the engine
+//! decides what "now" is (the real clock, or paused tokio time in tests).
+
+pub mod counters;
+pub mod error;
+pub mod ids;
+pub mod quota;
+pub mod sync;
+pub mod time;
+
+pub use counters::{
+    ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
+    LoadEpoch, PersistedRow, RefundOutcome, UserUsage,
+};
+pub use error::CoreError;
+pub use ids::{Kind, Kinds, RequestId, Units, UserId};
+pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue};
+pub use sync::{Delta, FlushBatch, FlushId, Trigger};
+pub use time::Timestamp;
