@@ -1,1 +1,148 @@
+//! The storage layer of usage-sync.
+//!
+//! Modules:
+//! - this file: the [`Store`] trait every backend implements, and the
+//!   records it exchanges with the engine;
+//! - [`sqlite`]: the embedded default backend;
+//! - [`migrations`]: the schema, per SQL dialect, applied at start;
+//! - [`fault`]: a wrapper that injects failures into a real store, for the
+//!   engine's outage and lost-acknowledgement tests;
+//! - [`error`]: the crate's error type, which knows what is transient.
+//!
+//! # The contract a backend must honour
+//!
+//! `apply_flush` applies all deltas of a batch and records the batch's flush
+//! id in one transaction. If the id is already recorded, it applies nothing
+//! and reports the current values. Therefore a batch whose outcome is
+//! unknown (timeout, lost connection) can be re-sent with the same id and is
+//! applied exactly once. The conformance suite in `tests/` checks this for
+//! every backend.
 
+pub mod error;
+pub mod fault;
+pub mod migrations;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use fault::FaultyStore;
+pub use sqlite::SqliteStore;
+use usage_sync_core::{FlushBatch, FlushId, Limit, PeriodKind, Timestamp};
+
+/// A boxed future, so `Store` can be used as `Arc<dyn Store>` (the backend
+/// is chosen at run time from `DATABASE_URL`). Flushes are batched, so the
+/// allocation is not on any hot path.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A plan as stored (kinds by name, so a stored plan survives a change in
+/// the configured kinds' order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPlan {
+    pub name: String,
+    pub period: PeriodKind,
+    pub limits: Vec<(String, Limit)>,
+}
+
+/// A user's admin-set profile as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StoredUser {
+    pub plan: Option<String>,
+    pub overrides: Vec<(String, Limit)>,
+    pub reset_at: Option<Timestamp>,
+}
+
+/// One persisted counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    pub user_id: String,
+    pub kind: String,
+    pub period_start: Timestamp,
+    pub used: i64,
+}
+
+/// What the engine needs to make a user resident.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// `None` if no admin ever configured this user.
+    pub profile: Option<StoredUser>,
+    /// Counters with `period_start >= since`.
+    pub usage: Vec<UsageRow>,
+}
+
+/// Result of [`Store::apply_flush`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Value of each delta's counter after the transaction, in batch order.
+    pub used_after: Vec<i64>,
+    /// The flush id was already recorded: nothing was applied this time.
+    pub already_applied: bool,
+}
+
+/// A storage backend. All methods are cancel-safe in the sense the engine
+/// needs: dropping a future (e.g. on `sync_timeout`) may leave the
+/// transaction committed or not, and re-sending the same batch is correct
+/// either way.
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs and status ("sqlite", "postgres").
+    fn backend(&self) -> &'static str;
+
+    /// Creates or upgrades the schema. Idempotent.
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Cheap round trip proving the store answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>>;
+
+    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    fn load_user(&self, user_id: String, since: Timestamp)
+    -> BoxFuture<'_, Result<UserState, StoreError>>;
+
+    fn save_user(&self, user_id: String, user: StoredUser)
+    -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Applies a batch exactly once (see the module docs).
+    fn apply_flush(&self, batch: Arc<FlushBatch>)
+    -> BoxFuture<'_, Result<FlushOutcome, StoreError>>;
+
+    /// Whether a flush id is recorded (used by log recovery).
+    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Forgets flush ids recorded before `before`. Ids only need to be kept
+    /// for as long as a batch with that id may still be re-sent.
+    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Every counter, for tests, exports and the load-test totals.
+    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>>;
+}
+
+/// Serialises `(kind, limit)` pairs as a JSON object, `null` for unlimited.
+pub fn limits_to_json(limits: &[(String, Limit)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = limits
+        .iter()
+        .map(|(k, l)| (k.clone(), l.map_or(serde_json::Value::Null, Into::into)))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Inverse of [`limits_to_json`].
+pub fn limits_from_json(s: &str) -> Result<Vec<(String, Limit)>, StoreError> {
+    let v: serde_json::Value =
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("limits JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| StoreError::Corrupt("limits JSON is not an object".into()))?;
+    obj.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Null => Ok((k.clone(), None)),
+            v => v
+                .as_u64()
+                .map(|n| (k.clone(), Some(n)))
+                .ok_or_else(|| StoreError::Corrupt(format!("limit for '{k}' is not an integer"))),
+        })
+        .collect()
+}

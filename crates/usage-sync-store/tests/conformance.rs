@@ -1,0 +1,198 @@
+//! The store conformance suite: one set of checks, run against every
+//! backend (`store_suite!` instantiates it per backend). A new backend is
+//! done when it passes this file unchanged.
+
+use std::sync::Arc;
+
+use usage_sync_core::{
+    Delta, FlushBatch, FlushId, Kinds, PeriodKind, Timestamp, Trigger, UserId,
+};
+use usage_sync_store::{SqliteStore, Store, StoredPlan, StoredUser};
+
+const NOV: Timestamp = Timestamp(1_793_491_200_000); // 2026-11-01
+const DEC: Timestamp = Timestamp(1_796_083_200_000); // 2026-12-01
+
+fn kinds() -> Kinds {
+    Kinds::new(&["premium", "fast"]).unwrap()
+}
+
+fn batch(id: u128, deltas: &[(&str, &str, Timestamp, i64)]) -> Arc<FlushBatch> {
+    let k = kinds();
+    Arc::new(FlushBatch {
+        id: FlushId(id),
+        trigger: Trigger::Manual,
+        deltas: deltas
+            .iter()
+            .map(|(u, kind, p, d)| Delta {
+                user: UserId::parse(u).unwrap(),
+                kind: k.get(kind).unwrap().clone(),
+                period_start: *p,
+                delta: *d,
+            })
+            .collect(),
+    })
+}
+
+async fn used(store: &dyn Store, user: &str, kind: &str, period: Timestamp) -> Option<i64> {
+    store
+        .all_usage()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.user_id == user && r.kind == kind && r.period_start == period)
+        .map(|r| r.used)
+}
+
+pub async fn migrate_is_idempotent(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+}
+
+pub async fn flush_applies_deltas_and_returns_values(store: &dyn Store) {
+    let out = store
+        .apply_flush(batch(1, &[("a", "fast", NOV, 3), ("b", "premium", NOV, 2)]))
+        .await
+        .unwrap();
+    assert_eq!(out.used_after, vec![3, 2]);
+    assert!(!out.already_applied);
+    let out = store
+        .apply_flush(batch(2, &[("a", "fast", NOV, 4)]))
+        .await
+        .unwrap();
+    assert_eq!(out.used_after, vec![7]);
+    assert_eq!(used(store, "a", "fast", NOV).await, Some(7));
+}
+
+pub async fn same_flush_id_is_applied_once(store: &dyn Store) {
+    let b = batch(10, &[("c", "fast", NOV, 5)]);
+    store.apply_flush(b.clone()).await.unwrap();
+    let again = store.apply_flush(b.clone()).await.unwrap();
+    assert!(again.already_applied);
+    assert_eq!(again.used_after, vec![5]);
+    assert_eq!(used(store, "c", "fast", NOV).await, Some(5));
+    assert!(store.flush_applied(FlushId(10)).await.unwrap());
+    assert!(!store.flush_applied(FlushId(11)).await.unwrap());
+}
+
+pub async fn periods_are_separate_and_negative_deltas_apply(store: &dyn Store) {
+    store
+        .apply_flush(batch(20, &[("d", "fast", NOV, 10), ("d", "fast", DEC, 1)]))
+        .await
+        .unwrap();
+    store
+        .apply_flush(batch(21, &[("d", "fast", NOV, -4)]))
+        .await
+        .unwrap();
+    assert_eq!(used(store, "d", "fast", NOV).await, Some(6));
+    assert_eq!(used(store, "d", "fast", DEC).await, Some(1));
+    let state = store.load_user("d".into(), DEC).await.unwrap();
+    assert_eq!(state.usage.len(), 1);
+    assert_eq!(state.usage[0].period_start, DEC);
+    assert_eq!(state.profile, None);
+}
+
+pub async fn large_batches_use_one_transaction(store: &dyn Store) {
+    let users: Vec<String> = (0..2500).map(|i| format!("bulk-{i:05}")).collect();
+    let deltas: Vec<_> = users.iter().map(|u| (u.as_str(), "fast", NOV, 1)).collect();
+    let out = store.apply_flush(batch(30, &deltas)).await.unwrap();
+    assert_eq!(out.used_after.len(), 2500);
+    assert!(out.used_after.iter().all(|&v| v == 1));
+    let total: i64 = store
+        .all_usage()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.user_id.starts_with("bulk-"))
+        .map(|r| r.used)
+        .sum();
+    assert_eq!(total, 2500);
+}
+
+pub async fn plans_and_users_round_trip(store: &dyn Store) {
+    let plan = StoredPlan {
+        name: "team".into(),
+        period: PeriodKind::Daily,
+        limits: vec![("fast".into(), Some(7)), ("premium".into(), None)],
+    };
+    store.save_plan(plan.clone()).await.unwrap();
+    let mut changed = plan.clone();
+    changed.limits[0].1 = Some(8);
+    store.save_plan(changed.clone()).await.unwrap();
+    let plans = store.load_plans().await.unwrap();
+    let got = plans.iter().find(|p| p.name == "team").unwrap();
+    assert_eq!(got.period, PeriodKind::Daily);
+    let mut l = got.limits.clone();
+    l.sort();
+    assert_eq!(l, vec![("fast".into(), Some(8)), ("premium".into(), None)]);
+
+    let user = StoredUser {
+        plan: Some("team".into()),
+        overrides: vec![("fast".into(), Some(5000))],
+        reset_at: Some(Timestamp(1_795_000_000_123)),
+    };
+    store.save_user("e".into(), user.clone()).await.unwrap();
+    let state = store.load_user("e".into(), NOV).await.unwrap();
+    assert_eq!(state.profile, Some(user));
+}
+
+pub async fn prune_forgets_old_flush_ids(store: &dyn Store) {
+    store
+        .apply_flush(batch(40, &[("f", "fast", NOV, 1)]))
+        .await
+        .unwrap();
+    let far = Timestamp(i64::MAX / 4);
+    assert!(store.prune_flushes(far).await.unwrap() >= 1);
+    assert!(!store.flush_applied(FlushId(40)).await.unwrap());
+}
+
+/// Instantiates the suite for one backend. `$make` is an async block that
+/// returns a fresh, migrated store (and whatever guard keeps it alive).
+macro_rules! store_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        let (store, _guard) = $make.await;
+                        super::migrate_is_idempotent(&*store).await;
+                        super::$name(&*store).await;
+                    }
+                };
+            }
+
+            case!(flush_applies_deltas_and_returns_values);
+            case!(same_flush_id_is_applied_once);
+            case!(periods_are_separate_and_negative_deltas_apply);
+            case!(large_batches_use_one_transaction);
+            case!(plans_and_users_round_trip);
+            case!(prune_forgets_old_flush_ids);
+        }
+    };
+}
+
+async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("usage-sync.db")).unwrap();
+    (Arc::new(store), dir)
+}
+
+store_suite!(sqlite, sqlite_store());
+
+#[test]
+fn sqlite_urls_parse() {
+    use std::path::PathBuf;
+    assert_eq!(
+        SqliteStore::path_from_url("sqlite://data/x.db").unwrap(),
+        PathBuf::from("data/x.db")
+    );
+    assert_eq!(
+        SqliteStore::path_from_url("sqlite:///var/lib/x.db").unwrap(),
+        PathBuf::from("/var/lib/x.db")
+    );
+    assert!(SqliteStore::path_from_url("postgres://x").is_err());
+    assert!(SqliteStore::path_from_url("sqlite://").is_err());
+}
