@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use foldhash::fast::RandomState;
 
 use crate::error::CoreError;
-use crate::ids::{Kind, Kinds, RequestId, UserId, Units};
+use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
 use crate::quota::{Limit, Plan, Plans, UserProfile};
 use crate::sync::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
 use crate::time::Timestamp;
@@ -260,7 +260,8 @@ impl UserEntry {
     }
 
     fn has_pending(&self) -> bool {
-        self.current.iter().any(|s| s.pending != 0) || self.stale.iter().any(|(_, s)| s.pending != 0)
+        self.current.iter().any(|s| s.pending != 0)
+            || self.stale.iter().any(|(_, s)| s.pending != 0)
     }
 
     fn is_clean(&self) -> bool {
@@ -291,7 +292,11 @@ struct Shard {
 
 impl Shard {
     /// Marks `e` dirty if it has pending units and is not already queued.
-    fn mark_dirty(dirty: &mut VecDeque<(Timestamp, u32, UserId)>, e: &mut UserEntry, now: Timestamp) {
+    fn mark_dirty(
+        dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
+        e: &mut UserEntry,
+        now: Timestamp,
+    ) {
         if e.dirty_since.is_none() && e.has_pending() {
             e.dirty_since = Some(now);
             dirty.push_back((now, e.dirty_gen, e.id.clone()));
@@ -859,7 +864,12 @@ impl Ledger {
     /// Takes up to `max_users` users with pending units, oldest pending
     /// first (the main check). Cost: one lock per shard to read its oldest
     /// entry, plus one per user taken.
-    pub fn take_oldest(&self, max_users: usize, max_rows: usize, trigger: Trigger) -> (Vec<FlushBatch>, usize) {
+    pub fn take_oldest(
+        &self,
+        max_users: usize,
+        max_rows: usize,
+        trigger: Trigger,
+    ) -> (Vec<FlushBatch>, usize) {
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
         let mut heap = BinaryHeap::new();
@@ -871,12 +881,17 @@ impl Ledger {
         let mut users = 0;
         let mut deferred: Vec<(usize, (Timestamp, u32, UserId))> = Vec::new();
         while users < max_users {
-            let Some(Reverse((_, i))) = heap.pop() else { break };
+            let Some(Reverse((_, i))) = heap.pop() else {
+                break;
+            };
             let mut guard = lock(&self.shards[i].0);
             let shard = &mut *guard;
             if Self::dirty_front(shard).is_some() {
                 let (_, _, id) = shard.dirty.pop_front().expect("front is valid");
-                let e = shard.users.get_mut(id.as_str()).expect("valid entries are resident");
+                let e = shard
+                    .users
+                    .get_mut(id.as_str())
+                    .expect("valid entries are resident");
                 let before = shard.dirty.len();
                 Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
                 if shard.dirty.len() > before {
@@ -909,7 +924,9 @@ impl Ledger {
             let shard = &mut *guard;
             let mut left = VecDeque::new();
             for (_, g, id) in std::mem::take(&mut shard.dirty) {
-                let Some(e) = shard.users.get_mut(id.as_str()) else { continue };
+                let Some(e) = shard.users.get_mut(id.as_str()) else {
+                    continue;
+                };
                 if e.dirty_gen != g || e.dirty_since.is_none() {
                     continue;
                 }
@@ -995,13 +1012,17 @@ impl Ledger {
             let mut budget = shard.activity.len();
             while budget > 0 {
                 let over = shard.users.len() > per_shard_cap;
-                let Some((at, _)) = shard.activity.front() else { break };
+                let Some((at, _)) = shard.activity.front() else {
+                    break;
+                };
                 if *at > cutoff && !over {
                     break;
                 }
                 budget -= 1;
                 let (at, id) = shard.activity.pop_front().expect("front exists");
-                let Some(e) = shard.users.get_mut(id.as_str()) else { continue };
+                let Some(e) = shard.users.get_mut(id.as_str()) else {
+                    continue;
+                };
                 if e.last_activity > at && e.last_activity > cutoff {
                     // Active since it was queued: look again later.
                     shard.activity.push_back((e.last_activity, id));
@@ -1049,7 +1070,8 @@ impl Ledger {
                     t.users_with_pending += 1;
                 }
                 if let Some(since) = e.dirty_since {
-                    t.oldest_pending = Some(t.oldest_pending.map_or(since, |o: Timestamp| o.min(since)));
+                    t.oldest_pending =
+                        Some(t.oldest_pending.map_or(since, |o: Timestamp| o.min(since)));
                 }
             }
         }

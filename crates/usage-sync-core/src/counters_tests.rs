@@ -32,8 +32,14 @@ fn kind(l: &Ledger, name: &str) -> Kind {
 }
 
 fn consume(l: &Ledger, user: &str, k: &str, n: u64, now: Timestamp) -> ConsumeOutcome {
-    l.consume(user, &kind(l, k), Units::parse(n as i128).unwrap(), None, now)
-        .unwrap()
+    l.consume(
+        user,
+        &kind(l, k),
+        Units::parse(n as i128).unwrap(),
+        None,
+        now,
+    )
+    .unwrap()
 }
 
 fn pending(l: &Ledger, user: &str, k: &str) -> i64 {
@@ -99,7 +105,10 @@ fn limit_is_enforced_exactly_and_denials_count_nothing() {
     }
     assert_eq!(allowed, 50);
     let d = consume(&l, "u", "fast", 1, T0).decision;
-    assert_eq!((d.allowed, d.used, d.limit, d.remaining), (false, 50, Some(50), Some(0)));
+    assert_eq!(
+        (d.allowed, d.used, d.limit, d.remaining),
+        (false, 50, Some(50), Some(0))
+    );
     // A big amount that does not fit is denied whole.
     let l = ledger(1000);
     warm(&l, "v", UserProfile::default(), &[], T0);
@@ -137,8 +146,12 @@ fn request_id_dedups_within_window_and_refund_once() {
     warm(&l, "u", UserProfile::default(), &[], T0);
     let fast = kind(&l, "fast");
     let rid = RequestId::parse("r-1").unwrap();
-    let a = l.consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0).unwrap();
-    let b = l.consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0).unwrap();
+    let a = l
+        .consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0)
+        .unwrap();
+    let b = l
+        .consume("u", &fast, Units::parse(3).unwrap(), Some(&rid), T0)
+        .unwrap();
     assert!(!a.deduplicated && b.deduplicated);
     assert_eq!(a.decision, b.decision);
     assert_eq!(pending(&l, "u", "fast"), 3);
@@ -149,7 +162,9 @@ fn request_id_dedups_within_window_and_refund_once() {
     assert_eq!(l.refund("nope", T0), Err(CoreError::UnknownRequest));
     // After the window the id is forgotten and counts again.
     let later = T0.saturating_add_ms(24 * 3600 * 1000);
-    let c = l.consume("u", &fast, Units::ONE, Some(&rid), later).unwrap();
+    let c = l
+        .consume("u", &fast, Units::ONE, Some(&rid), later)
+        .unwrap();
     assert!(!c.deduplicated);
 }
 
@@ -186,12 +201,18 @@ fn flush_moves_pending_and_keeps_units_counted_in_flight() {
     // Consumed while the batch is in flight.
     consume(&l, "u", "fast", 2, T0);
     let u = l.usage("u", T0).unwrap();
-    assert_eq!((u.kinds[1].pending, u.kinds[1].in_flight, u.kinds[1].used), (6, 4, 6));
+    assert_eq!(
+        (u.kinds[1].pending, u.kinds[1].in_flight, u.kinds[1].used),
+        (6, 4, 6)
+    );
     // The slot is flushing: nothing more can be taken for it.
     assert!(l.take_all(500, Trigger::Guarantee).0.is_empty());
     l.complete(&batches[0], &[4], T0);
     let u = l.usage("u", T0).unwrap();
-    assert_eq!((u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used), (4, 2, 6));
+    assert_eq!(
+        (u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used),
+        (4, 2, 6)
+    );
     let (b2, _) = l.take_all(500, Trigger::Guarantee);
     assert_eq!(b2[0].units(), 2);
     assert_ne!(b2[0].id, batches[0].id);
@@ -256,7 +277,10 @@ fn batches_are_cut_at_max_rows_and_sorted() {
     }
     let (b, users) = l.take_all(5, Trigger::Guarantee);
     assert_eq!(users, 7);
-    assert_eq!(b.iter().map(|b| b.rows()).collect::<Vec<_>>(), vec![5, 5, 4]);
+    assert_eq!(
+        b.iter().map(|b| b.rows()).collect::<Vec<_>>(),
+        vec![5, 5, 4]
+    );
     for batch in &b {
         let keys: Vec<_> = batch
             .deltas
@@ -290,7 +314,10 @@ fn period_rollover_flushes_old_units_into_the_old_period() {
         .map(|d| (d.period_start, d.delta))
         .collect();
     got.sort();
-    assert_eq!(got, vec![(nov.start_of_month(), 50), (dec.start_of_month(), 1)]);
+    assert_eq!(
+        got,
+        vec![(nov.start_of_month(), 50), (dec.start_of_month(), 1)]
+    );
     l.complete(&b[0], &[50, 1], dec);
     assert_eq!(l.totals().pending + l.totals().in_flight, 0);
 }
@@ -324,12 +351,16 @@ fn refund_after_flush_is_a_negative_delta() {
     warm(&l, "u", UserProfile::default(), &[], T0);
     let fast = kind(&l, "fast");
     let rid = RequestId::parse("r").unwrap();
-    l.consume("u", &fast, Units::parse(5).unwrap(), Some(&rid), T0).unwrap();
+    l.consume("u", &fast, Units::parse(5).unwrap(), Some(&rid), T0)
+        .unwrap();
     let (b, _) = l.take_all(500, Trigger::Guarantee);
     l.complete(&b[0], &[5], T0);
     l.refund("r", T0).unwrap();
     let u = l.usage("u", T0).unwrap();
-    assert_eq!((u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used), (5, -5, 0));
+    assert_eq!(
+        (u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used),
+        (5, -5, 0)
+    );
     let (b, _) = l.take_all(500, Trigger::Guarantee);
     assert_eq!(b[0].units(), -5);
 }
@@ -370,7 +401,13 @@ fn heartbeat_flushes_idle_dirty_users_and_evicts_idle_clean_ones() {
 fn over_capacity_evicts_clean_users_in_lru_order() {
     let l = ledger(1000);
     for i in 0..100 {
-        warm(&l, &format!("u{i}"), UserProfile::default(), &[], T0.saturating_add_ms(i));
+        warm(
+            &l,
+            &format!("u{i}"),
+            UserProfile::default(),
+            &[],
+            T0.saturating_add_ms(i),
+        );
     }
     consume(&l, "u0", "fast", 1, T0); // dirty: must survive
     let hb = l.heartbeat(T0.saturating_add_ms(200), 3_600_000, 16, 500);
@@ -388,7 +425,15 @@ fn plan_change_applies_to_next_consume_without_losing_pending() {
     }
     assert!(!consume(&l, "u", "fast", 1, T0).decision.allowed);
     let kinds = l.kinds().clone();
-    l.set_plan(Plan::from_named_limits("free", PeriodKind::Monthly, &kinds, [("premium", Some(10)), ("fast", Some(60))]).unwrap());
+    l.set_plan(
+        Plan::from_named_limits(
+            "free",
+            PeriodKind::Monthly,
+            &kinds,
+            [("premium", Some(10)), ("fast", Some(60))],
+        )
+        .unwrap(),
+    );
     let d = consume(&l, "u", "fast", 1, T0).decision;
     assert_eq!((d.allowed, d.used, d.limit), (true, 51, Some(60)));
     assert_eq!(pending(&l, "u", "fast"), 51);

@@ -224,10 +224,7 @@ mod tests {
     #[test]
     fn ids_reject_empty_long_and_control() {
         assert!(UserId::parse("u1").is_ok());
-        assert_eq!(
-            UserId::parse(""),
-            Err(CoreError::InvalidUserId("empty"))
-        );
+        assert_eq!(UserId::parse(""), Err(CoreError::InvalidUserId("empty")));
         assert!(UserId::parse(&"x".repeat(128)).is_ok());
         assert_eq!(
             UserId::parse(&"x".repeat(129)),

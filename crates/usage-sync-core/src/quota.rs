@@ -268,8 +268,6 @@ mod tests {
         let (kinds, _) = default_catalogue();
         let p = Plan::from_named_limits("x", PeriodKind::Daily, &kinds, [("fast", None)]).unwrap();
         assert_eq!(p.limits, vec![Some(0), None]);
-        assert!(
-            Plan::from_named_limits("x", PeriodKind::Daily, &kinds, [("slow", None)]).is_err()
-        );
+        assert!(Plan::from_named_limits("x", PeriodKind::Daily, &kinds, [("slow", None)]).is_err());
     }
 }

@@ -169,7 +169,11 @@ impl<'a> BatchBuilder<'a> {
         }
         let mut deltas = std::mem::take(&mut self.current);
         deltas.sort_by(|a, b| {
-            (&a.user, a.kind.index(), a.period_start).cmp(&(&b.user, b.kind.index(), b.period_start))
+            (&a.user, a.kind.index(), a.period_start).cmp(&(
+                &b.user,
+                b.kind.index(),
+                b.period_start,
+            ))
         });
         self.sealed.push(FlushBatch {
             id: (self.next_id)(),

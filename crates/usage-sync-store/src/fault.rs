@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use usage_sync_core::{FlushBatch, FlushId, Timestamp};
 
-use crate::{BoxFuture, FlushOutcome, Store, StoreError, StoredPlan, StoredUser, UsageRow, UserState};
+use crate::{
+    BoxFuture, FlushOutcome, Store, StoreError, StoredPlan, StoredUser, UsageRow, UserState,
+};
 
 /// Wraps a store and fails operations as instructed.
 pub struct FaultyStore<S> {
@@ -20,6 +22,9 @@ pub struct FaultyStore<S> {
     /// The next N flushes commit and then report a failure, as a timed-out
     /// or disconnected commit would.
     lose_acks: AtomicU64,
+    /// Milliseconds each flush waits (on tokio's clock) before reaching the
+    /// store: makes a flush observably "in flight".
+    flush_delay_ms: AtomicU64,
     /// Number of `apply_flush` calls that reached the inner store.
     pub flush_calls: AtomicU64,
 }
@@ -30,6 +35,7 @@ impl<S: Store> FaultyStore<S> {
             inner,
             down: AtomicBool::new(false),
             lose_acks: AtomicU64::new(0),
+            flush_delay_ms: AtomicU64::new(0),
             flush_calls: AtomicU64::new(0),
         })
     }
@@ -40,6 +46,11 @@ impl<S: Store> FaultyStore<S> {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn set_flush_delay(&self, d: std::time::Duration) {
+        self.flush_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn lose_next_acks(&self, n: u64) {
@@ -88,22 +99,37 @@ impl<S: Store> Store for Arc<FaultyStore<S>> {
         })
     }
 
-    fn load_user(&self, user_id: String, since: Timestamp) -> BoxFuture<'_, Result<UserState, StoreError>> {
+    fn load_user(
+        &self,
+        user_id: String,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<UserState, StoreError>> {
         Box::pin(async move {
             self.check()?;
             self.inner.load_user(user_id, since).await
         })
     }
 
-    fn save_user(&self, user_id: String, user: StoredUser) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_user(
+        &self,
+        user_id: String,
+        user: StoredUser,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.check()?;
             self.inner.save_user(user_id, user).await
         })
     }
 
-    fn apply_flush(&self, batch: Arc<FlushBatch>) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+    fn apply_flush(
+        &self,
+        batch: Arc<FlushBatch>,
+    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
         Box::pin(async move {
+            let delay = self.flush_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             self.check()?;
             self.flush_calls.fetch_add(1, Ordering::SeqCst);
             let out = self.inner.apply_flush(batch).await?;

@@ -99,15 +99,20 @@ pub trait Store: Send + Sync + 'static {
 
     fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    fn load_user(&self, user_id: String, since: Timestamp)
-    -> BoxFuture<'_, Result<UserState, StoreError>>;
+    fn load_user(
+        &self,
+        user_id: String,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<UserState, StoreError>>;
 
     fn save_user(&self, user_id: String, user: StoredUser)
     -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Applies a batch exactly once (see the module docs).
-    fn apply_flush(&self, batch: Arc<FlushBatch>)
-    -> BoxFuture<'_, Result<FlushOutcome, StoreError>>;
+    fn apply_flush(
+        &self,
+        batch: Arc<FlushBatch>,
+    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>>;
 
     /// Whether a flush id is recorded (used by log recovery).
     fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>>;

@@ -202,7 +202,13 @@ fn apply_flush(conn: &mut Connection, batch: &FlushBatch) -> Result<FlushOutcome
                 sql.push(',');
             }
             let b = i * 4;
-            sql.push_str(&format!("(?{}, ?{}, ?{}, ?{}, ?{now_idx})", b + 1, b + 2, b + 3, b + 4));
+            sql.push_str(&format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{now_idx})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4
+            ));
         }
         sql.push_str(
             " ON CONFLICT (user_id, kind, period_start) DO UPDATE SET
@@ -263,18 +269,23 @@ impl Store for SqliteStore {
 
     fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT name, period, limits FROM plans ORDER BY name")?;
+            let mut stmt =
+                c.prepare_cached("SELECT name, period, limits FROM plans ORDER BY name")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
                 let (name, period, limits) = row?;
                 out.push(StoredPlan {
                     name,
-                    period: period
-                        .parse()
-                        .map_err(|e: usage_sync_core::CoreError| StoreError::Corrupt(e.to_string()))?,
+                    period: period.parse().map_err(|e: usage_sync_core::CoreError| {
+                        StoreError::Corrupt(e.to_string())
+                    })?,
                     limits: limits_from_json(&limits)?,
                 });
             }
@@ -288,7 +299,12 @@ impl Store for SqliteStore {
                 "INSERT INTO plans (name, period, limits, updated_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET period = excluded.period,
                    limits = excluded.limits, updated_at = excluded.updated_at",
-                params![plan.name, plan.period.as_str(), limits_to_json(&plan.limits), now_text()],
+                params![
+                    plan.name,
+                    plan.period.as_str(),
+                    limits_to_json(&plan.limits),
+                    now_text()
+                ],
             )?;
             Ok(())
         })
@@ -338,7 +354,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn save_user(&self, user_id: String, user: StoredUser) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_user(
+        &self,
+        user_id: String,
+        user: StoredUser,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO users (user_id, plan, limits, period_reset_at, updated_at)
@@ -358,16 +378,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn apply_flush(&self, batch: Arc<FlushBatch>) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+    fn apply_flush(
+        &self,
+        batch: Arc<FlushBatch>,
+    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
         self.write(move |c| apply_flush(c, &batch))
     }
 
     fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT 1 FROM flushes WHERE flush_id = ?1")?
-                .query_row([id.to_string()], |_| Ok(()))
-                .optional()?
-                .is_some())
+            Ok(
+                c.prepare_cached("SELECT 1 FROM flushes WHERE flush_id = ?1")?
+                    .query_row([id.to_string()], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
         })
     }
 

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use usage_sync_core::{
-    Delta, FlushBatch, FlushId, Kinds, PeriodKind, Timestamp, Trigger, UserId,
-};
+use usage_sync_core::{Delta, FlushBatch, FlushId, Kinds, PeriodKind, Timestamp, Trigger, UserId};
 use usage_sync_store::{SqliteStore, Store, StoredPlan, StoredUser};
 
 const NOV: Timestamp = Timestamp(1_793_491_200_000); // 2026-11-01

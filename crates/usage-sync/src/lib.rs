@@ -1,1 +1,47 @@
+//! usage-sync as a library: meter per-user usage and enforce quotas in
+//! memory, and write the counts to a database in batches.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use usage_sync::{Engine, SyncConfig, SystemClock};
+//! use usage_sync_core::{default_catalogue, Units, UserId};
+//! use usage_sync_store::SqliteStore;
+//!
+//! let store = Arc::new(SqliteStore::open("data/usage-sync.db".as_ref())?);
+//! let (kinds, plans) = default_catalogue();
+//! let engine = Engine::open(store, kinds, plans, SyncConfig::default(), Arc::new(SystemClock)).await?;
+//! engine.start();
+//! let user = UserId::parse("u1")?;
+//! let fast = engine.kind("fast")?;
+//! let out = engine.consume(&user, &fast, Units::ONE, None).await?;
+//! assert!(out.decision.allowed);
+//! engine.shutdown(std::time::Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules:
+//! - [`engine`]: the [`Engine`] handle: consume, check, refund, usage and
+//!   admin changes; loads users from the store on first touch.
+//! - [`sync`]: the sync engine's triggers, flush pool and retries; start,
+//!   manual sync and shutdown.
+//! - [`config`]: [`SyncConfig`].
+//! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
+//! - [`stats`]: flush statistics per trigger.
+//! - [`error`]: the crate's [`Error`].
 
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod stats;
+pub mod sync;
+
+pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
+pub use config::SyncConfig;
+pub use engine::{Engine, Refund, SyncAllReport};
+pub use error::Error;
+pub use stats::{SyncStatsSnapshot, TriggerStats};
+pub use sync::ShutdownReport;
+pub use usage_sync_core as core;
+pub use usage_sync_store as store;

@@ -1,0 +1,63 @@
+//! Settings of the sync engine. The server builds this from its layered
+//! configuration; an embedding application fills it directly.
+
+use std::time::Duration;
+
+/// How the sync engine decides when to write to the store.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Run the triggers at all (`ENABLE_USAGE_SYNC`). When false nothing is
+    /// ever flushed and units stay in memory.
+    pub enabled: bool,
+    /// Heartbeat: retries, session ends, eviction.
+    pub heartbeat_interval: Duration,
+    /// Main check: the oldest pending users, up to `max_active_users_check`.
+    pub check_interval: Duration,
+    /// Pending units of one counter that force a prompt flush.
+    pub force_sync_threshold: u64,
+    /// Guarantee: everything pending is flushed at least this often.
+    pub max_sync_interval: Duration,
+    pub max_active_users_check: usize,
+    /// A user idle this long with pending units is flushed (session end);
+    /// idle and clean, it is evicted from memory.
+    pub session_timeout: Duration,
+    /// Bound on one flush transaction; on expiry the batch is retried under
+    /// the same flush id.
+    pub sync_timeout: Duration,
+    pub max_concurrent_syncs: usize,
+    /// Counters per batch (one transaction).
+    pub batch_size: usize,
+    /// Soft bound on users held in memory; idle clean users are evicted
+    /// first when it is exceeded.
+    pub max_cached_users: usize,
+    /// How long a request id is remembered.
+    pub dedup_window: Duration,
+    /// First retry delay after a failed flush; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long applied flush ids are kept in the store.
+    pub flush_id_retention: Duration,
+}
+
+impl Default for SyncConfig {
+    /// The development profile's values.
+    fn default() -> Self {
+        SyncConfig {
+            enabled: true,
+            heartbeat_interval: Duration::from_secs(30),
+            check_interval: Duration::from_secs(60),
+            force_sync_threshold: 5,
+            max_sync_interval: Duration::from_secs(600),
+            max_active_users_check: 100,
+            session_timeout: Duration::from_secs(3600),
+            sync_timeout: Duration::from_secs(5),
+            max_concurrent_syncs: 3,
+            batch_size: 500,
+            max_cached_users: 1_000_000,
+            dedup_window: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            flush_id_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}

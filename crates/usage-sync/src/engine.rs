@@ -1,0 +1,433 @@
+//! The engine: the public face of the library. It owns the in-memory ledger
+//! and the store, makes cold users resident on first touch, and exposes
+//! consume / check / refund / usage and the admin operations.
+//!
+//! The request path is: parse (done by the caller, into core types) →
+//! `Ledger::consume` under one shard lock → wake the sync engine if a
+//! threshold was reached → return. It touches the store only for a user
+//! that is not in memory yet (one indexed read), never for a resident one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+use usage_sync_core::{
+    ConsumeOutcome, CoreError, Decision, Kind, Kinds, Ledger, LedgerConfig, Limit, PeriodKind,
+    PersistedRow, Plan, Plans, RequestId, Timestamp, Units, UserId, UserProfile, UserUsage,
+};
+use usage_sync_store::{Store, StoredPlan, StoredUser};
+
+use crate::clock::SharedClock;
+use crate::config::SyncConfig;
+use crate::error::Error;
+use crate::stats::SyncStats;
+use crate::sync::FlushQueue;
+
+/// A handle to the engine. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ledger: Ledger,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: SharedClock,
+    pub(crate) config: SyncConfig,
+    /// Woken by a consume that made a counter due by threshold.
+    pub(crate) threshold_wake: Notify,
+    pub(crate) stats: SyncStats,
+    pub(crate) flushes: FlushQueue,
+    /// False while starting and once shutdown began: requests get
+    /// `Unavailable` instead of a decision.
+    pub(crate) accepting: AtomicBool,
+    pub(crate) started_at: Timestamp,
+}
+
+/// Result of a refund.
+#[derive(Clone, Debug)]
+pub struct Refund {
+    pub user: UserId,
+    pub kind: Kind,
+    pub refunded: u64,
+    pub usage: UserUsage,
+}
+
+/// Result of [`Engine::sync_all`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncAllReport {
+    /// Users examined (those with pending units).
+    pub checked: usize,
+    pub flushed_users: usize,
+    pub flushed_units: i64,
+}
+
+impl Engine {
+    /// Opens the engine over `store`: runs migrations, loads the plans saved
+    /// by admins (they take precedence over `plans` from configuration) and
+    /// builds the in-memory ledger. Call [`Engine::start`] to run the sync
+    /// engine's triggers.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        kinds: Kinds,
+        plans: Plans,
+        config: SyncConfig,
+        clock: SharedClock,
+    ) -> Result<Engine, Error> {
+        store.migrate().await?;
+        let mut plans = plans;
+        for stored in store.load_plans().await? {
+            // A stored plan naming a kind that is no longer configured keeps
+            // its other limits; the unknown kind is ignored.
+            let limits: Vec<(&str, Limit)> = stored
+                .limits
+                .iter()
+                .filter(|(k, _)| kinds.get(k).is_ok())
+                .map(|(k, l)| (k.as_str(), *l))
+                .collect();
+            let plan = Plan::from_named_limits(&stored.name, stored.period, &kinds, limits)?;
+            plans = plans.with_plan(plan);
+        }
+        let ledger = Ledger::new(
+            kinds,
+            plans,
+            LedgerConfig {
+                shards: 64,
+                threshold: config.force_sync_threshold,
+                dedup_window_ms: config.dedup_window.as_millis() as i64,
+                instance_nonce: fastrand::u64(..),
+            },
+        );
+        let started_at = clock.now();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                ledger,
+                store,
+                clock,
+                flushes: FlushQueue::new(config.max_concurrent_syncs),
+                config,
+                threshold_wake: Notify::new(),
+                stats: SyncStats::new(),
+                accepting: AtomicBool::new(true),
+                started_at,
+            }),
+        })
+    }
+
+    pub fn kinds(&self) -> &Kinds {
+        self.inner.ledger.kinds()
+    }
+
+    pub fn plans(&self) -> Arc<Plans> {
+        self.inner.ledger.plans()
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.inner.config
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    pub fn started_at(&self) -> Timestamp {
+        self.inner.started_at
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Read access to the ledger, for diagnostics and tests.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// Whether the engine answers requests (false during shutdown).
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::Acquire)
+    }
+
+    fn ensure_accepting(&self) -> Result<(), Error> {
+        if self.is_accepting() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the service is shutting down".into()))
+        }
+    }
+
+    pub fn kind(&self, name: &str) -> Result<Kind, Error> {
+        Ok(self.kinds().get(name)?.clone())
+    }
+
+    /// May `user` spend `amount` of `kind`? If so, it is counted in the same
+    /// atomic step. With a `request_id`, a repeat returns the original
+    /// decision with `deduplicated = true` and counts nothing.
+    pub async fn consume(
+        &self,
+        user: &UserId,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+    ) -> Result<ConsumeOutcome, Error> {
+        self.ensure_accepting()?;
+        let ledger = &self.inner.ledger;
+        let out = loop {
+            match ledger.consume(user.as_str(), kind, amount, request_id, self.now()) {
+                Err(CoreError::NotResident) => self.make_resident(user).await?,
+                other => break other?,
+            }
+        };
+        if out.threshold_reached {
+            self.inner.threshold_wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Answers the consume question without counting.
+    pub async fn check(
+        &self,
+        user: &UserId,
+        kind: &Kind,
+        amount: Units,
+    ) -> Result<Decision, Error> {
+        self.ensure_accepting()?;
+        loop {
+            match self
+                .inner
+                .ledger
+                .check(user.as_str(), kind, amount, self.now())
+            {
+                Err(CoreError::NotResident) => self.make_resident(user).await?,
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Reverses the consume made under `request_id`, once.
+    pub async fn refund(&self, request_id: &str) -> Result<Refund, Error> {
+        self.ensure_accepting()?;
+        let ledger = &self.inner.ledger;
+        loop {
+            let owner = ledger
+                .request_owner(request_id, self.now())
+                .ok_or(CoreError::UnknownRequest)?;
+            match ledger.refund(request_id, self.now()) {
+                Err(CoreError::NotResident) => self.make_resident(&owner).await?,
+                Err(e) => return Err(e.into()),
+                Ok(r) => {
+                    let usage = self.usage(&r.user).await?;
+                    return Ok(Refund {
+                        user: r.user,
+                        kind: r.kind,
+                        refunded: r.refunded,
+                        usage,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Current usage of `user`: persisted + pending for the current period.
+    /// A user not in memory is read from the store without being loaded.
+    pub async fn usage(&self, user: &UserId) -> Result<UserUsage, Error> {
+        let now = self.now();
+        if let Some(u) = self.inner.ledger.usage(user.as_str(), now) {
+            return Ok(u);
+        }
+        let (profile, rows) = self.read_user(user).await?;
+        // It may have become resident while we read: prefer memory.
+        if let Some(u) = self.inner.ledger.usage(user.as_str(), now) {
+            return Ok(u);
+        }
+        Ok(self
+            .inner
+            .ledger
+            .usage_from_store(user, &profile, &rows, now))
+    }
+
+    /// The earliest period start any plan could resolve to now: loading rows
+    /// from there covers the user's current period whatever its plan.
+    fn load_since(&self) -> Timestamp {
+        let now = self.now();
+        self.plans()
+            .iter()
+            .map(|p| p.period.calendar_bounds(now).0)
+            .min()
+            .unwrap_or(Timestamp::EPOCH)
+    }
+
+    /// Reads a user's profile and persisted counters from the store,
+    /// mapping kind names to the configured kinds (unknown kinds skipped).
+    async fn read_user(&self, user: &UserId) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
+        let state = self
+            .inner
+            .store
+            .load_user(user.to_string(), self.load_since())
+            .await?;
+        let kinds = self.kinds();
+        let profile = state
+            .profile
+            .map(|p| profile_from_stored(kinds, p))
+            .unwrap_or_default();
+        let rows = state
+            .usage
+            .into_iter()
+            .filter_map(|r| {
+                kinds.get(&r.kind).ok().map(|k| PersistedRow {
+                    kind: k.index(),
+                    period_start: r.period_start,
+                    used: r.used,
+                })
+            })
+            .collect();
+        Ok((profile, rows))
+    }
+
+    /// Loads a user into memory. Retries if an eviction or admin change
+    /// raced with the read (the ledger detects it through the load epoch),
+    /// so a stale read can never become the in-memory truth.
+    async fn make_resident(&self, user: &UserId) -> Result<(), Error> {
+        for _ in 0..8 {
+            let epoch = self.inner.ledger.load_epoch(user.as_str());
+            let (profile, rows) = self.read_user(user).await?;
+            if self
+                .inner
+                .ledger
+                .warm(user, profile, &rows, epoch, self.now())
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable(
+            "user state kept changing while loading; retry".into(),
+        ))
+    }
+
+    /// The profile of a user: from memory if resident, else the store.
+    async fn profile(&self, user: &UserId) -> Result<UserProfile, Error> {
+        if let Some(p) = self.inner.ledger.profile(user.as_str()) {
+            return Ok(p);
+        }
+        Ok(self.read_user(user).await?.0)
+    }
+
+    async fn save_profile(&self, user: &UserId, profile: UserProfile) -> Result<(), Error> {
+        let stored = StoredUser {
+            plan: profile.plan.clone(),
+            overrides: profile
+                .overrides
+                .iter()
+                .map(|&(k, l)| (self.kinds().by_index(k).name().to_owned(), l))
+                .collect(),
+            reset_at: profile.reset_at,
+        };
+        self.inner.store.save_user(user.to_string(), stored).await?;
+        // Store first, memory second: a concurrent cold load either reads
+        // the new row or is refused by the epoch bump in `set_profile`.
+        self.inner
+            .ledger
+            .set_profile(user.as_str(), profile, self.now());
+        Ok(())
+    }
+
+    /// Creates or replaces a plan. Applies to every user's next request.
+    pub async fn set_plan(
+        &self,
+        name: &str,
+        period: PeriodKind,
+        limits: &[(String, Limit)],
+    ) -> Result<Plan, Error> {
+        validate_plan_name(name)?;
+        let plan = Plan::from_named_limits(
+            name,
+            period,
+            self.kinds(),
+            limits.iter().map(|(k, l)| (k.as_str(), *l)),
+        )?;
+        self.inner
+            .store
+            .save_plan(StoredPlan {
+                name: name.to_owned(),
+                period,
+                limits: limits.to_vec(),
+            })
+            .await?;
+        self.inner.ledger.set_plan(plan.clone());
+        Ok(plan)
+    }
+
+    /// Assigns a plan and/or per-kind limit overrides to a user. `plan:
+    /// None` keeps the current plan; `limits: None` keeps the overrides.
+    /// Pending units are never lost; a changed limit applies to the next
+    /// consume.
+    pub async fn set_user(
+        &self,
+        user: &UserId,
+        plan: Option<&str>,
+        limits: Option<&[(String, Limit)]>,
+    ) -> Result<UserUsage, Error> {
+        if let Some(p) = plan
+            && self.plans().get(p).is_none()
+        {
+            return Err(Error::Invalid(format!(
+                "unknown plan '{}'",
+                usage_sync_core::ids::truncate_for_message(p)
+            )));
+        }
+        let mut overrides = None;
+        if let Some(limits) = limits {
+            let mut o = Vec::with_capacity(limits.len());
+            for (k, l) in limits {
+                o.push((self.kinds().get(k)?.index(), *l));
+            }
+            overrides = Some(o);
+        }
+        let mut profile = self.profile(user).await?;
+        if let Some(p) = plan {
+            profile.plan = Some(p.to_owned());
+        }
+        if let Some(o) = overrides {
+            profile.overrides = o;
+        }
+        self.save_profile(user, profile).await?;
+        self.usage(user).await
+    }
+
+    /// Starts a new period for `user` now. Units counted before stay in the
+    /// old period and are still flushed there.
+    pub async fn reset_user(&self, user: &UserId) -> Result<UserUsage, Error> {
+        let mut profile = self.profile(user).await?;
+        profile.reset_at = Some(self.now());
+        self.save_profile(user, profile).await?;
+        self.usage(user).await
+    }
+}
+
+fn validate_plan_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(
+            "plan names are 1-64 of A-Z, a-z, 0-9, '_', '-' and '.'".into(),
+        ))
+    }
+}
+
+fn profile_from_stored(kinds: &Kinds, p: StoredUser) -> UserProfile {
+    UserProfile {
+        plan: p.plan,
+        overrides: p
+            .overrides
+            .into_iter()
+            .filter_map(|(k, l)| kinds.get(&k).ok().map(|k| (k.index(), l)))
+            .collect(),
+        reset_at: p.reset_at,
+    }
+}

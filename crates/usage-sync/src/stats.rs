@@ -1,0 +1,125 @@
+//! Counters describing what the sync engine has done, per trigger.
+//!
+//! Flushes happen at most a few hundred times a second, so a mutex around
+//! plain integers is simpler than atomics and costs nothing measurable.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use usage_sync_core::{Timestamp, Trigger};
+
+/// Per-trigger totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriggerStats {
+    pub flushes: u64,
+    pub failures: u64,
+    pub units: i64,
+    pub rows: u64,
+}
+
+/// A snapshot of the sync statistics.
+#[derive(Clone, Debug, Default)]
+pub struct SyncStatsSnapshot {
+    /// Indexed by [`Trigger::index`].
+    pub by_trigger: Vec<(Trigger, TriggerStats)>,
+    pub flushes: u64,
+    pub failures: u64,
+    pub transient_failures: u64,
+    pub units_flushed: i64,
+    pub rows_written: u64,
+    /// Batches whose flush id was already in the store: a retry of a commit
+    /// whose acknowledgement was lost. Nothing was applied twice.
+    pub already_applied: u64,
+    pub total_flush_time: Duration,
+    pub max_flush_time: Duration,
+    pub last_flush_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+impl SyncStatsSnapshot {
+    pub fn avg_flush_ms(&self) -> f64 {
+        if self.flushes == 0 {
+            0.0
+        } else {
+            self.total_flush_time.as_secs_f64() * 1000.0 / self.flushes as f64
+        }
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        let attempts = self.flushes + self.failures;
+        if attempts == 0 {
+            0.0
+        } else {
+            self.failures as f64 / attempts as f64
+        }
+    }
+
+    pub fn trigger(&self, t: Trigger) -> &TriggerStats {
+        &self.by_trigger[t.index()].1
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SyncStats {
+    inner: Mutex<SyncStatsSnapshot>,
+}
+
+impl SyncStats {
+    pub(crate) fn new() -> Self {
+        let snap = SyncStatsSnapshot {
+            by_trigger: Trigger::ALL
+                .iter()
+                .map(|t| (*t, TriggerStats::default()))
+                .collect(),
+            ..Default::default()
+        };
+        SyncStats {
+            inner: Mutex::new(snap),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut SyncStatsSnapshot) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn success(
+        &self,
+        trigger: Trigger,
+        took: Duration,
+        units: i64,
+        rows: u64,
+        already_applied: bool,
+        now: Timestamp,
+    ) {
+        self.with(|s| {
+            let t = &mut s.by_trigger[trigger.index()].1;
+            t.flushes += 1;
+            t.units += units;
+            t.rows += rows;
+            s.flushes += 1;
+            s.units_flushed += units;
+            s.rows_written += rows;
+            s.already_applied += already_applied as u64;
+            s.total_flush_time += took;
+            s.max_flush_time = s.max_flush_time.max(took);
+            s.last_flush_at = Some(now);
+        })
+    }
+
+    pub(crate) fn failure(&self, trigger: Trigger, transient: bool, error: String) {
+        self.with(|s| {
+            s.by_trigger[trigger.index()].1.failures += 1;
+            s.failures += 1;
+            s.transient_failures += transient as u64;
+            s.last_error = Some(error);
+        })
+    }
+
+    pub(crate) fn snapshot(&self) -> SyncStatsSnapshot {
+        self.with(|s| s.clone())
+    }
+
+    pub(crate) fn reset(&self) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = SyncStats::new().snapshot();
+    }
+}

@@ -1,0 +1,552 @@
+//! The sync engine: the triggers that decide when pending units are written
+//! to the store, the bounded pool of flushes, and retries.
+//!
+//! One scheduler task waits on all triggers at once (threshold wake-ups,
+//! the check, heartbeat and guarantee intervals, the next retry). Each
+//! trigger asks the ledger for what is due (never a scan of all users),
+//! receives sealed batches, and spawns one flush task per batch. Flush tasks
+//! take a permit from a semaphore (`max_concurrent_syncs`) and run under
+//! `sync_timeout`.
+//!
+//! # Failure handling, and why it cannot double-count
+//!
+//! A batch that fails or times out is kept, unchanged, in the retry list
+//! and re-sent with capped exponential backoff and jitter. Its units stay
+//! `in_flight` in the ledger, so they keep counting against the limit and
+//! are never re-batched under another id. The store applies a flush id at
+//! most once, so a re-sent batch whose first attempt did commit (timeout
+//! after commit, lost connection) is acknowledged without being applied
+//! again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tracing::{debug, error, info, warn};
+use usage_sync_core::{FlushBatch, Trigger, UserId};
+
+use crate::engine::{Engine, Inner, SyncAllReport};
+use crate::error::Error;
+use crate::stats::SyncStatsSnapshot;
+
+/// A failed batch waiting to be re-sent.
+struct Retry {
+    batch: Arc<FlushBatch>,
+    attempts: u32,
+    next_at: Instant,
+}
+
+/// Flushes in progress and batches waiting for a retry.
+pub(crate) struct FlushQueue {
+    permits: Semaphore,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+    retries: Mutex<Vec<Retry>>,
+    retry_wake: Notify,
+    scheduler: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl FlushQueue {
+    pub(crate) fn new(max_concurrent: usize) -> Self {
+        FlushQueue {
+            permits: Semaphore::new(max_concurrent.max(1)),
+            tasks: tokio::sync::Mutex::new(JoinSet::new()),
+            retries: Mutex::new(Vec::new()),
+            retry_wake: Notify::new(),
+            scheduler: Mutex::new(None),
+        }
+    }
+
+    fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_retry_at(&self) -> Option<Instant> {
+        self.retries().iter().map(|r| r.next_at).min()
+    }
+
+    /// Removes and returns the retries due at `now` (all of them if `now`
+    /// is `None`).
+    fn take_retries(&self, now: Option<Instant>) -> Vec<Retry> {
+        let mut list = self.retries();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+            .into_iter()
+            .partition(|r| now.is_none_or(|n| r.next_at <= n));
+        *list = keep;
+        due
+    }
+
+    /// Units held by batches waiting for a retry.
+    pub(crate) fn retry_units(&self) -> i64 {
+        self.retries().iter().map(|r| r.batch.units()).sum()
+    }
+
+    pub(crate) fn retry_batches(&self) -> usize {
+        self.retries().len()
+    }
+}
+
+/// What a shutdown achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub flushed_units: i64,
+    /// Units still pending or in flight when the deadline passed (0 when
+    /// everything reached the store).
+    pub remaining_units: i64,
+}
+
+impl Inner {
+    /// Capped exponential backoff with "equal jitter": half fixed, half
+    /// random, so retries from many batches spread out after an outage.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self.config.retry_base.as_millis() as u64;
+        let cap = self.config.retry_max.as_millis() as u64;
+        let exp = base
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(cap)
+            .max(1);
+        Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
+    }
+
+    fn schedule_retry(&self, batch: Arc<FlushBatch>, attempts: u32) {
+        let next_at = Instant::now() + self.backoff(attempts);
+        self.flushes.retries().push(Retry {
+            batch,
+            attempts: attempts + 1,
+            next_at,
+        });
+        self.flushes.retry_wake.notify_one();
+    }
+
+    /// Writes one batch. On success the ledger learns the store's values;
+    /// on failure the batch is queued for retry, unchanged.
+    async fn run_batch(
+        self: &Arc<Self>,
+        batch: Arc<FlushBatch>,
+        trigger: Trigger,
+        attempts: u32,
+    ) -> Result<i64, Error> {
+        let _permit = self
+            .flushes
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("sync engine closed".into()))?;
+        let started = Instant::now();
+        let result = timeout(
+            self.config.sync_timeout,
+            self.store.apply_flush(batch.clone()),
+        )
+        .await;
+        let took = started.elapsed();
+        match result {
+            Ok(Ok(out)) if out.used_after.len() == batch.deltas.len() => {
+                let now = self.clock.now();
+                let due = self.ledger.complete(&batch, &out.used_after, now);
+                self.stats.success(
+                    trigger,
+                    took,
+                    batch.units(),
+                    batch.rows() as u64,
+                    out.already_applied,
+                    now,
+                );
+                debug!(
+                    target: "flush",
+                    flush_id = %batch.id,
+                    trigger = trigger.as_str(),
+                    rows = batch.rows(),
+                    units = batch.units(),
+                    ms = took.as_millis() as u64,
+                    already_applied = out.already_applied,
+                    "flushed"
+                );
+                if out.already_applied {
+                    info!(target: "flush", flush_id = %batch.id, "batch was already applied by an earlier attempt; not applied again");
+                }
+                if due {
+                    self.threshold_wake.notify_one();
+                }
+                Ok(batch.units())
+            }
+            other => {
+                let (transient, message) = match other {
+                    Ok(Ok(_)) => (false, "store returned a malformed flush result".to_owned()),
+                    Ok(Err(e)) => (e.is_transient(), e.to_string()),
+                    Err(_) => (
+                        true,
+                        format!("flush timed out after {:?}", self.config.sync_timeout),
+                    ),
+                };
+                self.stats.failure(trigger, transient, message.clone());
+                if attempts == 0 || attempts.is_power_of_two() {
+                    warn!(
+                        target: "flush",
+                        flush_id = %batch.id,
+                        trigger = trigger.as_str(),
+                        attempts = attempts + 1,
+                        units = batch.units(),
+                        transient,
+                        error = %message,
+                        "flush failed; units stay pending and the same batch will be retried"
+                    );
+                }
+                if !transient && attempts >= 10 {
+                    error!(target: "flush", flush_id = %batch.id, error = %message, "flush keeps failing with a permanent error; an operator must look at the store");
+                }
+                self.schedule_retry(batch, attempts);
+                Err(Error::Unavailable(format!(
+                    "flush failed ({message}); the units stay pending and will be retried"
+                )))
+            }
+        }
+    }
+
+    async fn spawn_batches(self: &Arc<Self>, batches: Vec<FlushBatch>, trigger: Trigger) {
+        if batches.is_empty() {
+            return;
+        }
+        let mut tasks = self.flushes.tasks.lock().await;
+        for b in batches {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _ = me.run_batch(Arc::new(b), trigger, 0).await;
+            });
+        }
+    }
+
+    async fn spawn_retries(self: &Arc<Self>, due: Vec<Retry>) {
+        if due.is_empty() {
+            return;
+        }
+        let mut tasks = self.flushes.tasks.lock().await;
+        for r in due {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _ = me.run_batch(r.batch, Trigger::Heartbeat, r.attempts).await;
+            });
+        }
+    }
+
+    /// Waits for every spawned flush to finish (successfully or into the
+    /// retry list), up to `until`.
+    async fn drain_tasks(&self, until: Option<Instant>) {
+        let mut set = std::mem::take(&mut *self.flushes.tasks.lock().await);
+        let wait = async { while set.join_next().await.is_some() {} };
+        match until {
+            Some(t) => {
+                let _ = tokio::time::timeout_at(t, wait).await;
+            }
+            None => wait.await,
+        }
+    }
+
+    /// Runs batches now and waits for them; returns (units flushed, users
+    /// flushed, failures).
+    async fn run_now(
+        self: &Arc<Self>,
+        batches: Vec<(Arc<FlushBatch>, Trigger, u32)>,
+    ) -> (i64, usize, usize) {
+        let mut set = JoinSet::new();
+        for (b, trigger, attempts) in batches {
+            let me = self.clone();
+            set.spawn(async move {
+                let users: Vec<UserId> = b.deltas.iter().map(|d| d.user.clone()).collect();
+                (me.run_batch(b, trigger, attempts).await, users)
+            });
+        }
+        let (mut units, mut failures) = (0, 0);
+        let mut users = HashSet::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((Ok(u), us)) => {
+                    units += u;
+                    users.extend(us);
+                }
+                _ => failures += 1,
+            }
+        }
+        (units, users.len(), failures)
+    }
+
+    async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
+        let due = self.flushes.take_retries(Some(Instant::now()));
+        if !due.is_empty() {
+            info!(target: "heartbeat", batches = due.len(), "retrying failed flushes");
+        }
+        self.spawn_retries(due).await;
+        let hb = self.ledger.heartbeat(
+            self.clock.now(),
+            self.config.session_timeout.as_millis() as i64,
+            self.config.max_cached_users,
+            self.config.batch_size,
+        );
+        if hb.session_end_users > 0 || hb.evicted > 0 {
+            debug!(
+                target: "heartbeat",
+                session_end_users = hb.session_end_users,
+                evicted = hb.evicted,
+                dedup_expired = hb.dedup_expired,
+                "heartbeat"
+            );
+        }
+        self.spawn_batches(hb.session_end, Trigger::SessionEnd)
+            .await;
+        // Forget old flush ids about once an hour.
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            *last_prune = Some(Instant::now());
+            let before = self
+                .clock
+                .now()
+                .saturating_sub_ms(self.config.flush_id_retention.as_millis() as i64);
+            if let Err(e) = self.store.prune_flushes(before).await {
+                warn!(target: "heartbeat", error = %e, "could not prune old flush ids");
+            }
+        }
+    }
+
+    async fn scheduler(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
+        let c = &self.config;
+        let start = Instant::now();
+        let mut check = interval_at(start + c.check_interval, c.check_interval);
+        let mut heartbeat = interval_at(start + c.heartbeat_interval, c.heartbeat_interval);
+        let mut guarantee = interval_at(start + c.max_sync_interval, c.max_sync_interval);
+        for i in [&mut check, &mut heartbeat, &mut guarantee] {
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        let mut last_prune = None;
+        loop {
+            let next_retry = self.flushes.next_retry_at();
+            let retry_due = async move {
+                match next_retry {
+                    Some(t) => sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = self.threshold_wake.notified() => {
+                    let batches = self.ledger.take_threshold(c.batch_size);
+                    self.spawn_batches(batches, Trigger::Threshold).await;
+                }
+                _ = guarantee.tick() => {
+                    let (batches, users) = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
+                    if users > 0 {
+                        debug!(target: "guarantee", users, batches = batches.len(), "guarantee pass");
+                    }
+                    self.spawn_batches(batches, Trigger::Guarantee).await;
+                }
+                _ = check.tick() => {
+                    let (batches, users) = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
+                    if users > 0 {
+                        debug!(target: "check", users, batches = batches.len(), "check pass");
+                    }
+                    self.spawn_batches(batches, Trigger::Check).await;
+                }
+                _ = heartbeat.tick() => self.heartbeat(&mut last_prune).await,
+                _ = retry_due => {
+                    let due = self.flushes.take_retries(Some(Instant::now()));
+                    self.spawn_retries(due).await;
+                }
+                _ = self.flushes.retry_wake.notified() => {}
+            }
+            // Reap finished flush tasks so the set does not grow.
+            let mut tasks = self.flushes.tasks.lock().await;
+            while tasks.try_join_next().is_some() {}
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the sync engine's triggers. Idempotent. When sync is disabled
+    /// (`enabled = false`) nothing is started and a warning is logged.
+    pub fn start(&self) {
+        if !self.inner.config.enabled {
+            warn!(target: "flush", "usage sync is DISABLED (ENABLE_USAGE_SYNC=false): counts stay in memory and are never written to the store");
+            return;
+        }
+        let mut slot = self
+            .inner
+            .flushes
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let (tx, rx) = oneshot::channel();
+            let handle = tokio::spawn(self.inner.clone().scheduler(rx));
+            *slot = Some((tx, handle));
+        }
+    }
+
+    fn ensure_sync_enabled(&self) -> Result<(), Error> {
+        if self.inner.config.enabled {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "usage sync is disabled (ENABLE_USAGE_SYNC=false)".into(),
+            ))
+        }
+    }
+
+    /// Flushes everything pending now and waits for it: in-flight flushes,
+    /// failed batches (retried at once) and all pending counters. After an
+    /// `Ok`, every unit acknowledged before the call is in the store.
+    pub async fn sync_all(&self) -> Result<SyncAllReport, Error> {
+        self.ensure_sync_enabled()?;
+        let inner = &self.inner;
+        inner.drain_tasks(None).await;
+        let mut work: Vec<_> = inner
+            .flushes
+            .take_retries(None)
+            .into_iter()
+            .map(|r| (r.batch, Trigger::Manual, r.attempts))
+            .collect();
+        let (batches, checked) = inner
+            .ledger
+            .take_all(inner.config.batch_size, Trigger::Manual);
+        work.extend(
+            batches
+                .into_iter()
+                .map(|b| (Arc::new(b), Trigger::Manual, 0)),
+        );
+        let (units, users, failures) = inner.run_now(work).await;
+        if failures > 0 {
+            return Err(Error::Unavailable(format!(
+                "{failures} batch(es) could not be written; their units stay pending and will be retried"
+            )));
+        }
+        Ok(SyncAllReport {
+            checked,
+            flushed_users: users,
+            flushed_units: units,
+        })
+    }
+
+    /// Flushes one user's pending units now; returns the units written.
+    pub async fn sync_user(&self, user: &UserId) -> Result<i64, Error> {
+        self.ensure_sync_enabled()?;
+        let inner = &self.inner;
+        // Let in-flight flushes (which may hold this user's counters) land
+        // first, so the user's next batch can include everything.
+        inner.drain_tasks(None).await;
+        let mut work: Vec<_> = inner
+            .flushes
+            .take_retries(None)
+            .into_iter()
+            .map(|r| (r.batch, Trigger::Manual, r.attempts))
+            .collect();
+        let own = inner
+            .ledger
+            .take_user(user.as_str(), inner.config.batch_size);
+        let own_units: i64 = own.iter().map(FlushBatch::units).sum();
+        work.extend(own.into_iter().map(|b| (Arc::new(b), Trigger::Manual, 0)));
+        let (_, _, failures) = inner.run_now(work).await;
+        if failures > 0 {
+            return Err(Error::Unavailable(
+                "the flush failed; the units stay pending and will be retried".into(),
+            ));
+        }
+        Ok(own_units)
+    }
+
+    /// Stops the triggers, refuses new requests, and flushes everything
+    /// until done or until `deadline` passes. Whatever could not be written
+    /// is reported (and, with the write-ahead log, kept for the next start).
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Release);
+        let sched = inner
+            .flushes
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, handle)) = sched {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+        let end = Instant::now() + deadline;
+        let mut flushed = 0;
+        if inner.config.enabled {
+            loop {
+                inner.drain_tasks(Some(end)).await;
+                let mut work: Vec<_> = inner
+                    .flushes
+                    .take_retries(None)
+                    .into_iter()
+                    .map(|r| (r.batch, Trigger::Shutdown, r.attempts))
+                    .collect();
+                let (batches, _) = inner
+                    .ledger
+                    .take_all(inner.config.batch_size, Trigger::Shutdown);
+                work.extend(
+                    batches
+                        .into_iter()
+                        .map(|b| (Arc::new(b), Trigger::Shutdown, 0)),
+                );
+                if work.is_empty() || Instant::now() >= end {
+                    if !work.is_empty() {
+                        // Put them back so the report counts them.
+                        for (b, _, a) in work {
+                            inner.flushes.retries().push(Retry {
+                                batch: b,
+                                attempts: a,
+                                next_at: Instant::now(),
+                            });
+                        }
+                    }
+                    break;
+                }
+                let run = inner.run_now(work);
+                match tokio::time::timeout_at(end, run).await {
+                    Ok((units, _, failures)) => {
+                        flushed += units;
+                        if failures > 0 {
+                            let pause = Duration::from_millis(200)
+                                .min(end.saturating_duration_since(Instant::now()));
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let t = inner.ledger.totals();
+        let remaining = t.pending + t.in_flight;
+        if remaining != 0 {
+            error!(
+                target: "flush",
+                remaining_units = remaining,
+                "shutdown deadline passed with units not written to the store"
+            );
+        } else {
+            info!(target: "flush", flushed_units = flushed, "shutdown flush complete");
+        }
+        ShutdownReport {
+            flushed_units: flushed,
+            remaining_units: remaining,
+        }
+    }
+
+    /// Statistics of the sync engine since start (or the last reset).
+    pub fn stats(&self) -> SyncStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    pub fn reset_stats(&self) {
+        self.inner.stats.reset();
+    }
+
+    /// Batches waiting for a retry, and the units they hold.
+    pub fn retry_backlog(&self) -> (usize, i64) {
+        (
+            self.inner.flushes.retry_batches(),
+            self.inner.flushes.retry_units(),
+        )
+    }
+}
