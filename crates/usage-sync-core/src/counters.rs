@@ -793,7 +793,6 @@ impl Ledger {
             .current
             .iter_mut()
             .enumerate()
-            .map(|(k, s)| (k, s))
             .chain(e.stale.iter_mut().map(|(k, s)| (*k as usize, s)));
         for (k, s) in all {
             if s.pending == 0 {

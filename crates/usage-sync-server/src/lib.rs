@@ -1,1 +1,17 @@
+//! The usage-sync service.
+//!
+//! Modules:
+//! - [`cli`]: the `usage-sync` command line (`serve`, `check-config`,
+//!   `migrate`);
+//! - [`configuration`]: layered, validated [`configuration::Settings`];
+//! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
+//! - [`http`]: routes, auth, request parsing, the error shape;
+//! - [`telemetry`]: logging setup;
+//! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
+pub mod cli;
+pub mod configuration;
+pub mod http;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

@@ -25,7 +25,7 @@
 //!   admin changes; loads users from the store on first touch.
 //! - [`sync`]: the sync engine's triggers, flush pool and retries; start,
 //!   manual sync and shutdown.
-//! - [`config`]: [`SyncConfig`].
+//! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].

@@ -1,0 +1,116 @@
+//! The command line: `serve`, `check-config`, `migrate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::configuration::{self, Settings};
+use crate::startup::{Application, open_store};
+use crate::{shutdown, telemetry};
+
+/// Meters per-user usage and enforces quotas, in memory, with batched and
+/// exactly-once writes to the database.
+#[derive(Parser, Debug)]
+#[command(name = "usage-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML config file (layered between the preset and the environment).
+    #[arg(long, global = true, env = "USAGE_SYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service (HTTP API and sync engine) until SIGTERM or SIGINT.
+    Serve,
+    /// Print the effective settings, where each came from, secrets
+    /// redacted; exit non-zero if the configuration is invalid.
+    CheckConfig,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match configuration::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("✗ invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            print_config(&settings);
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => runtime(|| async {
+            telemetry::init(&settings);
+            let store = open_store(&settings)?;
+            store.migrate().await?;
+            println!(
+                "✓ migrations applied to {} ({})",
+                configuration::redact_url(&settings.database_url),
+                store.backend()
+            );
+            Ok(())
+        }),
+        Command::Serve => runtime(|| async {
+            telemetry::init(&settings);
+            telemetry::warn_about(&settings);
+            let app = Application::build(settings).await?;
+            let report = app.run_until_stopped(shutdown::signal()).await?;
+            if report.remaining_units != 0 {
+                anyhow::bail!(
+                    "{} units could not be written before the shutdown deadline",
+                    report.remaining_units
+                );
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("✗ cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("✗ {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config(s: &Settings) {
+    use std::io::Write;
+    // Write errors (a closed pipe, as in `check-config | head`) are ignored:
+    // the exit code still tells whether the configuration is valid.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "usage-sync effective configuration\n");
+    let _ = writeln!(out, "  {:<24} {:<40} source", "setting", "value");
+    for (key, value) in s.redacted() {
+        let source = s
+            .sources
+            .get(key)
+            .map_or_else(|| "default".to_owned(), |src| src.to_string());
+        let _ = writeln!(out, "  {key:<24} {value:<40} {source}");
+    }
+    let _ = writeln!(out, "\n✓ configuration is valid");
+}

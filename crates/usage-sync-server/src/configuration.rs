@@ -1,0 +1,1053 @@
+//! Settings, built in layers: the profile's defaults → the preset → the
+//! config file → the environment. Every value remembers which layer set
+//! it, so `check-config` can show where each setting came from, and every
+//! error names the offending key and layer.
+//!
+//! The environment variable names are part of the public contract (see
+//! `docs/configuration.md`); keep them exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use usage_sync::SyncConfig;
+use usage_sync_core::{Kinds, Limit, PeriodKind, Plan, Plans};
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default(Profile),
+    Preset(Preset),
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default(p) => write!(f, "default ({})", p.as_str()),
+            Source::Preset(p) => write!(f, "preset ({})", p.as_str()),
+            Source::File(p) => write!(f, "file ({})", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Development,
+    Production,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Development => "development",
+            Profile::Production => "production",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Profile> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" | "test" => Some(Profile::Development),
+            "production" | "prod" => Some(Profile::Production),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    Small,
+    Medium,
+    Large,
+}
+
+impl Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Small => "small",
+            Preset::Medium => "medium",
+            Preset::Large => "large",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Preset> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "small" => Some(Preset::Small),
+            "medium" => Some(Preset::Medium),
+            "large" => Some(Preset::Large),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerformanceMode {
+    Standard,
+    Optimized,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A secret: never printed by `Debug` or `check-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configured plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSettings {
+    pub period: PeriodKind,
+    pub limits: BTreeMap<String, Limit>,
+}
+
+/// The effective settings of one process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub profile: Profile,
+    pub preset: Option<Preset>,
+    pub heartbeat_interval: Duration,
+    pub sync_check_interval: Duration,
+    pub force_sync_threshold: u64,
+    pub max_sync_interval: Duration,
+    pub verbose_logging: bool,
+    pub max_active_users_check: usize,
+    pub session_timeout: Duration,
+    pub sync_timeout: Duration,
+    pub max_concurrent_syncs: usize,
+    pub batch_size: usize,
+    pub max_cached_users: usize,
+    pub enable_usage_sync: bool,
+    pub performance_mode: PerformanceMode,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub api_token: Option<Secret>,
+    pub admin_token: Option<Secret>,
+    pub shutdown_timeout: Duration,
+    pub dedup_window: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub kinds: Vec<String>,
+    pub default_plan: String,
+    pub plans: BTreeMap<String, PlanSettings>,
+    /// Key → where its value came from, for `check-config`.
+    pub sources: BTreeMap<&'static str, Source>,
+}
+
+/// A configuration error that names the key and the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for {key} from {origin}: {message}")]
+    Invalid {
+        key: &'static str,
+        origin: Source,
+        message: String,
+    },
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("unknown key '{key}' in {path} (see docs/configuration.md)")]
+    UnknownKey { key: String, path: PathBuf },
+    #[error("{0}")]
+    Rule(String),
+}
+
+/// How a key's raw text is interpreted.
+#[derive(Clone, Copy)]
+enum Ty {
+    Duration,
+    Count,
+    Bool,
+    Text,
+    SecretText,
+    List,
+}
+
+/// Every scalar setting: key (in files), environment variables (first
+/// found wins), type.
+const KEYS: &[(&str, &[&str], Ty)] = &[
+    (
+        "heartbeat_interval",
+        &["USAGE_SYNC_HEARTBEAT_INTERVAL"],
+        Ty::Duration,
+    ),
+    (
+        "sync_check_interval",
+        &["USAGE_SYNC_CHECK_INTERVAL"],
+        Ty::Duration,
+    ),
+    ("force_sync_threshold", &["USAGE_SYNC_THRESHOLD"], Ty::Count),
+    (
+        "max_sync_interval",
+        &["USAGE_SYNC_MAX_SYNC_INTERVAL"],
+        Ty::Duration,
+    ),
+    (
+        "verbose_logging",
+        &["USAGE_SYNC_VERBOSE_LOGGING", "ENABLE_VERBOSE_LOGGING"],
+        Ty::Bool,
+    ),
+    (
+        "max_active_users_check",
+        &["USAGE_SYNC_MAX_ACTIVE_USERS_CHECK"],
+        Ty::Count,
+    ),
+    (
+        "session_timeout",
+        &["USAGE_SYNC_SESSION_TIMEOUT"],
+        Ty::Duration,
+    ),
+    ("sync_timeout", &["USAGE_SYNC_TIMEOUT"], Ty::Duration),
+    (
+        "max_concurrent_syncs",
+        &["USAGE_SYNC_MAX_CONCURRENT_SYNCS"],
+        Ty::Count,
+    ),
+    ("batch_size", &["USAGE_SYNC_BATCH_SIZE"], Ty::Count),
+    (
+        "max_cached_users",
+        &["USAGE_SYNC_MAX_CACHED_USERS"],
+        Ty::Count,
+    ),
+    ("enable_usage_sync", &["ENABLE_USAGE_SYNC"], Ty::Bool),
+    ("performance_mode", &["SYNC_PERFORMANCE_MODE"], Ty::Text),
+    ("data_dir", &["USAGE_SYNC_DATA_DIR"], Ty::Text),
+    ("database_url", &["DATABASE_URL"], Ty::SecretText),
+    ("listen", &["USAGE_SYNC_LISTEN"], Ty::Text),
+    ("api_token", &["USAGE_SYNC_API_TOKEN"], Ty::SecretText),
+    ("admin_token", &["USAGE_SYNC_ADMIN_TOKEN"], Ty::SecretText),
+    (
+        "shutdown_timeout",
+        &["USAGE_SYNC_SHUTDOWN_TIMEOUT"],
+        Ty::Duration,
+    ),
+    ("dedup_window", &["USAGE_SYNC_DEDUP_WINDOW"], Ty::Duration),
+    ("log_format", &["USAGE_SYNC_LOG_FORMAT"], Ty::Text),
+    ("log_level", &["USAGE_SYNC_LOG_LEVEL"], Ty::Text),
+    ("kinds", &["USAGE_SYNC_KINDS"], Ty::List),
+    ("default_plan", &["USAGE_SYNC_DEFAULT_PLAN"], Ty::Text),
+];
+
+/// Environment variables holding the name of a file whose content is the
+/// secret (for Docker and Kubernetes secrets mounted as files).
+const SECRET_FILES: &[(&str, &str)] = &[
+    ("api_token", "USAGE_SYNC_API_TOKEN_FILE"),
+    ("admin_token", "USAGE_SYNC_ADMIN_TOKEN_FILE"),
+];
+
+fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
+    let (hb, check, threshold, max_sync, verbose, fmt) = match p {
+        Profile::Development => ("30s", "1m", "5", "10m", "true", "pretty"),
+        Profile::Production => ("2m", "5m", "10", "30m", "false", "json"),
+    };
+    vec![
+        ("heartbeat_interval", hb),
+        ("sync_check_interval", check),
+        ("force_sync_threshold", threshold),
+        ("max_sync_interval", max_sync),
+        ("verbose_logging", verbose),
+        ("max_active_users_check", "100"),
+        ("session_timeout", "60m"),
+        ("sync_timeout", "5s"),
+        ("max_concurrent_syncs", "3"),
+        ("batch_size", "500"),
+        ("max_cached_users", "1000000"),
+        ("enable_usage_sync", "true"),
+        ("performance_mode", "standard"),
+        ("data_dir", "./data"),
+        ("listen", "127.0.0.1:8080"),
+        ("shutdown_timeout", "30s"),
+        ("dedup_window", "24h"),
+        ("log_format", fmt),
+        ("log_level", "info"),
+        ("kinds", "premium,fast"),
+        ("default_plan", "free"),
+    ]
+}
+
+fn preset_values(p: Preset) -> Vec<(&'static str, &'static str)> {
+    let mut v = match p {
+        Preset::Small => vec![
+            ("heartbeat_interval", "5m"),
+            ("sync_check_interval", "10m"),
+            ("force_sync_threshold", "15"),
+            ("max_active_users_check", "50"),
+        ],
+        Preset::Medium => vec![
+            ("heartbeat_interval", "2m"),
+            ("sync_check_interval", "5m"),
+            ("force_sync_threshold", "10"),
+            ("max_active_users_check", "100"),
+        ],
+        Preset::Large => vec![
+            ("heartbeat_interval", "1m"),
+            ("sync_check_interval", "3m"),
+            ("force_sync_threshold", "8"),
+            ("max_active_users_check", "200"),
+        ],
+    };
+    if p == Preset::Large {
+        v.push(("max_concurrent_syncs", "5"));
+    }
+    v
+}
+
+/// Parses `1500` (milliseconds), `500ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "'{s}' is not a duration (use milliseconds or 500ms, 30s, 5m, 2h, 1d)"
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is out of range"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        u => {
+            return Err(format!(
+                "unknown duration unit '{u}' (use ms, s, m, h or d)"
+            ));
+        }
+    }
+    .ok_or_else(|| format!("'{s}' is out of range"))?;
+    if ms == 0 {
+        return Err("must be greater than zero".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{s}' is not a boolean (use true or false)")),
+    }
+}
+
+/// Shows a duration the way a person writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Reads settings from the process environment and an optional file.
+pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    load_from(config_file, &env)
+}
+
+/// Reads settings from the given environment (for tests) and file.
+pub fn load_from(
+    config_file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let file = match config_file {
+        Some(p) => Some((p.to_owned(), read_file(p)?)),
+        None => None,
+    };
+    let file_str = |key: &str| -> Option<String> {
+        file.as_ref()
+            .and_then(|(_, t)| t.get(key))
+            .and_then(|v| v.as_str().map(str::to_owned))
+    };
+    let env_get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+
+    // The profile and preset choose the defaults, so they are resolved
+    // first: environment, then file, then development / none.
+    let (profile, profile_src) = if let Some(v) = env_get("USAGE_SYNC_ENV") {
+        (
+            parse_profile(&v, Source::Env("USAGE_SYNC_ENV"))?,
+            Source::Env("USAGE_SYNC_ENV"),
+        )
+    } else if let Some(v) = env_get("NODE_ENV") {
+        (
+            parse_profile(&v, Source::Env("NODE_ENV"))?,
+            Source::Env("NODE_ENV"),
+        )
+    } else if let (Some(v), Some((p, _))) = (file_str("profile"), &file) {
+        (
+            parse_profile(&v, Source::File(p.clone()))?,
+            Source::File(p.clone()),
+        )
+    } else {
+        (Profile::Development, Source::Default(Profile::Development))
+    };
+    let (preset, preset_src) = if let Some(v) = env_get("USAGE_SYNC_PRESET") {
+        (
+            Some(parse_preset(&v, Source::Env("USAGE_SYNC_PRESET"))?),
+            Some(Source::Env("USAGE_SYNC_PRESET")),
+        )
+    } else if let (Some(v), Some((p, _))) = (file_str("preset"), &file) {
+        (
+            Some(parse_preset(&v, Source::File(p.clone()))?),
+            Some(Source::File(p.clone())),
+        )
+    } else {
+        (None, None)
+    };
+
+    let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    for (k, v) in profile_defaults(profile) {
+        raw.insert(k, (v.to_owned(), Source::Default(profile)));
+    }
+    if let Some(p) = preset {
+        for (k, v) in preset_values(p) {
+            raw.insert(k, (v.to_owned(), Source::Preset(p)));
+        }
+    }
+    let mut plans_from_file = None;
+    if let Some((path, table)) = &file {
+        for (key, value) in table {
+            if key == "profile" || key == "preset" {
+                continue;
+            }
+            if key == "plans" {
+                plans_from_file = Some(parse_plans(value, path)?);
+                continue;
+            }
+            let Some(&(k, _, ty)) = KEYS.iter().find(|(k, _, _)| k == key) else {
+                return Err(ConfigError::UnknownKey {
+                    key: key.clone(),
+                    path: path.clone(),
+                });
+            };
+            let src = Source::File(path.clone());
+            let text = toml_scalar(value, ty).map_err(|message| ConfigError::Invalid {
+                key: k,
+                origin: src.clone(),
+                message,
+            })?;
+            raw.insert(k, (text, src));
+        }
+    }
+    for &(k, vars, _) in KEYS {
+        for var in vars {
+            if let Some(v) = env_get(var) {
+                raw.insert(k, (v, Source::Env(var)));
+                break;
+            }
+        }
+    }
+    for &(k, var) in SECRET_FILES {
+        if let Some(path) = env_get(var) {
+            let v = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                key: k,
+                origin: Source::Env(var),
+                message: format!("cannot read {path}: {e}"),
+            })?;
+            raw.insert(
+                k,
+                (
+                    v.trim_end_matches(['\n', '\r']).to_owned(),
+                    Source::Env(var),
+                ),
+            );
+        }
+    }
+    build(
+        profile,
+        profile_src,
+        preset,
+        preset_src,
+        raw,
+        plans_from_file,
+    )
+}
+
+fn parse_profile(v: &str, src: Source) -> Result<Profile, ConfigError> {
+    Profile::parse(v).ok_or_else(|| ConfigError::Invalid {
+        key: "profile",
+        origin: src,
+        message: format!("'{v}' is not a profile (use development or production)"),
+    })
+}
+
+fn parse_preset(v: &str, src: Source) -> Result<Preset, ConfigError> {
+    Preset::parse(v).ok_or_else(|| ConfigError::Invalid {
+        key: "preset",
+        origin: src,
+        message: format!("'{v}' is not a preset (use small, medium or large)"),
+    })
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Turns a TOML value into the same text an environment variable would
+/// hold, so one parser handles both.
+fn toml_scalar(v: &toml::Value, ty: Ty) -> Result<String, String> {
+    match (v, ty) {
+        (toml::Value::String(s), _) => Ok(s.clone()),
+        (toml::Value::Integer(i), Ty::Duration | Ty::Count) => Ok(i.to_string()),
+        (toml::Value::Boolean(b), Ty::Bool) => Ok(b.to_string()),
+        (toml::Value::Array(a), Ty::List) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or("list items must be strings".to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(",")),
+        (other, _) => Err(format!("unexpected {} value", other.type_str())),
+    }
+}
+
+fn parse_plans(
+    v: &toml::Value,
+    path: &Path,
+) -> Result<BTreeMap<String, PlanSettings>, ConfigError> {
+    let err = |message: String| ConfigError::Invalid {
+        key: "plans",
+        origin: Source::File(path.to_owned()),
+        message,
+    };
+    let table = v
+        .as_table()
+        .ok_or_else(|| err("[plans] must be a table".into()))?;
+    let mut out = BTreeMap::new();
+    for (name, plan) in table {
+        let plan = plan
+            .as_table()
+            .ok_or_else(|| err(format!("[plans.{name}] must be a table")))?;
+        let mut period = PeriodKind::Monthly;
+        let mut limits = BTreeMap::new();
+        for (k, v) in plan {
+            match k.as_str() {
+                "period" => {
+                    period = v
+                        .as_str()
+                        .ok_or_else(|| err(format!("plans.{name}.period must be a string")))?
+                        .parse()
+                        .map_err(|e: usage_sync_core::CoreError| {
+                            err(format!("plans.{name}.period: {e}"))
+                        })?;
+                }
+                "limits" => {
+                    let t = v
+                        .as_table()
+                        .ok_or_else(|| err(format!("plans.{name}.limits must be a table")))?;
+                    for (kind, l) in t {
+                        let limit = match l {
+                            toml::Value::Integer(i) if *i >= 0 => Some(*i as u64),
+                            toml::Value::String(s) if s == "unlimited" => None,
+                            _ => {
+                                return Err(err(format!(
+                                    "plans.{name}.limits.{kind} must be a non-negative integer or \"unlimited\""
+                                )));
+                            }
+                        };
+                        limits.insert(kind.clone(), limit);
+                    }
+                }
+                other => return Err(err(format!("unknown key plans.{name}.{other}"))),
+            }
+        }
+        out.insert(name.clone(), PlanSettings { period, limits });
+    }
+    Ok(out)
+}
+
+fn default_plans() -> BTreeMap<String, PlanSettings> {
+    let plan = |p: u64, f: u64| PlanSettings {
+        period: PeriodKind::Monthly,
+        limits: [
+            ("premium".to_owned(), Some(p)),
+            ("fast".to_owned(), Some(f)),
+        ]
+        .into(),
+    };
+    [
+        ("free".to_owned(), plan(10, 50)),
+        ("premium".to_owned(), plan(100, 1000)),
+    ]
+    .into()
+}
+
+fn build(
+    profile: Profile,
+    profile_src: Source,
+    preset: Option<Preset>,
+    preset_src: Option<Source>,
+    raw: BTreeMap<&'static str, (String, Source)>,
+    plans_from_file: Option<BTreeMap<String, PlanSettings>>,
+) -> Result<Settings, ConfigError> {
+    let mut sources: BTreeMap<&'static str, Source> =
+        raw.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
+    sources.insert("profile", profile_src);
+    if let Some(s) = preset_src {
+        sources.insert("preset", s);
+    }
+    let get = |k: &'static str| -> Option<&(String, Source)> { raw.get(k) };
+    let invalid = |k: &'static str, message: String| ConfigError::Invalid {
+        key: k,
+        origin: raw
+            .get(k)
+            .map_or(Source::Default(profile), |(_, s)| s.clone()),
+        message,
+    };
+    let text = |k: &'static str| -> String { get(k).map(|(v, _)| v.clone()).unwrap_or_default() };
+    let dur = |k: &'static str| parse_duration(&text(k)).map_err(|m| invalid(k, m));
+    let count = |k: &'static str, min: u64, max: u64| -> Result<u64, ConfigError> {
+        let t = text(k);
+        let n: u64 = t
+            .trim()
+            .parse()
+            .map_err(|_| invalid(k, format!("'{t}' is not a whole number")))?;
+        if n < min || n > max {
+            return Err(invalid(k, format!("{n} is outside {min}..={max}")));
+        }
+        Ok(n)
+    };
+    let boolean = |k: &'static str| parse_bool(&text(k)).map_err(|m| invalid(k, m));
+    let secret = |k: &'static str| {
+        get(k)
+            .filter(|(v, _)| !v.is_empty())
+            .map(|(v, _)| Secret(v.clone()))
+    };
+
+    let data_dir = PathBuf::from(text("data_dir"));
+    let database_url = match get("database_url") {
+        Some((v, _)) => v.clone(),
+        None => {
+            sources.insert("database_url", sources["data_dir"].clone());
+            format!("sqlite://{}", data_dir.join("usage-sync.db").display())
+        }
+    };
+    if !(database_url.starts_with("sqlite:")) {
+        return Err(invalid(
+            "database_url",
+            "only sqlite:// URLs are supported in this version (PostgreSQL support is planned)"
+                .into(),
+        ));
+    }
+    let listen_text = text("listen");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("'{listen_text}' is not an address like 127.0.0.1:8080"),
+        )
+    })?;
+    let performance_mode = match text("performance_mode").trim() {
+        "standard" => PerformanceMode::Standard,
+        "optimized" => PerformanceMode::Optimized,
+        other => {
+            return Err(invalid(
+                "performance_mode",
+                format!("'{other}' is not a mode (use standard or optimized)"),
+            ));
+        }
+    };
+    let log_format = match text("log_format").trim() {
+        "json" => LogFormat::Json,
+        "pretty" | "text" => LogFormat::Pretty,
+        other => {
+            return Err(invalid(
+                "log_format",
+                format!("'{other}' is not json or pretty"),
+            ));
+        }
+    };
+    let kinds: Vec<String> = text("kinds")
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Kinds::new(&kinds).map_err(|m| invalid("kinds", m))?;
+
+    let settings = Settings {
+        profile,
+        preset,
+        heartbeat_interval: dur("heartbeat_interval")?,
+        sync_check_interval: dur("sync_check_interval")?,
+        force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
+        max_sync_interval: dur("max_sync_interval")?,
+        verbose_logging: boolean("verbose_logging")?,
+        max_active_users_check: count("max_active_users_check", 1, 10_000_000)? as usize,
+        session_timeout: dur("session_timeout")?,
+        sync_timeout: dur("sync_timeout")?,
+        max_concurrent_syncs: count("max_concurrent_syncs", 1, 1024)? as usize,
+        batch_size: count("batch_size", 1, 10_000)? as usize,
+        max_cached_users: count("max_cached_users", 1, 1_000_000_000)? as usize,
+        enable_usage_sync: boolean("enable_usage_sync")?,
+        performance_mode,
+        data_dir,
+        database_url,
+        listen,
+        api_token: secret("api_token"),
+        admin_token: secret("admin_token"),
+        shutdown_timeout: dur("shutdown_timeout")?,
+        dedup_window: dur("dedup_window")?,
+        log_format,
+        log_level: text("log_level"),
+        kinds,
+        default_plan: text("default_plan"),
+        plans: plans_from_file.unwrap_or_else(default_plans),
+        sources,
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+impl Settings {
+    /// Rules that involve several settings.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.profile == Profile::Production
+            && (self.api_token.is_none() || self.admin_token.is_none())
+        {
+            return Err(ConfigError::Rule(
+                "the production profile requires USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN (or their _FILE variants)"
+                    .into(),
+            ));
+        }
+        if !self.plans.contains_key(&self.default_plan) {
+            return Err(ConfigError::Rule(format!(
+                "default_plan '{}' is not among the configured plans ({})",
+                self.default_plan,
+                self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.catalogue().map_err(ConfigError::Rule)?;
+        Ok(())
+    }
+
+    /// The kinds and plans as core types.
+    pub fn catalogue(&self) -> Result<(Kinds, Plans), String> {
+        let kinds = Kinds::new(&self.kinds)?;
+        let mut plans = Vec::new();
+        for (name, p) in &self.plans {
+            let plan = Plan::from_named_limits(
+                name,
+                p.period,
+                &kinds,
+                p.limits.iter().map(|(k, l)| (k.as_str(), *l)),
+            )
+            .map_err(|e| format!("plan '{name}': {e}"))?;
+            plans.push(plan);
+        }
+        let plans = Plans::new(&self.default_plan, plans).map_err(|e| e.to_string())?;
+        Ok((kinds, plans))
+    }
+
+    /// The sync engine's part.
+    pub fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            enabled: self.enable_usage_sync,
+            heartbeat_interval: self.heartbeat_interval,
+            check_interval: self.sync_check_interval,
+            force_sync_threshold: self.force_sync_threshold,
+            max_sync_interval: self.max_sync_interval,
+            max_active_users_check: self.max_active_users_check,
+            session_timeout: self.session_timeout,
+            sync_timeout: self.sync_timeout,
+            max_concurrent_syncs: self.max_concurrent_syncs,
+            batch_size: self.batch_size,
+            max_cached_users: self.max_cached_users,
+            dedup_window: self.dedup_window,
+            ..SyncConfig::default()
+        }
+    }
+
+    /// `(key, shown value)` for every setting, secrets redacted.
+    pub fn redacted(&self) -> Vec<(&'static str, String)> {
+        let secret = |s: &Option<Secret>| {
+            if s.is_some() {
+                "<redacted>".to_owned()
+            } else {
+                "<not set>".to_owned()
+            }
+        };
+        let plans = self
+            .plans
+            .iter()
+            .map(|(n, p)| {
+                let limits = p
+                    .limits
+                    .iter()
+                    .map(|(k, l)| {
+                        format!(
+                            "{k}={}",
+                            l.map_or("unlimited".to_owned(), |v| v.to_string())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                format!("{n}({}: {limits})", p.period.as_str())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            ("profile", self.profile.as_str().to_owned()),
+            (
+                "preset",
+                self.preset
+                    .map_or("<none>".to_owned(), |p| p.as_str().to_owned()),
+            ),
+            (
+                "heartbeat_interval",
+                format_duration(self.heartbeat_interval),
+            ),
+            (
+                "sync_check_interval",
+                format_duration(self.sync_check_interval),
+            ),
+            (
+                "force_sync_threshold",
+                self.force_sync_threshold.to_string(),
+            ),
+            ("max_sync_interval", format_duration(self.max_sync_interval)),
+            ("verbose_logging", self.verbose_logging.to_string()),
+            (
+                "max_active_users_check",
+                self.max_active_users_check.to_string(),
+            ),
+            ("session_timeout", format_duration(self.session_timeout)),
+            ("sync_timeout", format_duration(self.sync_timeout)),
+            (
+                "max_concurrent_syncs",
+                self.max_concurrent_syncs.to_string(),
+            ),
+            ("batch_size", self.batch_size.to_string()),
+            ("max_cached_users", self.max_cached_users.to_string()),
+            ("enable_usage_sync", self.enable_usage_sync.to_string()),
+            (
+                "performance_mode",
+                match self.performance_mode {
+                    PerformanceMode::Standard => "standard".into(),
+                    PerformanceMode::Optimized => "optimized".into(),
+                },
+            ),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("database_url", redact_url(&self.database_url)),
+            ("listen", self.listen.to_string()),
+            ("api_token", secret(&self.api_token)),
+            ("admin_token", secret(&self.admin_token)),
+            ("shutdown_timeout", format_duration(self.shutdown_timeout)),
+            ("dedup_window", format_duration(self.dedup_window)),
+            (
+                "log_format",
+                match self.log_format {
+                    LogFormat::Json => "json".into(),
+                    LogFormat::Pretty => "pretty".into(),
+                },
+            ),
+            ("log_level", self.log_level.clone()),
+            ("kinds", self.kinds.join(",")),
+            ("default_plan", self.default_plan.clone()),
+            ("plans", plans),
+        ]
+    }
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:<redacted>@{host}");
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn development_defaults() {
+        let s = load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.profile, Profile::Development);
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(s.sync_check_interval, Duration::from_secs(60));
+        assert_eq!(s.force_sync_threshold, 5);
+        assert_eq!(s.max_sync_interval, Duration::from_secs(600));
+        assert!(s.verbose_logging);
+        assert_eq!(s.database_url, "sqlite://./data/usage-sync.db");
+        assert_eq!(
+            s.sources["heartbeat_interval"],
+            Source::Default(Profile::Development)
+        );
+    }
+
+    #[test]
+    fn production_needs_tokens_and_uses_its_defaults() {
+        let e = load_from(None, &env(&[("NODE_ENV", "production")])).unwrap_err();
+        assert!(e.to_string().contains("USAGE_SYNC_API_TOKEN"), "{e}");
+        let s = load_from(
+            None,
+            &env(&[
+                ("NODE_ENV", "production"),
+                ("USAGE_SYNC_API_TOKEN", "a"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "b"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(120));
+        assert_eq!(s.force_sync_threshold, 10);
+        assert!(!s.verbose_logging);
+        assert_eq!(s.log_format, LogFormat::Json);
+        // USAGE_SYNC_ENV wins over NODE_ENV.
+        let s = load_from(
+            None,
+            &env(&[
+                ("NODE_ENV", "production"),
+                ("USAGE_SYNC_ENV", "development"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.profile, Profile::Development);
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_record_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("usage-sync.toml");
+        std::fs::write(
+            &f,
+            "preset = \"large\"\nsync_check_interval = \"7m\"\nforce_sync_threshold = 9\n",
+        )
+        .unwrap();
+        let s = load_from(Some(&f), &env(&[("USAGE_SYNC_THRESHOLD", "12")])).unwrap();
+        assert_eq!(s.preset, Some(Preset::Large));
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(60)); // preset
+        assert_eq!(
+            s.sources["heartbeat_interval"],
+            Source::Preset(Preset::Large)
+        );
+        assert_eq!(s.max_concurrent_syncs, 5); // preset
+        assert_eq!(s.sync_check_interval, Duration::from_secs(420)); // file
+        assert_eq!(s.sources["sync_check_interval"], Source::File(f.clone()));
+        assert_eq!(s.force_sync_threshold, 12); // env beats file
+        assert_eq!(
+            s.sources["force_sync_threshold"],
+            Source::Env("USAGE_SYNC_THRESHOLD")
+        );
+    }
+
+    #[test]
+    fn env_intervals_are_milliseconds() {
+        let s = load_from(None, &env(&[("USAGE_SYNC_CHECK_INTERVAL", "300000")])).unwrap();
+        assert_eq!(s.sync_check_interval, Duration::from_secs(300));
+        let s = load_from(None, &env(&[("ENABLE_VERBOSE_LOGGING", "false")])).unwrap();
+        assert!(!s.verbose_logging);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (var, val, key) in [
+            ("USAGE_SYNC_CHECK_INTERVAL", "soon", "sync_check_interval"),
+            ("USAGE_SYNC_THRESHOLD", "0", "force_sync_threshold"),
+            ("USAGE_SYNC_HEARTBEAT_INTERVAL", "0", "heartbeat_interval"),
+            ("SYNC_PERFORMANCE_MODE", "turbo", "performance_mode"),
+            ("USAGE_SYNC_LISTEN", "localhost", "listen"),
+            ("USAGE_SYNC_BATCH_SIZE", "-1", "batch_size"),
+            ("ENABLE_USAGE_SYNC", "maybe", "enable_usage_sync"),
+        ] {
+            let e = load_from(None, &env(&[(var, val)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(var), "{var}={val}: {e}");
+        }
+        let e = load_from(None, &env(&[("USAGE_SYNC_PRESET", "huge")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("preset"), "{e}");
+    }
+
+    #[test]
+    fn file_plans_unknown_keys_and_secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "kinds = [\"fast\"]\ndefault_plan = \"open\"\n[plans.open]\nperiod = \"daily\"\nlimits = { fast = \"unlimited\" }\n",
+        )
+        .unwrap();
+        let s = load_from(Some(&f), &env(&[])).unwrap();
+        assert_eq!(s.plans["open"].limits["fast"], None);
+        assert_eq!(s.plans["open"].period, PeriodKind::Daily);
+        std::fs::write(&f, "heartbeat_intervall = \"1m\"\n").unwrap();
+        let e = load_from(Some(&f), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("heartbeat_intervall"), "{e}");
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "s3cret\n").unwrap();
+        let s = load_from(
+            None,
+            &env(&[("USAGE_SYNC_ADMIN_TOKEN_FILE", tok.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.admin_token.unwrap().expose(), "s3cret");
+    }
+
+    #[test]
+    fn redaction() {
+        let s = load_from(None, &env(&[("USAGE_SYNC_API_TOKEN", "topsecret")])).unwrap();
+        let shown = format!("{:?}", s.redacted());
+        assert!(!shown.contains("topsecret"));
+        assert!(
+            format!("{s:?}").contains("Secret(***)") && !format!("{s:?}").contains("topsecret")
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+    }
+}

@@ -1,0 +1,72 @@
+//! The HTTP API: routing, authentication, request parsing and the error
+//! shape. Handlers parse into domain types and call the engine; nothing
+//! here holds state of its own.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::routing::{get, post, put};
+use usage_sync::Engine;
+
+use self::error::{ApiError, Code};
+use self::extract::MAX_BODY_BYTES;
+use self::routes::{admin, health, usage};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// Log one line per request (`verbose_logging`).
+    pub verbose: bool,
+}
+
+fn guarded(router: Router<AppState>, token: Option<Arc<str>>) -> Router<AppState> {
+    router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        let token = token.clone();
+        async move { auth::require(token, req, next).await }
+    }))
+}
+
+/// Builds the full router.
+pub fn router(
+    state: AppState,
+    api_token: Option<Arc<str>>,
+    admin_token: Option<Arc<str>>,
+) -> Router {
+    let api = Router::new()
+        .route("/v1/consume", post(usage::consume))
+        .route("/v1/check", post(usage::check))
+        .route("/v1/refund", post(usage::refund))
+        .route("/v1/users/{user_id}/usage", get(usage::usage));
+    let admin = Router::new()
+        .route("/admin/v1/plans/{plan}", put(admin::put_plan))
+        .route("/admin/v1/users/{user_id}", put(admin::put_user))
+        .route("/admin/v1/users/{user_id}/reset", post(admin::reset_user))
+        .route("/admin/v1/users/{user_id}/sync", post(admin::sync_user))
+        .route("/admin/v1/sync", post(admin::sync_all));
+    Router::new()
+        .merge(guarded(api, api_token))
+        .merge(guarded(admin, admin_token))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, Code::NotFound, "no such route")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::InvalidRequest,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,5 @@
+//! One module per resource.
+
+pub mod admin;
+pub mod health;
+pub mod usage;

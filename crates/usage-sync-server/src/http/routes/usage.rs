@@ -1,0 +1,219 @@
+//! The public metering API: consume, check, refund, usage.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use usage_sync_core::{Decision, Kind, RequestId, Units, UserId, UserUsage};
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, Code};
+use crate::http::extract::{JsonBody, UserPath};
+
+/// Body of `POST /v1/consume` and `POST /v1/check`. Unknown fields are
+/// rejected: a misspelt `"ammount": 5` must not silently consume 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeBody {
+    user_id: String,
+    kind: String,
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    user_id: String,
+    kind: String,
+    #[serde(default)]
+    amount: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    request_id: String,
+}
+
+/// The decision as the API shows it.
+#[derive(Serialize)]
+pub struct DecisionBody<'a> {
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deduplicated: Option<bool>,
+    user_id: &'a str,
+    kind: &'a str,
+    amount: u64,
+    used: u64,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    period_start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+struct Parsed {
+    user: UserId,
+    kind: Kind,
+    amount: Units,
+}
+
+fn parse(
+    state: &AppState,
+    user_id: &str,
+    kind: &str,
+    amount: Option<i64>,
+) -> Result<Parsed, ApiError> {
+    let user = UserId::parse(user_id)?;
+    let kind = state.engine.kind(kind)?;
+    let amount = Units::parse(amount.unwrap_or(1) as i128)?;
+    Ok(Parsed { user, kind, amount })
+}
+
+fn decision_response(
+    user: &UserId,
+    kind: &Kind,
+    amount: u64,
+    d: &Decision,
+    deduplicated: Option<bool>,
+) -> Response {
+    let error = (!d.allowed).then(|| {
+        ApiError::body(
+            Code::LimitExceeded,
+            &format!(
+                "limit of {} {} units for this period reached",
+                d.limit.unwrap_or(0),
+                kind.name()
+            ),
+        )
+    });
+    let status = if d.allowed || deduplicated.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let body = DecisionBody {
+        allowed: d.allowed,
+        deduplicated,
+        user_id: user.as_str(),
+        kind: kind.name(),
+        amount,
+        used: d.used,
+        limit: d.limit,
+        remaining: d.remaining,
+        period_start: d.period_start.to_rfc3339(),
+        // `check` answers 200 either way; only a refused consume is an error.
+        error: if deduplicated.is_some() { error } else { None },
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn consume(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ConsumeBody>,
+) -> Result<Response, ApiError> {
+    let p = parse(&state, &body.user_id, &body.kind, body.amount)?;
+    let rid = body
+        .request_id
+        .as_deref()
+        .map(RequestId::parse)
+        .transpose()?;
+    let out = state
+        .engine
+        .consume(&p.user, &p.kind, p.amount, rid.as_ref())
+        .await?;
+    if state.verbose {
+        tracing::debug!(
+            target: "consume",
+            user_id = %out.user,
+            kind = out.kind.name(),
+            amount = out.amount,
+            allowed = out.decision.allowed,
+            deduplicated = out.deduplicated,
+            "consume"
+        );
+    }
+    Ok(decision_response(
+        &out.user,
+        &out.kind,
+        out.amount,
+        &out.decision,
+        Some(out.deduplicated),
+    ))
+}
+
+pub async fn check(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CheckBody>,
+) -> Result<Response, ApiError> {
+    let p = parse(&state, &body.user_id, &body.kind, body.amount)?;
+    let d = state.engine.check(&p.user, &p.kind, p.amount).await?;
+    Ok(decision_response(
+        &p.user,
+        &p.kind,
+        p.amount.get(),
+        &d,
+        None,
+    ))
+}
+
+pub async fn refund(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefundBody>,
+) -> Result<Response, ApiError> {
+    let rid = RequestId::parse(&body.request_id)?;
+    let r = state.engine.refund(rid.as_str()).await?;
+    let k = &r.usage.kinds[r.kind.index()];
+    Ok(Json(json!({
+        "request_id": rid.as_str(),
+        "refunded": r.refunded,
+        "user_id": r.user.as_str(),
+        "kind": r.kind.name(),
+        "persisted": k.persisted,
+        "pending": k.pending,
+        "used": k.used,
+        "limit": k.limit,
+        "remaining": k.remaining,
+        "period_start": r.usage.period_start.to_rfc3339(),
+    }))
+    .into_response())
+}
+
+/// The usage document shared by `GET /v1/users/{id}/usage` and the admin
+/// user routes.
+pub fn usage_json(u: &UserUsage) -> Value {
+    let mut kinds = Map::new();
+    for k in &u.kinds {
+        kinds.insert(
+            k.kind.name().to_owned(),
+            json!({
+                "persisted": k.persisted,
+                "pending": k.pending,
+                "used": k.used,
+                "limit": k.limit,
+                "remaining": k.remaining,
+            }),
+        );
+    }
+    json!({
+        "user_id": u.user.as_str(),
+        "plan": u.plan,
+        "period_start": u.period_start.to_rfc3339(),
+        "kinds": kinds,
+        "last_sync_at": u.last_sync_at.map(|t| t.to_rfc3339()),
+        "last_activity_at": u.last_activity_at.map(|t| t.to_rfc3339()),
+    })
+}
+
+pub async fn usage(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+) -> Result<Json<Value>, ApiError> {
+    let u = state.engine.usage(&user).await?;
+    Ok(Json(usage_json(&u)))
+}

@@ -1,0 +1,53 @@
+//! Logging. One tracing target per component (`consume`, `flush`,
+//! `heartbeat`, `check`, `guarantee`, `admin`), JSON lines in production and
+//! human-readable text in development.
+//!
+//! `verbose_logging = false` keeps only state changes, warnings and errors:
+//! per-request and per-flush lines are at debug level and are enabled only
+//! when verbose logging is on.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::configuration::{LogFormat, Settings};
+
+/// The filter for the settings: `RUST_LOG` wins when set (for debugging).
+pub fn filter(settings: &Settings) -> EnvFilter {
+    if let Ok(f) = EnvFilter::try_from_env("RUST_LOG") {
+        return f;
+    }
+    let base = &settings.log_level;
+    let spec = if settings.verbose_logging {
+        format!(
+            "{base},consume=debug,flush=debug,heartbeat=debug,check=debug,guarantee=debug,admin=debug"
+        )
+    } else {
+        base.clone()
+    };
+    EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs the global subscriber (once; later calls are ignored).
+pub fn init(settings: &Settings) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(settings))
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Logs warnings about settings that are valid but risky.
+pub fn warn_about(settings: &Settings) {
+    if settings.api_token.is_none() || settings.admin_token.is_none() {
+        tracing::warn!(
+            "USAGE_SYNC_API_TOKEN and/or USAGE_SYNC_ADMIN_TOKEN are not set: those routes are open to anyone who can reach {}",
+            settings.listen
+        );
+    }
+    if !settings.enable_usage_sync {
+        tracing::warn!(
+            "ENABLE_USAGE_SYNC=false: usage is counted in memory only and NEVER written to the database"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::spawn_app_with;
+
+#[tokio::test]
+async fn tokens_guard_their_routes() {
+    let app = spawn_app_with(&[
+        ("USAGE_SYNC_API_TOKEN", "api-secret"),
+        ("USAGE_SYNC_ADMIN_TOKEN", "admin-secret"),
+    ])
+    .await;
+    let consume = json!({"user_id": "u", "kind": "fast"}).to_string();
+    for token in [
+        None,
+        Some("wrong"),
+        Some("admin-secret"),
+        Some("api-secre"),
+        Some("api-secrett"),
+    ] {
+        let (s, v) = app
+            .request(Method::POST, "/v1/consume", Some(consume.clone()), token)
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (401, json!("unauthorized")),
+            "{token:?}"
+        );
+    }
+    let (s, _) = app
+        .request(
+            Method::POST,
+            "/v1/consume",
+            Some(consume.clone()),
+            Some("api-secret"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app
+        .request(Method::GET, "/v1/users/u/usage", None, Some("api-secret"))
+        .await;
+    assert_eq!(s, 200);
+
+    let admin_routes = [
+        (
+            Method::PUT,
+            "/admin/v1/plans/free",
+            json!({"limits": {"fast": 1}}),
+        ),
+        (Method::PUT, "/admin/v1/users/u", json!({"plan": "free"})),
+        (Method::POST, "/admin/v1/users/u/reset", json!({})),
+        (Method::POST, "/admin/v1/users/u/sync", json!({})),
+        (Method::POST, "/admin/v1/sync", json!({})),
+    ];
+    for (m, path, body) in &admin_routes {
+        for token in [None, Some("api-secret"), Some("wrong")] {
+            let (s, v) = app
+                .request(m.clone(), path, Some(body.to_string()), token)
+                .await;
+            assert_eq!(
+                (s, v["error"]["code"].clone()),
+                (401, json!("unauthorized")),
+                "{path} {token:?}"
+            );
+        }
+    }
+    // Nothing changed by the refused admin calls.
+    assert_eq!(
+        app.engine.plans().get("free").unwrap().limits,
+        vec![Some(10), Some(50)]
+    );
+    let (s, _) = app
+        .request(
+            Method::POST,
+            "/admin/v1/sync",
+            Some("{}".into()),
+            Some("admin-secret"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Probes need no token.
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let (s, v) = app.get("/readyz").await;
+    assert_eq!((s, v["status"].clone()), (200, json!("ready")));
+}

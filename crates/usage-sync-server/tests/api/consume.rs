@@ -1,0 +1,249 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn consume_answers_with_the_documented_fields() {
+    let app = spawn_app().await;
+    let (s, v) = app
+        .post(
+            "/v1/consume",
+            &json!({"user_id": "u1", "kind": "fast", "amount": 3, "request_id": "r-1"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let period = v["period_start"].as_str().unwrap().to_owned();
+    assert!(period.ends_with("-01T00:00:00.000Z"), "{period}");
+    assert_eq!(
+        v,
+        json!({"allowed": true, "deduplicated": false, "user_id": "u1", "kind": "fast", "amount": 3,
+               "used": 3, "limit": 50, "remaining": 47, "period_start": period})
+    );
+    // amount defaults to 1
+    let (_, v) = app
+        .post("/v1/consume", &json!({"user_id": "u1", "kind": "fast"}))
+        .await;
+    assert_eq!(
+        (v["amount"].clone(), v["used"].clone()),
+        (json!(1), json!(4))
+    );
+}
+
+#[tokio::test]
+async fn over_the_limit_is_429_with_the_same_fields_and_an_error() {
+    let app = spawn_app().await;
+    let (s, _) = app.consume("u", "premium", 10).await;
+    assert_eq!(s, 200);
+    let (s, v) = app.consume("u", "premium", 1).await;
+    assert_eq!(s, 429);
+    assert_eq!(v["allowed"], json!(false));
+    assert_eq!(v["used"], json!(10));
+    assert_eq!(v["remaining"], json!(0));
+    assert_eq!(v["limit"], json!(10));
+    assert_eq!(v["error"]["code"], json!("limit_exceeded"));
+    assert_eq!(app.usage("u").await["kinds"]["premium"]["used"], json!(10));
+}
+
+#[tokio::test]
+async fn unlimited_reports_null_limit_and_remaining() {
+    let app = spawn_app().await;
+    let body = json!({"limits": {"premium": 10, "fast": null}}).to_string();
+    let (s, _) = app
+        .request(
+            reqwest::Method::PUT,
+            "/admin/v1/plans/free",
+            Some(body),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = app.consume("u", "fast", 1_000_000_000).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (v["limit"].clone(), v["remaining"].clone()),
+        (json!(null), json!(null))
+    );
+}
+
+#[tokio::test]
+async fn check_never_counts() {
+    let app = spawn_app().await;
+    app.consume("u", "premium", 9).await;
+    let (s, v) = app
+        .post(
+            "/v1/check",
+            &json!({"user_id": "u", "kind": "premium", "amount": 2}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            v["allowed"].clone(),
+            v["used"].clone(),
+            v["remaining"].clone()
+        ),
+        (json!(false), json!(9), json!(1))
+    );
+    assert!(v.get("error").is_none() && v.get("deduplicated").is_none());
+    let (_, v) = app
+        .post("/v1/check", &json!({"user_id": "u", "kind": "premium"}))
+        .await;
+    assert_eq!(v["allowed"], json!(true));
+    assert_eq!(app.usage("u").await["kinds"]["premium"]["used"], json!(9));
+}
+
+#[tokio::test]
+async fn dedup_returns_the_original_decision_and_refund_reverses_once() {
+    let app = spawn_app().await;
+    let body = json!({"user_id": "u", "kind": "fast", "amount": 2, "request_id": "req-7"});
+    let (_, first) = app.post("/v1/consume", &body).await;
+    app.consume("u", "fast", 1).await;
+    let (s, again) = app.post("/v1/consume", &body).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["deduplicated"], json!(true));
+    assert_eq!(
+        again["used"], first["used"],
+        "original decision, not a new one"
+    );
+    assert_eq!(app.usage("u").await["kinds"]["fast"]["used"], json!(3));
+
+    let (s, v) = app
+        .post("/v1/refund", &json!({"request_id": "req-7"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["refunded"].clone(), v["used"].clone(), v["kind"].clone()),
+        (json!(2), json!(1), json!("fast"))
+    );
+    let (s, v) = app
+        .post("/v1/refund", &json!({"request_id": "req-7"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("already_refunded"))
+    );
+    let (s, v) = app
+        .post("/v1/refund", &json!({"request_id": "never-seen"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (404, json!("unknown_request"))
+    );
+    app.sync_all().await;
+    assert_eq!(app.db("u", "fast").await, 1);
+}
+
+#[tokio::test]
+async fn usage_of_an_unknown_user_is_zero_on_the_default_plan() {
+    let app = spawn_app().await;
+    let v = app.usage("nobody").await;
+    assert_eq!(v["plan"], json!("free"));
+    assert_eq!(
+        v["kinds"],
+        json!({
+            "fast": {"persisted": 0, "pending": 0, "used": 0, "limit": 50, "remaining": 50},
+            "premium": {"persisted": 0, "pending": 0, "used": 0, "limit": 10, "remaining": 10},
+        })
+    );
+    assert_eq!(
+        (v["last_sync_at"].clone(), v["last_activity_at"].clone()),
+        (json!(null), json!(null))
+    );
+    // Reading usage does not load the user into memory.
+    assert_eq!(app.engine.ledger().resident_users(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_http_consumes_reach_the_database_exactly() {
+    let app = spawn_app().await;
+    let body = json!({"limits": {"premium": null, "fast": null}}).to_string();
+    let (s, _) = app
+        .request(
+            reqwest::Method::PUT,
+            "/admin/v1/plans/free",
+            Some(body),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = app.client.clone();
+        let url = format!("{}/v1/consume", app.address);
+        tasks.push(tokio::spawn(async move {
+            let kind = if i % 4 == 3 { "premium" } else { "fast" };
+            let r = client
+                .post(url)
+                .body(json!({"user_id": "hot", "kind": kind}).to_string())
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let v = app.usage("hot").await;
+    assert_eq!(
+        (
+            v["kinds"]["fast"]["pending"].clone(),
+            v["kinds"]["premium"]["pending"].clone()
+        ),
+        (json!(150), json!(50))
+    );
+    let r = app.sync_all().await;
+    assert_eq!(
+        r,
+        json!({"checked": 1, "flushed_users": 1, "flushed_units": 200})
+    );
+    assert_eq!(
+        (app.db("hot", "fast").await, app.db("hot", "premium").await),
+        (150, 50)
+    );
+    let v = app.usage("hot").await;
+    assert_eq!(
+        (
+            v["kinds"]["fast"]["persisted"].clone(),
+            v["kinds"]["fast"]["pending"].clone()
+        ),
+        (json!(150), json!(0))
+    );
+    assert!(v["last_sync_at"].is_string());
+}
+
+#[tokio::test]
+async fn threshold_flushes_on_its_own() {
+    let app = spawn_app_with(&[("USAGE_SYNC_THRESHOLD", "5")]).await;
+    for _ in 0..5 {
+        app.consume("t", "fast", 1).await;
+    }
+    let landed = eventually(Duration::from_secs(10), || async {
+        app.db("t", "fast").await == 5
+    })
+    .await;
+    assert!(landed, "threshold flush did not reach the database");
+    // The flush task records its statistics just after the commit.
+    let threshold = || async {
+        app.engine
+            .stats()
+            .trigger(usage_sync_core::Trigger::Threshold)
+            .units
+            == 5
+    };
+    assert!(eventually(Duration::from_secs(5), threshold).await);
+}
+
+#[tokio::test]
+async fn graceful_stop_flushes_everything() {
+    let app = spawn_app().await;
+    for i in 0..30 {
+        app.consume(&format!("u{i}"), "fast", 2).await;
+    }
+    let db = app.db_path.clone();
+    let (report, _dir) = app.stop().await;
+    assert_eq!((report.flushed_units, report.remaining_units), (60, 0));
+    assert_eq!(crate::helpers::db_total(&db, "u29", "fast").await, 2);
+}

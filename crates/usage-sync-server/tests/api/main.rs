@@ -1,0 +1,9 @@
+//! HTTP API tests against the real server (in-process on a random port,
+//! or the real binary as a child process), over real HTTP and real SQLite.
+
+mod admin;
+mod auth;
+mod bad_input;
+mod consume;
+mod helpers;
+mod process;

@@ -1,0 +1,128 @@
+//! Tests of the real binary as a process.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{Binary, db_total};
+
+#[tokio::test]
+async fn sigterm_flushes_everything_and_a_restart_shows_the_same_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage-sync.db");
+    let bin = Binary::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let mut allowed = 0;
+    for i in 0..60 {
+        let r = client
+            .post(format!("{}/v1/consume", bin.address))
+            .body(
+                json!({"user_id": format!("u{}", i % 3), "kind": "premium", "amount": 1})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        allowed += (r.status() == 200) as i64;
+    }
+    assert_eq!(allowed, 30, "three users, limit 10 each");
+    assert_eq!(
+        db_total(&db, "u0", "premium").await,
+        0,
+        "quiet intervals: nothing flushed yet"
+    );
+
+    bin.signal("TERM");
+    assert_eq!(
+        bin.wait(Duration::from_secs(30)).await,
+        Some(0),
+        "clean exit after SIGTERM"
+    );
+    for u in ["u0", "u1", "u2"] {
+        assert_eq!(db_total(&db, u, "premium").await, 10, "{u}");
+    }
+
+    let bin = Binary::start(dir.path(), &[]).await;
+    let usage: serde_json::Value = client
+        .get(format!("{}/v1/users/u1/usage", bin.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["kinds"]["premium"]["used"], json!(10));
+    assert_eq!(usage["kinds"]["premium"]["persisted"], json!(10));
+    let r = client
+        .post(format!("{}/v1/consume", bin.address))
+        .body(json!({"user_id": "u1", "kind": "premium"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "the limit holds across the restart");
+    bin.signal("INT");
+    assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
+}
+
+#[tokio::test]
+async fn check_config_reports_valid_and_invalid_settings() {
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_API_TOKEN", "hunter2")
+        .env("USAGE_SYNC_PRESET", "large")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("hunter2"), "secrets are redacted");
+    assert!(text.contains("api_token") && text.contains("<redacted>"));
+    assert!(
+        text.lines().any(|l| l.contains("max_concurrent_syncs")
+            && l.contains("5")
+            && l.contains("preset (large)")),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_CHECK_INTERVAL", "often")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sync_check_interval") && err.contains("USAGE_SYNC_CHECK_INTERVAL"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["check-config"])
+        .env("NODE_ENV", "production")
+        .env_remove("USAGE_SYNC_API_TOKEN")
+        .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "production refuses to start without tokens"
+    );
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"))
+        .arg("migrate")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db_total(&dir.path().join("usage-sync.db"), "x", "fast").await,
+        0
+    );
+}
