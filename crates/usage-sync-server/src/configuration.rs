@@ -1043,6 +1043,41 @@ mod tests {
         );
     }
 
+    /// docs/configuration.md must list every key and environment variable,
+    /// so the documentation cannot silently drift from the code.
+    #[test]
+    fn the_configuration_doc_lists_every_setting() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .unwrap();
+        for (key, vars, _) in KEYS {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/configuration.md misses key {key}"
+            );
+            for v in *vars {
+                assert!(
+                    doc.contains(&format!("`{v}`")),
+                    "docs/configuration.md misses {v}"
+                );
+            }
+        }
+        for (_, var) in SECRET_FILES {
+            assert!(
+                doc.contains(&format!("`{var}`")),
+                "docs/configuration.md misses {var}"
+            );
+        }
+        for var in ["USAGE_SYNC_ENV", "NODE_ENV", "USAGE_SYNC_PRESET"] {
+            assert!(
+                doc.contains(&format!("`{var}`")),
+                "docs/configuration.md misses {var}"
+            );
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
