@@ -30,6 +30,11 @@ pub struct SyncConfig {
     /// Soft bound on users held in memory; idle clean users are evicted
     /// first when it is exceeded.
     pub max_cached_users: usize,
+    /// How long the threshold trigger waits after a wake-up before taking
+    /// the due counters, so crossings that happen close together share one
+    /// transaction. Bounds threshold transactions to about 1/linger per
+    /// second under any load, at the cost of that much flush latency.
+    pub threshold_linger: Duration,
     /// How long a request id is remembered.
     pub dedup_window: Duration,
     /// First retry delay after a failed flush; doubles up to `retry_max`.
@@ -54,6 +59,7 @@ impl Default for SyncConfig {
             max_concurrent_syncs: 3,
             batch_size: 500,
             max_cached_users: 1_000_000,
+            threshold_linger: Duration::from_millis(5),
             dedup_window: Duration::from_secs(24 * 3600),
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),

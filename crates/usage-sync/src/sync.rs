@@ -39,13 +39,17 @@ struct Retry {
     next_at: Instant,
 }
 
+/// A background task and the signal that stops it.
+type Worker = (oneshot::Sender<()>, JoinHandle<()>);
+
 /// Flushes in progress and batches waiting for a retry.
 pub(crate) struct FlushQueue {
     permits: Semaphore,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     retries: Mutex<Vec<Retry>>,
     retry_wake: Notify,
-    scheduler: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    /// Stop signals and handles of the scheduler and the threshold loop.
+    scheduler: Mutex<Option<[Worker; 2]>>,
 }
 
 impl FlushQueue {
@@ -97,6 +101,38 @@ pub struct ShutdownReport {
     pub remaining_units: i64,
 }
 
+/// Makes a flush cancel-safe. Between the moment a batch leaves the ledger
+/// (its units are `in_flight`) and the moment it is either completed or in
+/// the retry list, the batch exists only in the flush future. If that
+/// future is dropped (an aborted task, a shutdown deadline, a dropped
+/// `JoinSet`), this guard puts the batch back in the retry list, so no
+/// unit can be stranded in flight. Re-sending is safe: same flush id.
+struct InFlight {
+    inner: Arc<Inner>,
+    batch: Option<Arc<FlushBatch>>,
+    attempts: u32,
+}
+
+impl InFlight {
+    /// The flush reached a definite outcome that the caller handles.
+    fn disarm(mut self) -> Arc<FlushBatch> {
+        self.batch.take().expect("armed")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.inner.flushes.retries().push(Retry {
+                batch,
+                attempts: self.attempts,
+                next_at: Instant::now(),
+            });
+            self.inner.flushes.retry_wake.notify_one();
+        }
+    }
+}
+
 impl Inner {
     /// Capped exponential backoff with "equal jitter": half fixed, half
     /// random, so retries from many batches spread out after an outage.
@@ -110,24 +146,37 @@ impl Inner {
         Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
     }
 
-    fn schedule_retry(&self, batch: Arc<FlushBatch>, attempts: u32) {
-        let next_at = Instant::now() + self.backoff(attempts);
-        self.flushes.retries().push(Retry {
-            batch,
-            attempts: attempts + 1,
-            next_at,
-        });
-        self.flushes.retry_wake.notify_one();
+    /// Guards batches the moment they leave the ledger (no await may come
+    /// between a `take_*` call and this).
+    fn guard_new(self: &Arc<Self>, batches: Vec<FlushBatch>) -> Vec<InFlight> {
+        batches
+            .into_iter()
+            .map(|b| InFlight {
+                inner: self.clone(),
+                batch: Some(Arc::new(b)),
+                attempts: 0,
+            })
+            .collect()
+    }
+
+    /// Guards batches taken from the retry list.
+    fn guard_retries(self: &Arc<Self>, retries: Vec<Retry>) -> Vec<InFlight> {
+        retries
+            .into_iter()
+            .map(|r| InFlight {
+                inner: self.clone(),
+                batch: Some(r.batch),
+                attempts: r.attempts,
+            })
+            .collect()
     }
 
     /// Writes one batch. On success the ledger learns the store's values;
-    /// on failure the batch is queued for retry, unchanged.
-    async fn run_batch(
-        self: &Arc<Self>,
-        batch: Arc<FlushBatch>,
-        trigger: Trigger,
-        attempts: u32,
-    ) -> Result<i64, Error> {
+    /// on failure the batch is queued for retry, unchanged. If this future
+    /// is dropped midway, the guard queues it for retry.
+    async fn run_batch(self: &Arc<Self>, guard: InFlight, trigger: Trigger) -> Result<i64, Error> {
+        let attempts = guard.attempts;
+        let batch = guard.batch.clone().expect("an armed guard holds its batch");
         let _permit = self
             .flushes
             .permits
@@ -141,6 +190,9 @@ impl Inner {
         )
         .await;
         let took = started.elapsed();
+        // No await from here on: the outcome is recorded atomically with
+        // respect to cancellation.
+        let batch = guard.disarm();
         match result {
             Ok(Ok(out)) if out.used_after.len() == batch.deltas.len() => {
                 let now = self.clock.now();
@@ -181,6 +233,8 @@ impl Inner {
                     ),
                 };
                 self.stats.failure(trigger, transient, message.clone());
+                // Log the first failure and then at 2, 4, 8, ... attempts so
+                // an outage does not flood the log.
                 if attempts == 0 || attempts.is_power_of_two() {
                     warn!(
                         target: "flush",
@@ -196,7 +250,13 @@ impl Inner {
                 if !transient && attempts >= 10 {
                     error!(target: "flush", flush_id = %batch.id, error = %message, "flush keeps failing with a permanent error; an operator must look at the store");
                 }
-                self.schedule_retry(batch, attempts);
+                let next_at = Instant::now() + self.backoff(attempts);
+                self.flushes.retries().push(Retry {
+                    batch,
+                    attempts: attempts + 1,
+                    next_at,
+                });
+                self.flushes.retry_wake.notify_one();
                 Err(Error::Unavailable(format!(
                     "flush failed ({message}); the units stay pending and will be retried"
                 )))
@@ -204,85 +264,82 @@ impl Inner {
         }
     }
 
-    async fn spawn_batches(self: &Arc<Self>, batches: Vec<FlushBatch>, trigger: Trigger) {
-        if batches.is_empty() {
+    async fn spawn_batches(self: &Arc<Self>, flights: Vec<InFlight>, trigger: Trigger) {
+        if flights.is_empty() {
             return;
         }
         let mut tasks = self.flushes.tasks.lock().await;
-        for b in batches {
+        for f in flights {
             let me = self.clone();
             tasks.spawn(async move {
-                let _ = me.run_batch(Arc::new(b), trigger, 0).await;
-            });
-        }
-    }
-
-    async fn spawn_retries(self: &Arc<Self>, due: Vec<Retry>) {
-        if due.is_empty() {
-            return;
-        }
-        let mut tasks = self.flushes.tasks.lock().await;
-        for r in due {
-            let me = self.clone();
-            tasks.spawn(async move {
-                let _ = me.run_batch(r.batch, Trigger::Heartbeat, r.attempts).await;
+                let _ = me.run_batch(f, trigger).await;
             });
         }
     }
 
     /// Waits for every spawned flush to finish (successfully or into the
-    /// retry list), up to `until`.
+    /// retry list), up to `until`. Flushes still running at `until` are
+    /// cancelled; their guards put the batches in the retry list.
     async fn drain_tasks(&self, until: Option<Instant>) {
         let mut set = std::mem::take(&mut *self.flushes.tasks.lock().await);
-        let wait = async { while set.join_next().await.is_some() {} };
-        match until {
-            Some(t) => {
-                let _ = tokio::time::timeout_at(t, wait).await;
-            }
-            None => wait.await,
-        }
+        join_until(&mut set, until).await;
     }
 
-    /// Runs batches now and waits for them; returns (units flushed, users
-    /// flushed, failures).
+    /// Runs batches now and waits for them (until `until`, if given: the
+    /// rest are cancelled and their guards queue them for retry); returns
+    /// (units flushed, users flushed, batches not flushed).
     async fn run_now(
         self: &Arc<Self>,
-        batches: Vec<(Arc<FlushBatch>, Trigger, u32)>,
+        work: Vec<(InFlight, Trigger)>,
+        until: Option<Instant>,
     ) -> (i64, usize, usize) {
         let mut set = JoinSet::new();
-        for (b, trigger, attempts) in batches {
+        for (f, trigger) in work {
             let me = self.clone();
-            set.spawn(async move {
-                let users: Vec<UserId> = b.deltas.iter().map(|d| d.user.clone()).collect();
-                (me.run_batch(b, trigger, attempts).await, users)
-            });
+            let users: Vec<UserId> = f
+                .batch
+                .iter()
+                .flat_map(|b| b.deltas.iter().map(|d| d.user.clone()))
+                .collect();
+            set.spawn(async move { (me.run_batch(f, trigger).await, users) });
         }
-        let (mut units, mut failures) = (0, 0);
+        let total = set.len();
+        let (mut units, mut done) = (0, 0);
         let mut users = HashSet::new();
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok((Ok(u), us)) => {
+        let collect = async {
+            while let Some(r) = set.join_next().await {
+                if let Ok((Ok(u), us)) = r {
                     units += u;
                     users.extend(us);
+                    done += 1;
                 }
-                _ => failures += 1,
             }
+        };
+        match until {
+            Some(t) => {
+                let _ = tokio::time::timeout_at(t, collect).await;
+            }
+            None => collect.await,
         }
-        (units, users.len(), failures)
+        // Abort what is left and wait until the aborted tasks are dropped,
+        // so their guards have re-queued the batches before we return.
+        set.shutdown().await;
+        (units, users.len(), total - done)
     }
 
     async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
-        let due = self.flushes.take_retries(Some(Instant::now()));
+        let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
         if !due.is_empty() {
             info!(target: "heartbeat", batches = due.len(), "retrying failed flushes");
         }
-        self.spawn_retries(due).await;
+        self.spawn_batches(due, Trigger::Heartbeat).await;
         let hb = self.ledger.heartbeat(
             self.clock.now(),
             self.config.session_timeout.as_millis() as i64,
             self.config.max_cached_users,
             self.config.batch_size,
         );
+        let session_end = self.guard_new(hb.session_end);
         if hb.session_end_users > 0 || hb.evicted > 0 {
             debug!(
                 target: "heartbeat",
@@ -292,8 +349,7 @@ impl Inner {
                 "heartbeat"
             );
         }
-        self.spawn_batches(hb.session_end, Trigger::SessionEnd)
-            .await;
+        self.spawn_batches(session_end, Trigger::SessionEnd).await;
         // Forget old flush ids about once an hour.
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             *last_prune = Some(Instant::now());
@@ -307,6 +363,7 @@ impl Inner {
         }
     }
 
+    /// The timed triggers and retries, in one task.
     async fn scheduler(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
         let c = &self.config;
         let start = Instant::now();
@@ -328,28 +385,26 @@ impl Inner {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                _ = self.threshold_wake.notified() => {
-                    let batches = self.ledger.take_threshold(c.batch_size);
-                    self.spawn_batches(batches, Trigger::Threshold).await;
-                }
                 _ = guarantee.tick() => {
                     let (batches, users) = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
+                    let flights = self.guard_new(batches);
                     if users > 0 {
-                        debug!(target: "guarantee", users, batches = batches.len(), "guarantee pass");
+                        debug!(target: "guarantee", users, batches = flights.len(), "guarantee pass");
                     }
-                    self.spawn_batches(batches, Trigger::Guarantee).await;
+                    self.spawn_batches(flights, Trigger::Guarantee).await;
                 }
                 _ = check.tick() => {
                     let (batches, users) = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
+                    let flights = self.guard_new(batches);
                     if users > 0 {
-                        debug!(target: "check", users, batches = batches.len(), "check pass");
+                        debug!(target: "check", users, batches = flights.len(), "check pass");
                     }
-                    self.spawn_batches(batches, Trigger::Check).await;
+                    self.spawn_batches(flights, Trigger::Check).await;
                 }
                 _ = heartbeat.tick() => self.heartbeat(&mut last_prune).await,
                 _ = retry_due => {
-                    let due = self.flushes.take_retries(Some(Instant::now()));
-                    self.spawn_retries(due).await;
+                    let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
+                    self.spawn_batches(due, Trigger::Heartbeat).await;
                 }
                 _ = self.flushes.retry_wake.notified() => {}
             }
@@ -357,6 +412,48 @@ impl Inner {
             let mut tasks = self.flushes.tasks.lock().await;
             while tasks.try_join_next().is_some() {}
         }
+    }
+
+    /// The threshold trigger, in its own task so its batching adapts to
+    /// load: at most one round of threshold flushes is in progress, and the
+    /// next round takes every counter that crossed the threshold meanwhile.
+    /// Idle, a crossing is flushed at once; under heavy load batches grow
+    /// instead of the number of transactions (like a group commit).
+    async fn threshold_loop(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
+        loop {
+            // Only the wait is cancelled by a stop; a round in progress
+            // finishes (each batch is bounded by sync_timeout).
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = self.threshold_wake.notified() => {}
+            }
+            if !self.config.threshold_linger.is_zero() {
+                tokio::time::sleep(self.config.threshold_linger).await;
+            }
+            let flights = self.guard_new(self.ledger.take_threshold(self.config.batch_size));
+            if flights.is_empty() {
+                continue;
+            }
+            let work = flights
+                .into_iter()
+                .map(|f| (f, Trigger::Threshold))
+                .collect();
+            self.run_now(work, None).await;
+        }
+    }
+
+    /// Everything due for a "flush all": failed batches (retried now,
+    /// whatever their backoff) and every pending counter.
+    fn take_everything(self: &Arc<Self>, trigger: Trigger) -> (Vec<(InFlight, Trigger)>, usize) {
+        let mut work: Vec<_> = self
+            .guard_retries(self.flushes.take_retries(None))
+            .into_iter()
+            .map(|f| (f, trigger))
+            .collect();
+        let (batches, users) = self.ledger.take_all(self.config.batch_size, trigger);
+        work.extend(self.guard_new(batches).into_iter().map(|f| (f, trigger)));
+        (work, users)
     }
 }
 
@@ -376,8 +473,10 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             let (tx, rx) = oneshot::channel();
-            let handle = tokio::spawn(self.inner.clone().scheduler(rx));
-            *slot = Some((tx, handle));
+            let scheduler = (tx, tokio::spawn(self.inner.clone().scheduler(rx)));
+            let (tx, rx) = oneshot::channel();
+            let threshold = (tx, tokio::spawn(self.inner.clone().threshold_loop(rx)));
+            *slot = Some([scheduler, threshold]);
         }
     }
 
@@ -398,21 +497,8 @@ impl Engine {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
         inner.drain_tasks(None).await;
-        let mut work: Vec<_> = inner
-            .flushes
-            .take_retries(None)
-            .into_iter()
-            .map(|r| (r.batch, Trigger::Manual, r.attempts))
-            .collect();
-        let (batches, checked) = inner
-            .ledger
-            .take_all(inner.config.batch_size, Trigger::Manual);
-        work.extend(
-            batches
-                .into_iter()
-                .map(|b| (Arc::new(b), Trigger::Manual, 0)),
-        );
-        let (units, users, failures) = inner.run_now(work).await;
+        let (work, checked) = inner.take_everything(Trigger::Manual);
+        let (units, users, failures) = inner.run_now(work, None).await;
         if failures > 0 {
             return Err(Error::Unavailable(format!(
                 "{failures} batch(es) could not be written; their units stay pending and will be retried"
@@ -433,17 +519,21 @@ impl Engine {
         // first, so the user's next batch can include everything.
         inner.drain_tasks(None).await;
         let mut work: Vec<_> = inner
-            .flushes
-            .take_retries(None)
+            .guard_retries(inner.flushes.take_retries(None))
             .into_iter()
-            .map(|r| (r.batch, Trigger::Manual, r.attempts))
+            .map(|f| (f, Trigger::Manual))
             .collect();
         let own = inner
             .ledger
             .take_user(user.as_str(), inner.config.batch_size);
         let own_units: i64 = own.iter().map(FlushBatch::units).sum();
-        work.extend(own.into_iter().map(|b| (Arc::new(b), Trigger::Manual, 0)));
-        let (_, _, failures) = inner.run_now(work).await;
+        work.extend(
+            inner
+                .guard_new(own)
+                .into_iter()
+                .map(|f| (f, Trigger::Manual)),
+        );
+        let (_, _, failures) = inner.run_now(work, None).await;
         if failures > 0 {
             return Err(Error::Unavailable(
                 "the flush failed; the units stay pending and will be retried".into(),
@@ -466,7 +556,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((stop, handle)) = sched {
+        for (stop, handle) in sched.into_iter().flatten() {
             let _ = stop.send(());
             let _ = handle.await;
         }
@@ -475,44 +565,19 @@ impl Engine {
         if inner.config.enabled {
             loop {
                 inner.drain_tasks(Some(end)).await;
-                let mut work: Vec<_> = inner
-                    .flushes
-                    .take_retries(None)
-                    .into_iter()
-                    .map(|r| (r.batch, Trigger::Shutdown, r.attempts))
-                    .collect();
-                let (batches, _) = inner
-                    .ledger
-                    .take_all(inner.config.batch_size, Trigger::Shutdown);
-                work.extend(
-                    batches
-                        .into_iter()
-                        .map(|b| (Arc::new(b), Trigger::Shutdown, 0)),
-                );
-                if work.is_empty() || Instant::now() >= end {
-                    if !work.is_empty() {
-                        // Put them back so the report counts them.
-                        for (b, _, a) in work {
-                            inner.flushes.retries().push(Retry {
-                                batch: b,
-                                attempts: a,
-                                next_at: Instant::now(),
-                            });
-                        }
-                    }
+                if Instant::now() >= end {
                     break;
                 }
-                let run = inner.run_now(work);
-                match tokio::time::timeout_at(end, run).await {
-                    Ok((units, _, failures)) => {
-                        flushed += units;
-                        if failures > 0 {
-                            let pause = Duration::from_millis(200)
-                                .min(end.saturating_duration_since(Instant::now()));
-                            tokio::time::sleep(pause).await;
-                        }
-                    }
-                    Err(_) => break,
+                let (work, _) = inner.take_everything(Trigger::Shutdown);
+                if work.is_empty() {
+                    break;
+                }
+                let (units, _, failures) = inner.run_now(work, Some(end)).await;
+                flushed += units;
+                if failures > 0 {
+                    let pause = Duration::from_millis(200)
+                        .min(end.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -549,4 +614,17 @@ impl Engine {
             self.inner.flushes.retry_units(),
         )
     }
+}
+
+/// Joins the tasks of `set` until `until` (or all of them); then aborts the
+/// rest and waits for them to be dropped.
+async fn join_until(set: &mut JoinSet<()>, until: Option<Instant>) {
+    let wait = async { while set.join_next().await.is_some() {} };
+    match until {
+        Some(t) => {
+            let _ = tokio::time::timeout_at(t, wait).await;
+        }
+        None => wait.await,
+    }
+    set.shutdown().await;
 }

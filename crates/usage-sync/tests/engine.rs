@@ -507,3 +507,23 @@ async fn disabled_sync_never_flushes() {
     assert_eq!(h.db("u", "fast").await, 0);
     assert!(h.engine.sync_all().await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_cancelled_by_the_shutdown_deadline_is_kept_for_retry() {
+    let h = harness(quiet()).await;
+    h.consume("u", "fast", 3).await;
+    // The flush takes longer than the shutdown deadline: its future is
+    // dropped mid-flight. The batch must not be stranded.
+    h.store.set_flush_delay(Duration::from_secs(10));
+    let report = h.engine.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.remaining_units, 3);
+    assert_eq!(
+        h.engine.retry_backlog(),
+        (1, 3),
+        "the cancelled batch is back in the retry list"
+    );
+    h.store.set_flush_delay(Duration::ZERO);
+    h.engine.sync_all().await.unwrap();
+    assert_eq!(h.db("u", "fast").await, 3);
+    assert_eq!(h.engine.ledger().totals().in_flight, 0);
+}
