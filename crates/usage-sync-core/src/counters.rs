@@ -48,13 +48,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use foldhash::fast::RandomState;
 use smallvec::SmallVec;
 
 use crate::error::CoreError;
 use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
+use crate::journal::{Journal, Lsn, Record};
 use crate::quota::{Limit, Plan, Plans, UserProfile};
 use crate::sync::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
 use crate::time::Timestamp;
@@ -106,6 +107,9 @@ pub struct ConsumeOutcome {
     pub deduplicated: bool,
     /// This consume made a counter due by threshold: wake the sync engine.
     pub threshold_reached: bool,
+    /// The log record of this consume, if one was written: acknowledge only
+    /// once it is durable.
+    pub lsn: Option<Lsn>,
 }
 
 /// Result of [`Ledger::refund`].
@@ -115,6 +119,7 @@ pub struct RefundOutcome {
     pub kind: Kind,
     /// Units given back (0 when the original consume was denied).
     pub refunded: u64,
+    pub lsn: Option<Lsn>,
 }
 
 /// Usage of one kind, for the usage endpoint.
@@ -336,6 +341,9 @@ impl Shard {
 }
 
 struct DedupRecord {
+    /// Log record of the original consume: a duplicate is acknowledged
+    /// only once the original is as durable as its own answer would be.
+    lsn: Option<Lsn>,
     user: UserId,
     kind: Kind,
     amount: u64,
@@ -391,6 +399,23 @@ pub struct Ledger {
     instance_nonce: u64,
     next_seq: AtomicU64,
     resident: AtomicUsize,
+    /// The write-ahead log, once attached (after recovery).
+    journal: OnceLock<Arc<dyn Journal>>,
+    /// Every mutation holds this shared; a checkpoint holds it exclusively,
+    /// so it sees no half-applied operation (a batch taken but its intent
+    /// not yet logged, a completion applied to some counters only).
+    gate: RwLock<()>,
+}
+
+/// A recovered counter, handed to [`Ledger::recover_user`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredSlot {
+    pub kind: usize,
+    pub period_start: Timestamp,
+    /// Units not in any batch.
+    pub pending: i64,
+    /// Units of an outstanding batch that will be re-sent.
+    pub in_flight: i64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -436,7 +461,23 @@ impl Ledger {
             instance_nonce: config.instance_nonce,
             next_seq: AtomicU64::new(1),
             resident: AtomicUsize::new(0),
+            journal: OnceLock::new(),
+            gate: RwLock::new(()),
         }
+    }
+
+    /// Starts recording every state change to `journal`. Call once, after
+    /// recovery has installed the replayed state.
+    pub fn attach_journal(&self, journal: Arc<dyn Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    fn gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn journal(&self) -> Option<&dyn Journal> {
+        self.journal.get().map(|j| &**j)
     }
 
     pub fn kinds(&self) -> &Kinds {
@@ -581,8 +622,9 @@ impl Ledger {
         request_id: Option<&RequestId>,
         now: Timestamp,
     ) -> Result<ConsumeOutcome, CoreError> {
+        let _gate = self.gate();
         let Some(rid) = request_id else {
-            return self.consume_locked(user, kind, amount, now);
+            return self.consume_locked(user, kind, amount, None, now);
         };
         // Lock order: dedup shard, then user shard (refund uses the same
         // order). Holding the dedup shard across the consume is what makes
@@ -598,13 +640,15 @@ impl Ledger {
                 decision: rec.decision.clone(),
                 deduplicated: true,
                 threshold_reached: false,
+                lsn: rec.lsn,
             });
         }
-        let out = self.consume_locked(user, kind, amount, now)?;
+        let out = self.consume_locked(user, kind, amount, Some(rid), now)?;
         dedup.expire(now, self.dedup_window_ms);
         dedup.map.insert(
             rid.clone(),
             DedupRecord {
+                lsn: out.lsn,
                 user: out.user.clone(),
                 kind: kind.clone(),
                 amount: amount.get(),
@@ -623,6 +667,7 @@ impl Ledger {
         user: &str,
         kind: &Kind,
         amount: Units,
+        request_id: Option<&RequestId>,
         now: Timestamp,
     ) -> Result<ConsumeOutcome, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
@@ -650,13 +695,30 @@ impl Ledger {
             }
             Shard::mark_dirty(&mut shard.dirty, e, now);
         }
+        let decision = e.decision(k, allowed);
+        // Logged under the shard lock: the log's order is this counter's
+        // order. Denied consumes are logged only when they carry a request
+        // id (their decision must survive a restart for deduplication).
+        let lsn = match self.journal() {
+            Some(j) if allowed || request_id.is_some() => Some(j.append(Record::Consume {
+                user: &e.id,
+                kind,
+                period_start: e.period_start,
+                amount: amount as u64,
+                request_id,
+                decision: &decision,
+                at: now,
+            })),
+            _ => None,
+        };
         Ok(ConsumeOutcome {
             user: e.id.clone(),
             kind: kind.clone(),
             amount: amount as u64,
-            decision: e.decision(k, allowed),
+            decision,
             deduplicated: false,
             threshold_reached,
+            lsn,
         })
     }
 
@@ -695,6 +757,7 @@ impl Ledger {
     /// come off the period they were counted in, even if that period has
     /// ended or was already flushed (then as a negative delta).
     pub fn refund(&self, request_id: &str, now: Timestamp) -> Result<RefundOutcome, CoreError> {
+        let _gate = self.gate();
         let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
         let rec = dedup
             .map
@@ -705,6 +768,7 @@ impl Ledger {
             return Err(CoreError::AlreadyRefunded);
         }
         let refunded = if rec.decision.allowed { rec.amount } else { 0 };
+        let mut lsn = None;
         if refunded > 0 {
             let version = self.plans_version.load(Ordering::Acquire);
             let mut guard = self.shard(rec.user.as_str());
@@ -727,12 +791,34 @@ impl Ledger {
             }
             e.last_activity = now;
             Shard::mark_dirty(&mut shard.dirty, e, now);
+            lsn = self.journal().map(|j| {
+                j.append(Record::Refund {
+                    request_id,
+                    user: &rec.user,
+                    kind: &rec.kind,
+                    period_start: rec.period_start,
+                    amount: refunded,
+                    at: now,
+                })
+            });
+        } else if let Some(j) = self.journal() {
+            // Nothing to give back, but "already refunded" must survive a
+            // restart too.
+            lsn = Some(j.append(Record::Refund {
+                request_id,
+                user: &rec.user,
+                kind: &rec.kind,
+                period_start: rec.period_start,
+                amount: 0,
+                at: now,
+            }));
         }
         rec.refunded = true;
         Ok(RefundOutcome {
             user: rec.user.clone(),
             kind: rec.kind.clone(),
             refunded,
+            lsn,
         })
     }
 
@@ -860,8 +946,21 @@ impl Ledger {
         taken_units
     }
 
+    /// Records each batch's exact deltas before it can be sent. Called with
+    /// the gate held, so a checkpoint never sees a batch whose units are in
+    /// flight but whose intent is not in the log.
+    fn log_intents(&self, batches: Vec<FlushBatch>) -> Vec<FlushBatch> {
+        if let Some(j) = self.journal() {
+            for b in &batches {
+                j.append(Record::Intent { batch: b });
+            }
+        }
+        batches
+    }
+
     /// Takes every user queued by the threshold trigger.
     pub fn take_threshold(&self, max_rows: usize) -> Vec<FlushBatch> {
+        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::Threshold, max_rows);
         for s in self.shards.iter() {
@@ -876,7 +975,7 @@ impl Ledger {
                 }
             }
         }
-        b.finish()
+        self.log_intents(b.finish())
     }
 
     /// Pops the next valid dirty entry's time from a shard, discarding
@@ -902,6 +1001,7 @@ impl Ledger {
         max_rows: usize,
         trigger: Trigger,
     ) -> (Vec<FlushBatch>, usize) {
+        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
         let mut heap = BinaryHeap::new();
@@ -942,12 +1042,13 @@ impl Ledger {
         for (i, entry) in deferred {
             lock(&self.shards[i].0).dirty.push_back(entry);
         }
-        (b.finish(), users)
+        (self.log_intents(b.finish()), users)
     }
 
     /// Takes everything pending (the guarantee and shutdown passes). Cost is
     /// proportional to the dirty users, not to the users tracked.
     pub fn take_all(&self, max_rows: usize, trigger: Trigger) -> (Vec<FlushBatch>, usize) {
+        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
         let mut users = 0;
@@ -970,11 +1071,12 @@ impl Ledger {
             }
             shard.dirty = left;
         }
-        (b.finish(), users)
+        (self.log_intents(b.finish()), users)
     }
 
     /// Takes one user's pending counters (manual sync).
     pub fn take_user(&self, user: &str, max_rows: usize) -> Vec<FlushBatch> {
+        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::Manual, max_rows);
         let mut guard = self.shard(user);
@@ -984,7 +1086,7 @@ impl Ledger {
         {
             Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
         }
-        b.finish()
+        self.log_intents(b.finish())
     }
 
     /// Records a successful flush. `used_after[i]` is the store's value of
@@ -993,6 +1095,10 @@ impl Ledger {
     /// the batch was in flight).
     pub fn complete(&self, batch: &FlushBatch, used_after: &[i64], now: Timestamp) -> bool {
         debug_assert_eq!(batch.deltas.len(), used_after.len());
+        let _gate = self.gate();
+        if let Some(j) = self.journal() {
+            j.append(Record::Done { id: batch.id });
+        }
         let mut due = false;
         for (d, &after) in batch.deltas.iter().zip(used_after) {
             let mut guard = self.shard(d.user.as_str());
@@ -1031,6 +1137,7 @@ impl Ledger {
         max_users: usize,
         max_rows: usize,
     ) -> HeartbeatOutcome {
+        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::SessionEnd, max_rows);
         let mut out = HeartbeatOutcome::default();
@@ -1079,7 +1186,7 @@ impl Ledger {
         for d in self.dedup.iter() {
             out.dedup_expired += lock(&d.0).expire(now, self.dedup_window_ms);
         }
-        out.session_end = b.finish();
+        out.session_end = self.log_intents(b.finish());
         out
     }
 
@@ -1113,6 +1220,132 @@ impl Ledger {
     /// Number of remembered request ids.
     pub fn dedup_entries(&self) -> usize {
         self.dedup.iter().map(|d| lock(&d.0).map.len()).sum()
+    }
+
+    /// Runs `f` while no mutation is in progress (the gate is held
+    /// exclusively), so what it reads through the [`Snapshot`] and whatever
+    /// it appends to the log form a consistent cut: a checkpoint.
+    pub fn quiesced<R>(&self, f: impl FnOnce(&Snapshot<'_>) -> R) -> R {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        f(&Snapshot { ledger: self })
+    }
+
+    /// Installs a user recovered from the log: makes it resident from its
+    /// persisted state (as a warm-up would), then adds the recovered
+    /// pending and in-flight units to the counters of their periods.
+    /// Counters with in-flight units are marked flushing: their batch is
+    /// re-sent by the engine under its original id.
+    pub fn recover_user(
+        &self,
+        user: &UserId,
+        profile: UserProfile,
+        rows: &[PersistedRow],
+        slots: &[RecoveredSlot],
+        now: Timestamp,
+    ) {
+        let epoch = self.load_epoch(user.as_str());
+        let _ = self.warm(user, profile, rows, epoch, now);
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut guard = self.shard(user.as_str());
+        let shard = &mut *guard;
+        let Some(e) = shard.users.get_mut(user.as_str()) else {
+            return;
+        };
+        e.refresh(&self.plans, version, now);
+        for r in slots {
+            if e.slot_mut(r.kind, r.period_start).is_none() {
+                e.stale
+                    .push((r.kind as u16, Slot::new(r.period_start, 0, None)));
+            }
+            let slot = e.slot_mut(r.kind, r.period_start).expect("just ensured");
+            slot.pending += r.pending;
+            slot.in_flight += r.in_flight;
+            slot.flushing |= r.in_flight != 0;
+        }
+        e.stale.retain(|(_, s)| !s.is_clean());
+        Shard::mark_dirty(&mut shard.dirty, e, now);
+    }
+
+    /// Restores a remembered request id from the log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recover_request(
+        &self,
+        request_id: RequestId,
+        user: UserId,
+        kind: Kind,
+        amount: u64,
+        period_start: Timestamp,
+        decision: Decision,
+        refunded: bool,
+        at: Timestamp,
+    ) {
+        let mut d = lock(&self.dedup[self.index_of(request_id.as_str())].0);
+        d.map.insert(
+            request_id.clone(),
+            DedupRecord {
+                lsn: None,
+                user,
+                kind,
+                amount,
+                period_start,
+                decision,
+                refunded,
+                at,
+            },
+        );
+        d.expiry.push_back((at, request_id));
+    }
+}
+
+/// The ledger as a checkpoint sees it (see [`Ledger::quiesced`]).
+pub struct Snapshot<'a> {
+    ledger: &'a Ledger,
+}
+
+impl Snapshot<'_> {
+    /// Emits one `Unpersisted` record per counter holding units that are
+    /// not known to be in the store, and one `Dedup` record per request id
+    /// still inside the dedup window. Walks every resident user.
+    pub fn emit(&self, now: Timestamp, sink: &mut dyn FnMut(Record<'_>)) {
+        let l = self.ledger;
+        for s in l.shards.iter() {
+            let shard = lock(&s.0);
+            for e in shard.users.values() {
+                let slots = e
+                    .current
+                    .iter()
+                    .enumerate()
+                    .chain(e.stale.iter().map(|(k, s)| (*k as usize, s)));
+                for (k, slot) in slots {
+                    let units = slot.pending + slot.in_flight;
+                    if units != 0 {
+                        sink(Record::Unpersisted {
+                            user: &e.id,
+                            kind: l.kinds.by_index(k),
+                            period_start: slot.period_start,
+                            units,
+                        });
+                    }
+                }
+            }
+        }
+        for d in l.dedup.iter() {
+            let d = lock(&d.0);
+            for (rid, rec) in d.map.iter() {
+                if now.since(rec.at) < l.dedup_window_ms {
+                    sink(Record::Dedup {
+                        request_id: rid,
+                        user: &rec.user,
+                        kind: &rec.kind,
+                        amount: rec.amount,
+                        period_start: rec.period_start,
+                        decision: &rec.decision,
+                        refunded: rec.refunded,
+                        at: rec.at,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`counters`]: the sharded in-memory ledger with the atomic
 //!   check-and-count, idempotency, refunds and the due-structures.
 //! - [`sync`]: flush ids, batches, triggers.
+//! - [`journal`]: what the ledger records in the write-ahead log, and the
+//!   trait it records through.
 //! - [`error`]: the crate's error enum.
 //!
 //! Everything that depends on time takes `now` as an argument, so the engine
@@ -16,16 +18,18 @@
 pub mod counters;
 pub mod error;
 pub mod ids;
+pub mod journal;
 pub mod quota;
 pub mod sync;
 pub mod time;
 
 pub use counters::{
     ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
-    LoadEpoch, PersistedRow, RefundOutcome, UserUsage,
+    LoadEpoch, PersistedRow, RecoveredSlot, RefundOutcome, Snapshot, UserUsage,
 };
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
+pub use journal::{Journal, Lsn, Record};
 pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue};
 pub use sync::{Delta, FlushBatch, FlushId, Trigger};
 pub use time::Timestamp;

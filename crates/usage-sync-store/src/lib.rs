@@ -5,6 +5,8 @@
 //!   records it exchanges with the engine;
 //! - [`sqlite`]: the embedded default backend;
 //! - [`migrations`]: the schema, per SQL dialect, applied at start;
+//! - [`wal`]: the write-ahead log (framing, group commit, checkpoints,
+//!   recovery);
 //! - [`fault`]: a wrapper that injects failures into a real store, for the
 //!   engine's outage and lost-acknowledgement tests;
 //! - [`error`]: the crate's error type, which knows what is transient.
@@ -22,6 +24,7 @@ pub mod error;
 pub mod fault;
 pub mod migrations;
 pub mod sqlite;
+pub mod wal;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +34,7 @@ pub use error::StoreError;
 pub use fault::FaultyStore;
 pub use sqlite::SqliteStore;
 use usage_sync_core::{FlushBatch, FlushId, Limit, PeriodKind, Timestamp};
+pub use wal::{Durability, Wal, WalConfig};
 
 /// A boxed future, so `Store` can be used as `Arc<dyn Store>` (the backend
 /// is chosen at run time from `DATABASE_URL`). Flushes are batched, so the

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use usage_sync_store::WalConfig;
+
 /// How the sync engine decides when to write to the store.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
@@ -42,6 +44,14 @@ pub struct SyncConfig {
     pub retry_max: Duration,
     /// How long applied flush ids are kept in the store.
     pub flush_id_retention: Duration,
+    /// The write-ahead log. `None` keeps everything in memory only (units
+    /// not yet flushed are lost if the process dies): for tests and for
+    /// applications that accept that.
+    pub wal: Option<WalConfig>,
+    /// Fault injection for crash tests: abort the process right after the
+    /// Nth successful database commit, before the log records it. Never set
+    /// this in production.
+    pub crash_after_commit: Option<u64>,
 }
 
 impl Default for SyncConfig {
@@ -64,6 +74,8 @@ impl Default for SyncConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             flush_id_retention: Duration::from_secs(7 * 24 * 3600),
+            wal: None,
+            crash_after_commit: None,
         }
     }
 }

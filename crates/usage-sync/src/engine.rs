@@ -7,19 +7,20 @@
 //! threshold was reached → return. It touches the store only for a user
 //! that is not in memory yet (one indexed read), never for a resident one.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 use usage_sync_core::{
     ConsumeOutcome, CoreError, Decision, Kind, Kinds, Ledger, LedgerConfig, Limit, PeriodKind,
     PersistedRow, Plan, Plans, RequestId, Timestamp, Units, UserId, UserProfile, UserUsage,
 };
-use usage_sync_store::{Store, StoredPlan, StoredUser};
+use usage_sync_store::{Store, StoredPlan, StoredUser, Wal};
 
 use crate::clock::SharedClock;
 use crate::config::SyncConfig;
 use crate::error::Error;
+use crate::recovery::RecoveryReport;
 use crate::stats::SyncStats;
 use crate::sync::FlushQueue;
 
@@ -42,6 +43,11 @@ pub(crate) struct Inner {
     /// `Unavailable` instead of a decision.
     pub(crate) accepting: AtomicBool,
     pub(crate) started_at: Timestamp,
+    /// The write-ahead log, when configured.
+    pub(crate) wal: Option<Arc<Wal>>,
+    pub(crate) recovery: OnceLock<RecoveryReport>,
+    /// Successful commits, for the crash-after-commit fault hook.
+    pub(crate) commits: AtomicU64,
 }
 
 /// Result of a refund.
@@ -99,7 +105,14 @@ impl Engine {
             },
         );
         let started_at = clock.now();
-        Ok(Engine {
+        let (wal, recovered) = match &config.wal {
+            Some(cfg) => {
+                let (wal, rec) = Wal::open(cfg.clone())?;
+                (Some(wal), Some(rec))
+            }
+            None => (None, None),
+        };
+        let engine = Engine {
             inner: Arc::new(Inner {
                 ledger,
                 store,
@@ -110,8 +123,46 @@ impl Engine {
                 stats: SyncStats::new(),
                 accepting: AtomicBool::new(true),
                 started_at,
+                wal: wal.clone(),
+                recovery: OnceLock::new(),
+                commits: AtomicU64::new(0),
             }),
-        })
+        };
+        if let (Some(wal), Some(rec)) = (wal, recovered) {
+            match engine.recover(&wal, rec).await {
+                Ok(report) => {
+                    let _ = engine.inner.recovery.set(report);
+                }
+                Err(e) => {
+                    // Stop the writer; nothing was written to the old
+                    // segment, so the next attempt replays the same state.
+                    wal.close();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// What start-up recovery found (None without a write-ahead log).
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.inner.recovery.get()
+    }
+
+    /// The write-ahead log, when configured.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.inner.wal.as_ref()
+    }
+
+    /// Waits until a log record is as durable as the configured mode
+    /// promises; only then may the operation be acknowledged.
+    async fn durable(&self, lsn: Option<usage_sync_core::Lsn>) -> Result<(), Error> {
+        if let (Some(wal), Some(lsn)) = (&self.inner.wal, lsn) {
+            wal.wait(lsn).await.map_err(|e| {
+                Error::Unavailable(format!("the write-ahead log cannot make this durable: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     pub fn kinds(&self) -> &Kinds {
@@ -181,6 +232,7 @@ impl Engine {
         if out.threshold_reached {
             self.inner.threshold_wake.notify_one();
         }
+        self.durable(out.lsn).await?;
         Ok(out)
     }
 
@@ -216,6 +268,7 @@ impl Engine {
                 Err(CoreError::NotResident) => self.make_resident(&owner).await?,
                 Err(e) => return Err(e.into()),
                 Ok(r) => {
+                    self.durable(r.lsn).await?;
                     let usage = self.usage(&r.user).await?;
                     return Ok(Refund {
                         user: r.user,
@@ -259,6 +312,13 @@ impl Engine {
 
     /// Reads a user's profile and persisted counters from the store,
     /// mapping kind names to the configured kinds (unknown kinds skipped).
+    pub(crate) async fn read_user_for_recovery(
+        &self,
+        user: &UserId,
+    ) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
+        self.read_user(user).await
+    }
+
     async fn read_user(&self, user: &UserId) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
         let state = self
             .inner

@@ -27,6 +27,7 @@
 //!   manual sync and shutdown.
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
+//! - [`recovery`]: start-up recovery from the write-ahead log.
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
 
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod recovery;
 pub mod stats;
 pub mod sync;
 
@@ -41,6 +43,7 @@ pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use config::SyncConfig;
 pub use engine::{Engine, Refund, SyncAllReport};
 pub use error::Error;
+pub use recovery::RecoveryReport;
 pub use stats::{SyncStatsSnapshot, TriggerStats};
 pub use sync::ShutdownReport;
 pub use usage_sync_core as core;

@@ -99,6 +99,9 @@ pub struct ShutdownReport {
     /// Units still pending or in flight when the deadline passed (0 when
     /// everything reached the store).
     pub remaining_units: i64,
+    /// The remaining units are in the write-ahead log and will be
+    /// recovered by the next start (false without a log: they are lost).
+    pub remaining_logged: bool,
 }
 
 /// Makes a flush cancel-safe. Between the moment a batch leaves the ledger
@@ -193,6 +196,21 @@ impl Inner {
         // No await from here on: the outcome is recorded atomically with
         // respect to cancellation.
         let batch = guard.disarm();
+        if let (Ok(Ok(_)), Some(n)) = (&result, self.config.crash_after_commit)
+            && self
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+                >= n
+        {
+            // Fault injection (tests only): die after the commit, before
+            // the log learns of it.
+            eprintln!(
+                "usage-sync: fault injection: aborting after database commit of {}",
+                batch.id
+            );
+            std::process::abort();
+        }
         match result {
             Ok(Ok(out)) if out.used_after.len() == batch.deltas.len() => {
                 let now = self.clock.now();
@@ -402,6 +420,7 @@ impl Inner {
                     self.spawn_batches(flights, Trigger::Check).await;
                 }
                 _ = heartbeat.tick() => self.heartbeat(&mut last_prune).await,
+                _ = wal_full(&self.wal) => self.checkpoint(),
                 _ = retry_due => {
                     let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
                     self.spawn_batches(due, Trigger::Heartbeat).await;
@@ -440,6 +459,25 @@ impl Inner {
                 .map(|f| (f, Trigger::Threshold))
                 .collect();
             self.run_now(work, None).await;
+        }
+    }
+
+    /// Puts a batch in the retry list, due now (recovery re-sends).
+    pub(crate) fn requeue(&self, batch: FlushBatch) {
+        self.flushes.retries().push(Retry {
+            batch: Arc::new(batch),
+            attempts: 0,
+            next_at: Instant::now(),
+        });
+        self.flushes.retry_wake.notify_one();
+    }
+
+    /// Writes a checkpoint so the log can drop old segments.
+    fn checkpoint(&self) {
+        if let Some(wal) = &self.wal {
+            let started = Instant::now();
+            wal.checkpoint(&self.ledger, self.clock.now());
+            debug!(target: "flush", ms = started.elapsed().as_millis() as u64, "write-ahead log checkpoint");
         }
     }
 
@@ -581,9 +619,26 @@ impl Engine {
                 }
             }
         }
+        // Leave a compact log: whatever is still unpersisted (a store that
+        // stayed down past the deadline) is in the checkpoint and recovered
+        // by the next start.
+        if let Some(wal) = &inner.wal {
+            inner.checkpoint();
+            if let Err(e) = wal.sync().await {
+                error!(target: "flush", error = %e, "could not sync the write-ahead log at shutdown");
+            }
+            let w = wal.clone();
+            let _ = tokio::task::spawn_blocking(move || w.close()).await;
+        }
         let t = inner.ledger.totals();
         let remaining = t.pending + t.in_flight;
-        if remaining != 0 {
+        if remaining != 0 && inner.wal.is_some() {
+            warn!(
+                target: "flush",
+                remaining_units = remaining,
+                "shutdown deadline passed; the units not yet in the database are kept in the write-ahead log for the next start"
+            );
+        } else if remaining != 0 {
             error!(
                 target: "flush",
                 remaining_units = remaining,
@@ -595,6 +650,33 @@ impl Engine {
         ShutdownReport {
             flushed_units: flushed,
             remaining_units: remaining,
+            remaining_logged: inner.wal.as_ref().is_some_and(|w| !w.failed()),
+        }
+    }
+
+    /// Stops all background work at once, without flushing and without a
+    /// final checkpoint, as if the process had died (the log keeps what was
+    /// written). For crash tests of embedding applications; the engine is
+    /// unusable afterwards.
+    pub fn halt(&self) {
+        let inner = &self.inner;
+        inner
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Release);
+        let sched = inner
+            .flushes
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for (_, handle) in sched.into_iter().flatten() {
+            handle.abort();
+        }
+        if let Ok(mut tasks) = inner.flushes.tasks.try_lock() {
+            tasks.abort_all();
+        }
+        if let Some(wal) = &inner.wal {
+            wal.close();
         }
     }
 
@@ -627,4 +709,12 @@ async fn join_until(set: &mut JoinSet<()>, until: Option<Instant>) {
         None => wait.await,
     }
     set.shutdown().await;
+}
+
+/// Resolves when the log asks for a checkpoint (never without a log).
+async fn wal_full(wal: &Option<Arc<usage_sync_store::Wal>>) {
+    match wal {
+        Some(w) => w.checkpoint_wanted.notified().await,
+        None => std::future::pending().await,
+    }
 }

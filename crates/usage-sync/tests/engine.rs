@@ -527,3 +527,6 @@ async fn a_flush_cancelled_by_the_shutdown_deadline_is_kept_for_retry() {
     assert_eq!(h.db("u", "fast").await, 3);
     assert_eq!(h.engine.ledger().totals().in_flight, 0);
 }
+
+#[path = "engine/wal.rs"]
+mod wal;

@@ -1,0 +1,83 @@
+//! The ledger's side of the write-ahead log: what it records, and the
+//! trait it records through.
+//!
+//! The core does no I/O. It hands each state change to a [`Journal`] while
+//! still holding the locks under which the change was made, so the order
+//! of records in the log is the order in which changes were applied to
+//! each counter. The store crate's write-ahead log implements the trait by
+//! encoding the record into a buffer; a writer thread does the I/O, and
+//! the engine waits for the returned [`Lsn`] to be durable before
+//! acknowledging.
+//!
+//! What makes replay exact:
+//! - every mutation of unpersisted units is one record: a counted consume
+//!   (+amount), a refund (-amount), and a flush completion (`Done`, which
+//!   removes the batch's deltas);
+//! - a batch's exact deltas are recorded (`Intent`) before it is sent, so
+//!   after a crash the same batch can be re-sent under the same id;
+//! - a checkpoint is written while no mutation is in progress (the ledger's
+//!   gate is held exclusively), so it is a consistent cut.
+
+use crate::counters::Decision;
+use crate::ids::{Kind, RequestId, UserId};
+use crate::sync::{FlushBatch, FlushId};
+use crate::time::Timestamp;
+
+/// Log sequence number: the position of a record in the log, increasing.
+pub type Lsn = u64;
+
+/// One state change (or one piece of a checkpoint), borrowed from the
+/// ledger for as long as it takes to encode it.
+#[derive(Debug)]
+pub enum Record<'a> {
+    /// A consume that counted units, or that carried a request id (denied
+    /// ones too, so a repeat after a restart gets the original answer).
+    Consume {
+        user: &'a UserId,
+        kind: &'a Kind,
+        period_start: Timestamp,
+        amount: u64,
+        request_id: Option<&'a RequestId>,
+        decision: &'a Decision,
+        at: Timestamp,
+    },
+    /// A refund: `amount` comes off (user, kind, period).
+    Refund {
+        request_id: &'a str,
+        user: &'a UserId,
+        kind: &'a Kind,
+        period_start: Timestamp,
+        amount: u64,
+        at: Timestamp,
+    },
+    /// A batch about to be sent, with its id and exact deltas.
+    Intent { batch: &'a FlushBatch },
+    /// The batch with this id is in the store: its deltas are persisted.
+    Done { id: FlushId },
+    /// Checkpoint: units of (user, kind, period) not yet known to be in the
+    /// store (pending plus in flight).
+    Unpersisted {
+        user: &'a UserId,
+        kind: &'a Kind,
+        period_start: Timestamp,
+        units: i64,
+    },
+    /// Checkpoint: a remembered request id.
+    Dedup {
+        request_id: &'a RequestId,
+        user: &'a UserId,
+        kind: &'a Kind,
+        amount: u64,
+        period_start: Timestamp,
+        decision: &'a Decision,
+        refunded: bool,
+        at: Timestamp,
+    },
+}
+
+/// Where the ledger records its state changes.
+pub trait Journal: Send + Sync {
+    /// Appends a record and returns its sequence number. Called with ledger
+    /// locks held: must not block on I/O.
+    fn append(&self, record: Record<'_>) -> Lsn;
+}

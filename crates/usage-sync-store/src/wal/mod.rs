@@ -1,0 +1,525 @@
+//! The write-ahead log: every counted consume and refund, every batch
+//! intent and completion, recorded before it is acknowledged.
+//!
+//! # Shape
+//!
+//! - Appends (through the core's [`Journal`] trait) encode a frame into an
+//!   in-memory buffer under a mutex: no I/O on the request path. They are
+//!   made while the ledger's locks are held, so the log's order is the
+//!   ledger's order.
+//! - One writer thread drains the buffer: one `write` for everything
+//!   appended since the last round (group commit), then, by durability
+//!   mode, one `fdatasync`. It publishes the highest *written* and
+//!   *durable* sequence numbers; requests wait on the one their mode needs.
+//! - The log is a series of segments `wal-<seq>.log`. Every segment starts
+//!   with a checkpoint (the unpersisted units of every counter, the
+//!   outstanding batch intents and the live request ids), written while the
+//!   ledger is quiesced. Recovery therefore reads exactly one segment: the
+//!   newest whose checkpoint is complete. When a new segment's checkpoint
+//!   is on disk, all older segments are deleted.
+//!
+//! See `docs/durability.md` for the crash points and why each is covered.
+
+pub mod codec;
+pub mod replay;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use usage_sync_core::{FlushId, Journal, Ledger, Lsn, Record, Timestamp};
+
+pub use replay::{Recovered, RecoveredDedup};
+
+use crate::error::StoreError;
+
+/// When a consume is acknowledged relative to its log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the record is on disk (`fdatasync`). Survives power loss.
+    Fsync,
+    /// After the record is written to the OS (survives a process crash);
+    /// `fdatasync` every `fsync_interval`, so at most that window is lost on
+    /// power loss.
+    Batched,
+    /// Immediately; the record is written in the background. A crash may
+    /// lose the last records. For tests and benchmarks only.
+    None,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Batched => "batched",
+            Durability::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "fsync" => Some(Durability::Fsync),
+            "batched" => Some(Durability::Batched),
+            "none" => Some(Durability::None),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of the log.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    /// `batched` mode: how often written records are made durable.
+    pub fsync_interval: Duration,
+    /// A checkpoint (and a new segment) is requested when the current
+    /// segment grows past this.
+    pub max_segment_bytes: u64,
+}
+
+impl WalConfig {
+    pub fn new(dir: impl Into<PathBuf>, durability: Durability) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            durability,
+            fsync_interval: Duration::from_millis(10),
+            max_segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A pending switch to a new segment, at a byte offset of the buffer.
+struct Rotation {
+    at: usize,
+    seq: u64,
+}
+
+struct Shared {
+    buf: Vec<u8>,
+    /// Sequence number the next appended record gets.
+    next_lsn: Lsn,
+    rotations: VecDeque<Rotation>,
+    /// Encoded frames of batch intents without a `Done` yet, re-logged by
+    /// every checkpoint so a new segment is self-contained.
+    outstanding: HashMap<FlushId, Vec<u8>>,
+    /// Bytes appended to the current segment.
+    segment_bytes: u64,
+    segment_seq: u64,
+    checkpoint_requested: bool,
+    closing: bool,
+}
+
+/// The write-ahead log. Shared as `Arc<Wal>`; also the ledger's journal.
+pub struct Wal {
+    config: WalConfig,
+    shared: Mutex<Shared>,
+    wake: Condvar,
+    written: watch::Sender<Lsn>,
+    durable: watch::Sender<Lsn>,
+    /// Set when the writer hit an I/O error: nothing more can be made
+    /// durable, so nothing more may be acknowledged.
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// Asks the writer for an `fdatasync` now, whatever the mode.
+    force_sync: AtomicBool,
+    /// Notified when the current segment is large enough for a checkpoint.
+    pub checkpoint_wanted: Notify,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:016}.log"))
+}
+
+/// Segment files in `dir`, sorted by sequence number.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            });
+        }
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_prefix("wal-")
+            .and_then(|r| r.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes file creation and deletion durable; best effort on platforms
+    // where directories cannot be opened.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Wal {
+    /// Opens the log in `config.dir`: reads the newest complete segment
+    /// and returns what it holds, and starts the writer. Nothing is
+    /// appended until the caller has installed the recovered state and
+    /// called [`Wal::checkpoint`], which starts a new segment.
+    pub fn open(config: WalConfig) -> Result<(Arc<Wal>, Recovered), StoreError> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| io_err(&config.dir, e))?;
+        let recovered = replay::recover(&config.dir)?;
+        let last_seq = list_segments(&config.dir)?.last().map_or(0, |(s, _)| *s);
+        let (written, _) = watch::channel(0);
+        let (durable, _) = watch::channel(0);
+        let wal = Arc::new(Wal {
+            config,
+            shared: Mutex::new(Shared {
+                buf: Vec::with_capacity(1 << 16),
+                next_lsn: 1,
+                rotations: VecDeque::new(),
+                outstanding: HashMap::new(),
+                segment_bytes: 0,
+                segment_seq: last_seq,
+                checkpoint_requested: false,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            written,
+            durable,
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            force_sync: AtomicBool::new(false),
+            checkpoint_wanted: Notify::new(),
+            writer: Mutex::new(None),
+        });
+        let w = wal.clone();
+        let handle = std::thread::Builder::new()
+            .name("usage-sync-wal".into())
+            .spawn(move || w.writer_loop())
+            .map_err(|e| io_err(Path::new("wal writer thread"), e))?;
+        *wal.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok((wal, recovered))
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers intents recovered from the log that are still to be
+    /// re-sent, so the next checkpoint re-logs them.
+    pub fn restore_outstanding(&self, intents: &[(FlushId, Vec<codec::LoggedDelta>)]) {
+        let mut g = self.shared();
+        for (id, deltas) in intents {
+            let mut frame = Vec::new();
+            codec::encode_owned(
+                &codec::LogRecord::Intent {
+                    id: *id,
+                    deltas: deltas.clone(),
+                },
+                &mut frame,
+            );
+            g.outstanding.insert(*id, frame);
+        }
+    }
+
+    fn push(&self, g: &mut Shared, frame_len: usize) -> Lsn {
+        let lsn = g.next_lsn;
+        g.next_lsn += 1;
+        g.segment_bytes += frame_len as u64;
+        if g.buf.len() == frame_len {
+            // The buffer was empty: the writer may be asleep.
+            self.wake.notify_one();
+        }
+        if g.segment_bytes > self.config.max_segment_bytes && !g.checkpoint_requested {
+            g.checkpoint_requested = true;
+            self.checkpoint_wanted.notify_one();
+        }
+        lsn
+    }
+
+    /// Writes a checkpoint of `ledger` at the head of a new segment, and
+    /// returns the sequence number of its last record. Once that record is
+    /// durable, older segments are deleted by the writer.
+    ///
+    /// The ledger is quiesced for the duration (no consume, refund, take or
+    /// completion runs), so the checkpoint is a consistent cut; the pause
+    /// grows with the resident users and live request ids.
+    pub fn checkpoint(&self, ledger: &Ledger, now: Timestamp) -> Lsn {
+        ledger.quiesced(|snap| {
+            {
+                let mut g = self.shared();
+                let seq = g.segment_seq + 1;
+                g.segment_seq = seq;
+                let at = g.buf.len();
+                g.rotations.push_back(Rotation { at, seq });
+                g.segment_bytes = 0;
+                g.checkpoint_requested = false;
+                let n = codec::encode_marker(Some(seq), &mut g.buf);
+                self.push(&mut g, n);
+                let frames: Vec<Vec<u8>> = g.outstanding.values().cloned().collect();
+                for f in frames {
+                    g.buf.extend_from_slice(&f);
+                    self.push(&mut g, f.len());
+                }
+            }
+            snap.emit(now, &mut |rec| {
+                let mut g = self.shared();
+                let n = codec::encode_frame(&rec, &mut g.buf);
+                self.push(&mut g, n);
+            });
+            let mut g = self.shared();
+            let n = codec::encode_marker(None, &mut g.buf);
+            self.push(&mut g, n)
+        })
+    }
+
+    /// Waits until the record `lsn` is as safe as the durability mode
+    /// promises (written for `batched`, on disk for `fsync`).
+    pub async fn wait(&self, lsn: Lsn) -> Result<(), StoreError> {
+        let tx = match self.config.durability {
+            Durability::None => return Ok(()),
+            Durability::Batched => &self.written,
+            Durability::Fsync => &self.durable,
+        };
+        if *tx.borrow() >= lsn {
+            return Ok(());
+        }
+        let mut rx = tx.subscribe();
+        loop {
+            if self.failed.load(Ordering::Acquire) {
+                return Err(self.failure_error());
+            }
+            if *rx.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Task("write-ahead log closed".into()));
+            }
+        }
+    }
+
+    /// Waits until everything appended so far is on disk, whatever the mode.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let target = self.shared().next_lsn - 1;
+        self.force_sync.store(true, Ordering::Release);
+        {
+            // Take the lock so the writer cannot miss the wake-up between
+            // checking the flag and going to sleep.
+            let _g = self.shared();
+            self.wake.notify_one();
+        }
+        let mut rx = self.durable.subscribe();
+        loop {
+            if self.failed.load(Ordering::Acquire) {
+                return Err(self.failure_error());
+            }
+            if *rx.borrow_and_update() >= target {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Task("write-ahead log closed".into()));
+            }
+        }
+    }
+
+    fn failure_error(&self) -> StoreError {
+        let msg = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "write-ahead log failed".into());
+        StoreError::Task(msg)
+    }
+
+    /// Whether the writer hit an I/O error (nothing is acknowledged then).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Bytes in the current segment, and its sequence number.
+    pub fn segment(&self) -> (u64, u64) {
+        let g = self.shared();
+        (g.segment_seq, g.segment_bytes)
+    }
+
+    /// Stops the writer after it has written and synced everything
+    /// appended so far.
+    pub fn close(&self) {
+        let mut g = self.shared();
+        g.closing = true;
+        self.wake.notify_one();
+        drop(g);
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    fn fail(&self, what: &str, e: std::io::Error) {
+        let msg = format!("write-ahead log {what} failed: {e}");
+        tracing::error!(target: "flush", "{msg}; no further request can be acknowledged");
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+        self.failed.store(true, Ordering::Release);
+        // Wake waiters so they see the failure.
+        self.written.send_modify(|_| {});
+        self.durable.send_modify(|_| {});
+    }
+
+    /// The writer thread: drain, write, sync, publish, repeat.
+    fn writer_loop(self: Arc<Self>) {
+        let mut file: Option<(u64, File)> = None;
+        let mut last_sync = Instant::now();
+        let mut unsynced_upto: Option<Lsn> = None;
+        let interval = self.config.fsync_interval;
+        loop {
+            let (bytes, rotations, upto, closing) = {
+                let mut g = self.shared();
+                loop {
+                    let force = self.force_sync.load(Ordering::Acquire);
+                    if !g.buf.is_empty() || g.closing || force {
+                        break;
+                    }
+                    match (self.config.durability, unsynced_upto) {
+                        (Durability::Batched, Some(_)) => {
+                            let left = interval.saturating_sub(last_sync.elapsed());
+                            if left.is_zero() {
+                                break;
+                            }
+                            g = self
+                                .wake
+                                .wait_timeout(g, left)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                        _ => g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner()),
+                    }
+                }
+                let bytes = std::mem::replace(&mut g.buf, Vec::with_capacity(1 << 16));
+                let rotations: Vec<Rotation> = g.rotations.drain(..).collect();
+                (bytes, rotations, g.next_lsn - 1, g.closing)
+            };
+            if self.failed.load(Ordering::Acquire) {
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            // Write, switching segment at each rotation point. The old
+            // segment is synced before the new one receives a byte, so a
+            // newer segment existing implies the older one is complete.
+            let mut pos = 0;
+            let mut rotated = Vec::new();
+            for r in rotations {
+                if let Some((_, f)) = file.as_mut()
+                    && let Err(e) = f.write_all(&bytes[pos..r.at]).and_then(|_| f.sync_data())
+                {
+                    return self.fail("write", e);
+                }
+                pos = r.at;
+                let path = segment_path(&self.config.dir, r.seq);
+                match OpenOptions::new().create(true).append(true).open(&path) {
+                    Ok(f) => file = Some((r.seq, f)),
+                    Err(e) => return self.fail("segment creation", e),
+                }
+                sync_dir(&self.config.dir);
+                rotated.push(r.seq);
+            }
+            if pos < bytes.len() {
+                let Some((_, f)) = file.as_mut() else {
+                    // Appends before the first checkpoint are a bug in the
+                    // caller; refuse rather than lose them silently.
+                    return self.fail(
+                        "write",
+                        std::io::Error::other("record appended before the first checkpoint"),
+                    );
+                };
+                if let Err(e) = f.write_all(&bytes[pos..]) {
+                    return self.fail("write", e);
+                }
+            }
+            if !bytes.is_empty() {
+                self.written.send_replace(upto);
+                unsynced_upto = Some(upto);
+            }
+            let force = self.force_sync.swap(false, Ordering::AcqRel);
+            let must_sync = match self.config.durability {
+                Durability::Fsync => true,
+                Durability::Batched => last_sync.elapsed() >= interval,
+                Durability::None => false,
+            } || force
+                || closing
+                || !rotated.is_empty();
+            if must_sync && unsynced_upto.is_some() {
+                if let Some((_, f)) = file.as_mut()
+                    && let Err(e) = f.sync_data()
+                {
+                    return self.fail("fdatasync", e);
+                }
+                last_sync = Instant::now();
+                self.durable.send_replace(upto);
+                unsynced_upto = None;
+            } else if force {
+                self.durable.send_replace(upto);
+            }
+            // A rotation's checkpoint is now on disk: older segments hold
+            // nothing the new one does not.
+            if let Some(&newest) = rotated.last() {
+                if let Ok(list) = list_segments(&self.config.dir) {
+                    for (seq, path) in list {
+                        if seq < newest {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
+                }
+                sync_dir(&self.config.dir);
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+}
+
+impl Journal for Wal {
+    fn append(&self, record: Record<'_>) -> Lsn {
+        let mut g = self.shared();
+        let start = g.buf.len();
+        let n = codec::encode_frame(&record, &mut g.buf);
+        match &record {
+            Record::Intent { batch } => {
+                let frame = g.buf[start..].to_vec();
+                g.outstanding.insert(batch.id, frame);
+            }
+            Record::Done { id } => {
+                g.outstanding.remove(id);
+            }
+            _ => {}
+        }
+        self.push(&mut g, n)
+    }
+}

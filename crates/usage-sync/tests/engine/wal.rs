@@ -1,0 +1,277 @@
+//! The write-ahead log seen through the engine: a halted engine (as if the
+//! process died) loses nothing, and recovery applies each unit once.
+//! Real time here: the log writer is an OS thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use usage_sync::{Engine, SyncConfig, SystemClock};
+use usage_sync_core::{RequestId, Units, UserId, default_catalogue};
+use usage_sync_store::wal::list_segments;
+use usage_sync_store::{Durability, FaultyStore, SqliteStore, Store, WalConfig};
+
+use super::{Faulty, quiet};
+
+struct Node {
+    engine: Engine,
+    store: Faulty,
+}
+
+fn wal_config(dir: &Path, durability: Durability) -> SyncConfig {
+    SyncConfig {
+        wal: Some(WalConfig::new(dir.join("wal"), durability)),
+        ..quiet()
+    }
+}
+
+async fn open(dir: &Path, config: SyncConfig) -> Node {
+    let store = FaultyStore::new(SqliteStore::open(&dir.join("usage-sync.db")).unwrap());
+    let (kinds, plans) = default_catalogue();
+    let engine = Engine::open(
+        Arc::new(store.clone()) as Arc<dyn Store>,
+        kinds,
+        plans,
+        config,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    engine.start();
+    Node { engine, store }
+}
+
+impl Node {
+    async fn consume(&self, user: &str, kind: &str, n: u64, rid: Option<&str>) -> (bool, bool) {
+        let k = self.engine.kind(kind).unwrap();
+        let rid = rid.map(|r| RequestId::parse(r).unwrap());
+        let o = self
+            .engine
+            .consume(
+                &UserId::parse(user).unwrap(),
+                &k,
+                Units::parse(n as i128).unwrap(),
+                rid.as_ref(),
+            )
+            .await
+            .unwrap();
+        (o.decision.allowed, o.deduplicated)
+    }
+
+    async fn db(&self, user: &str, kind: &str) -> i64 {
+        self.store
+            .all_usage()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.user_id == user && r.kind == kind)
+            .map(|r| r.used)
+            .sum()
+    }
+
+    async fn used(&self, user: &str, kind: &str) -> u64 {
+        let u = self
+            .engine
+            .usage(&UserId::parse(user).unwrap())
+            .await
+            .unwrap();
+        u.kinds[self.engine.kind(kind).unwrap().index()].used
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    list_segments(&dir.join("wal"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_halted_engine_loses_nothing_and_dedup_survives() {
+    for durability in [Durability::Fsync, Durability::Batched] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path(), wal_config(dir.path(), durability)).await;
+        for i in 0..30 {
+            a.consume(&format!("u{}", i % 3), "fast", 1, Some(&format!("r{i}")))
+                .await;
+        }
+        a.consume("u0", "premium", 4, None).await;
+        a.engine.refund("r0").await.unwrap();
+        // Part of it reaches the database before the "crash".
+        a.engine
+            .sync_user(&UserId::parse("u1").unwrap())
+            .await
+            .unwrap();
+        a.consume("u1", "fast", 2, None).await;
+        a.engine.halt();
+
+        let b = open(dir.path(), wal_config(dir.path(), durability)).await;
+        let report = b.engine.recovery().unwrap().clone();
+        assert_eq!(report.request_ids, 30, "{durability:?}");
+        assert_eq!(
+            b.used("u0", "fast").await,
+            9,
+            "{durability:?}: 10 consumed, 1 refunded"
+        );
+        assert_eq!(b.used("u1", "fast").await, 12);
+        assert_eq!(b.used("u0", "premium").await, 4);
+        // The same request id after the restart: recognised, not counted.
+        assert_eq!(b.consume("u2", "fast", 1, Some("r2")).await, (true, true));
+        assert!(
+            b.engine.refund("r0").await.is_err(),
+            "already refunded before the crash"
+        );
+        b.engine.sync_all().await.unwrap();
+        assert_eq!(
+            (
+                b.db("u0", "fast").await,
+                b.db("u1", "fast").await,
+                b.db("u2", "fast").await
+            ),
+            (9, 12, 10)
+        );
+        assert_eq!(b.db("u0", "premium").await, 4);
+        b.engine.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn crash_after_commit_is_recognised_and_not_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    a.consume("u", "fast", 7, None).await;
+    // The commit lands, the engine never learns it: then it dies.
+    a.store.lose_next_acks(1);
+    assert!(a.engine.sync_all().await.is_err());
+    assert_eq!(a.db("u", "fast").await, 7);
+    a.engine.halt();
+
+    let b = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    let r = b.engine.recovery().unwrap();
+    assert_eq!((r.intents_applied, r.intents_resent), (1, 0));
+    assert_eq!(b.used("u", "fast").await, 7);
+    b.engine.sync_all().await.unwrap();
+    assert_eq!(b.db("u", "fast").await, 7);
+}
+
+#[tokio::test]
+async fn an_intent_that_never_reached_the_database_is_resent_under_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    a.consume("u", "premium", 3, None).await;
+    a.store.set_down(true);
+    assert!(a.engine.sync_all().await.is_err());
+    a.engine.halt();
+
+    let b = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    let r = b.engine.recovery().unwrap();
+    assert_eq!(
+        (r.intents_applied, r.intents_resent, r.unpersisted_units),
+        (0, 1, 3)
+    );
+    assert_eq!(b.engine.retry_backlog(), (1, 3));
+    b.engine.sync_all().await.unwrap();
+    assert_eq!(b.db("u", "premium").await, 3);
+    assert_eq!(b.used("u", "premium").await, 3);
+}
+
+#[tokio::test]
+async fn segments_rotate_and_old_ones_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = wal_config(dir.path(), Durability::Batched);
+    config.wal.as_mut().unwrap().max_segment_bytes = 4096;
+    config.check_interval = Duration::from_millis(50);
+    config.max_active_users_check = 1000;
+    let a = open(dir.path(), config.clone()).await;
+    for i in 0..2000 {
+        a.consume(&format!("u{}", i % 50), "fast", 1, None).await;
+    }
+    // Checkpoints run on the scheduler; wait until the log was rotated.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while segments(dir.path())
+        .first()
+        .is_some_and(|p| p.ends_with("wal-0000000000000001.log"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no rotation happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        segments(dir.path()).len() <= 2,
+        "{:?}",
+        segments(dir.path())
+    );
+    a.engine.halt();
+    let b = open(dir.path(), config).await;
+    b.engine.sync_all().await.unwrap();
+    let total: i64 = b
+        .store
+        .all_usage()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.used)
+        .sum();
+    assert_eq!(total, 2000);
+}
+
+#[tokio::test]
+async fn shutdown_with_the_store_down_keeps_units_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    a.consume("u", "fast", 5, None).await;
+    a.store.set_down(true);
+    let report = a.engine.shutdown(Duration::from_millis(500)).await;
+    assert_eq!((report.remaining_units, report.remaining_logged), (5, true));
+
+    let b = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    assert_eq!(b.engine.recovery().unwrap().unpersisted_units, 5);
+    b.engine.sync_all().await.unwrap();
+    assert_eq!(b.db("u", "fast").await, 5);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    for i in 0..10 {
+        a.consume("u", "fast", 1, Some(&format!("r{i}"))).await;
+    }
+    a.engine.halt();
+    let seg = segments(dir.path()).pop().unwrap();
+    let good = std::fs::read(&seg).unwrap();
+
+    // A torn write: the first 20 bytes of a frame (the segment's first
+    // frame, a 21-byte checkpoint marker) at the end.
+    let mut torn = good.clone();
+    torn.extend_from_slice(&good[..20]);
+    std::fs::write(&seg, &torn).unwrap();
+    let b = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
+    assert_eq!(b.engine.recovery().unwrap().torn_tail_bytes, 20);
+    assert_eq!(b.used("u", "fast").await, 10);
+    b.engine.halt();
+
+    // A flipped byte in the middle of the newest segment.
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bad = std::fs::read(&seg).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&seg, &bad).unwrap();
+    let store = FaultyStore::new(SqliteStore::open(&dir.path().join("usage-sync.db")).unwrap());
+    let (kinds, plans) = default_catalogue();
+    let err = Engine::open(
+        Arc::new(store) as Arc<dyn Store>,
+        kinds,
+        plans,
+        wal_config(dir.path(), Durability::Fsync),
+        Arc::new(SystemClock),
+    )
+    .await
+    .err()
+    .expect("corruption must stop the start")
+    .to_string();
+    assert!(
+        err.contains(&seg.display().to_string()) && err.contains("at offset"),
+        "{err}"
+    );
+}
