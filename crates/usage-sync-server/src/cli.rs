@@ -63,9 +63,9 @@ pub fn run() -> ExitCode {
             telemetry::warn_about(&settings);
             let app = Application::build(settings).await?;
             let report = app.run_until_stopped(shutdown::signal()).await?;
-            if report.remaining_units != 0 {
+            if report.remaining_units != 0 && !report.remaining_logged {
                 anyhow::bail!(
-                    "{} units could not be written before the shutdown deadline",
+                    "{} units could not be written before the shutdown deadline and are lost",
                     report.remaining_units
                 );
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use usage_sync::SyncConfig;
 use usage_sync_core::{Kinds, Limit, PeriodKind, Plan, Plans};
+use usage_sync_store::{Durability, WalConfig};
 
 /// Where a setting's value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,6 +145,10 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     pub shutdown_timeout: Duration,
     pub dedup_window: Duration,
+    pub durability: Durability,
+    pub fsync_interval: Duration,
+    /// Test-only fault injection (see `SyncConfig::crash_after_commit`).
+    pub fault_crash_after_commit: Option<u64>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub kinds: Vec<String>,
@@ -240,6 +245,17 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
         Ty::Duration,
     ),
     ("dedup_window", &["USAGE_SYNC_DEDUP_WINDOW"], Ty::Duration),
+    ("durability", &["USAGE_SYNC_DURABILITY"], Ty::Text),
+    (
+        "fsync_interval",
+        &["USAGE_SYNC_FSYNC_INTERVAL"],
+        Ty::Duration,
+    ),
+    (
+        "fault_crash_after_commit",
+        &["USAGE_SYNC_FAULT_CRASH_AFTER_COMMIT"],
+        Ty::Count,
+    ),
     ("log_format", &["USAGE_SYNC_LOG_FORMAT"], Ty::Text),
     ("log_level", &["USAGE_SYNC_LOG_LEVEL"], Ty::Text),
     ("kinds", &["USAGE_SYNC_KINDS"], Ty::List),
@@ -254,9 +270,9 @@ const SECRET_FILES: &[(&str, &str)] = &[
 ];
 
 fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
-    let (hb, check, threshold, max_sync, verbose, fmt) = match p {
-        Profile::Development => ("30s", "1m", "5", "10m", "true", "pretty"),
-        Profile::Production => ("2m", "5m", "10", "30m", "false", "json"),
+    let (hb, check, threshold, max_sync, verbose, fmt, durability) = match p {
+        Profile::Development => ("30s", "1m", "5", "10m", "true", "pretty", "batched"),
+        Profile::Production => ("2m", "5m", "10", "30m", "false", "json", "fsync"),
     };
     vec![
         ("heartbeat_interval", hb),
@@ -276,6 +292,8 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("listen", "127.0.0.1:8080"),
         ("shutdown_timeout", "30s"),
         ("dedup_window", "24h"),
+        ("durability", durability),
+        ("fsync_interval", "10ms"),
         ("log_format", fmt),
         ("log_level", "info"),
         ("kinds", "premium,fast"),
@@ -690,6 +708,17 @@ fn build(
             ));
         }
     };
+    let durability_text = text("durability");
+    let durability = Durability::parse(&durability_text).ok_or_else(|| {
+        invalid(
+            "durability",
+            format!("'{durability_text}' is not a durability mode (use fsync, batched or none)"),
+        )
+    })?;
+    let fault_crash_after_commit = match get("fault_crash_after_commit") {
+        Some(_) => Some(count("fault_crash_after_commit", 1, u64::MAX)?),
+        None => None,
+    };
     let kinds: Vec<String> = text("kinds")
         .split(',')
         .map(|s| s.trim().to_owned())
@@ -720,6 +749,9 @@ fn build(
         admin_token: secret("admin_token"),
         shutdown_timeout: dur("shutdown_timeout")?,
         dedup_window: dur("dedup_window")?,
+        durability,
+        fsync_interval: dur("fsync_interval")?,
+        fault_crash_after_commit,
         log_format,
         log_level: text("log_level"),
         kinds,
@@ -740,6 +772,17 @@ impl Settings {
             return Err(ConfigError::Rule(
                 "the production profile requires USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN (or their _FILE variants)"
                     .into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.durability == Durability::None {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_DURABILITY=none can lose acknowledged usage and is refused in the production profile (use fsync or batched)"
+                    .into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.fault_crash_after_commit.is_some() {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_FAULT_CRASH_AFTER_COMMIT is a test-only fault injection and is refused in the production profile".into(),
             ));
         }
         if !self.plans.contains_key(&self.default_plan) {
@@ -786,6 +829,11 @@ impl Settings {
             batch_size: self.batch_size,
             max_cached_users: self.max_cached_users,
             dedup_window: self.dedup_window,
+            wal: Some(WalConfig {
+                fsync_interval: self.fsync_interval,
+                ..WalConfig::new(self.data_dir.join("wal"), self.durability)
+            }),
+            crash_after_commit: self.fault_crash_after_commit,
             ..SyncConfig::default()
         }
     }
@@ -866,6 +914,13 @@ impl Settings {
             ("admin_token", secret(&self.admin_token)),
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
             ("dedup_window", format_duration(self.dedup_window)),
+            ("durability", self.durability.as_str().to_owned()),
+            ("fsync_interval", format_duration(self.fsync_interval)),
+            (
+                "fault_crash_after_commit",
+                self.fault_crash_after_commit
+                    .map_or("<not set>".to_owned(), |n| n.to_string()),
+            ),
             (
                 "log_format",
                 match self.log_format {

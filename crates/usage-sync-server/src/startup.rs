@@ -1,11 +1,17 @@
-//! Wiring: settings → store → engine → HTTP server. `Application::build`
-//! binds the listener (port 0 works, for tests) before anything is served.
+//! Wiring: settings → store → engine → HTTP server.
+//!
+//! The listener is bound first and serves at once, so orchestrators see
+//! `/healthz` 200 and `/readyz` 503 while the engine recovers from the
+//! write-ahead log; requests get 503 `unavailable` until recovery is done.
+//! `Application::build` can bind port 0 (tests read the port back).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use usage_sync::{Engine, ShutdownReport, SystemClock};
 use usage_sync_store::{SqliteStore, Store};
 
@@ -27,46 +33,39 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     )
 }
 
-/// A built, bound, not yet running service.
+/// Opens the engine: migrations, plans, recovery from the log.
+pub async fn open_engine(settings: &Settings) -> Result<Engine, (bool, anyhow::Error)> {
+    let store = open_store(settings).map_err(|e| (true, e))?;
+    let (kinds, plans) = settings
+        .catalogue()
+        .map_err(|e| (false, anyhow::Error::msg(e)))?;
+    Engine::open(
+        store,
+        kinds,
+        plans,
+        settings.sync_config(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(|e| (e.is_transient(), anyhow::Error::new(e)))
+}
+
+/// A bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
-    router: axum::Router,
-    engine: Engine,
     settings: Settings,
+    engine: Arc<OnceLock<Engine>>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = open_store(&settings)?;
-        let (kinds, plans) = settings.catalogue().map_err(anyhow::Error::msg)?;
-        let engine = Engine::open(
-            store,
-            kinds,
-            plans,
-            settings.sync_config(),
-            Arc::new(SystemClock),
-        )
-        .await
-        .context("opening the engine (migrations, plans)")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
-        let token = |s: &Option<crate::configuration::Secret>| {
-            s.as_ref().map(|s| Arc::<str>::from(s.expose()))
-        };
-        let router = http::router(
-            AppState {
-                engine: engine.clone(),
-                verbose: settings.verbose_logging,
-            },
-            token(&settings.api_token),
-            token(&settings.admin_token),
-        );
         Ok(Application {
             listener,
-            router,
-            engine,
             settings,
+            engine: Arc::new(OnceLock::new()),
         })
     }
 
@@ -74,29 +73,79 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// Filled with the engine once recovery is complete.
+    pub fn engine_slot(&self) -> Arc<OnceLock<Engine>> {
+        self.engine.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets
     /// in-flight requests finish, and flushes everything pending within
-    /// `shutdown_timeout`.
+    /// `shutdown_timeout` (what cannot be flushed stays in the log).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<ShutdownReport> {
-        self.engine.start();
-        tracing::info!(
-            listen = %self.listener.local_addr()?,
-            store = self.engine.store().backend(),
-            profile = self.settings.profile.as_str(),
-            "usage-sync is serving"
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let token = |s: &Option<crate::configuration::Secret>| {
+            s.as_ref().map(|s| Arc::<str>::from(s.expose()))
+        };
+        let router = http::router(
+            AppState::new(self.engine.clone(), self.settings.verbose_logging),
+            token(&self.settings.api_token),
+            token(&self.settings.admin_token),
         );
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        let mut server_stop = stop_rx.clone();
+        let listen = self.listener.local_addr()?;
+        let server = tokio::spawn(
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+        );
+        tracing::info!(%listen, "listening; recovering before accepting requests");
+
+        // Recovery needs the store (to resolve unfinished flushes and load
+        // users); while it is unreachable, keep trying and stay unready.
+        let mut stop = stop_rx.clone();
+        let engine = loop {
+            match open_engine(&self.settings).await {
+                Ok(e) => break e,
+                Err((true, e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot start yet; retrying in 1s (readyz stays 503)");
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                        r = stop.wait_for(|s| *s) => r.is_ok(),
+                    };
+                    if stopped {
+                        let _ = server.await;
+                        anyhow::bail!("stopped before the service became ready");
+                    }
+                }
+                Err((false, e)) => {
+                    server.abort();
+                    return Err(e.context("cannot start"));
+                }
+            }
+        };
+        engine.start();
+        let _ = self.engine.set(engine.clone());
+        tracing::info!(
+            %listen,
+            store = engine.store().backend(),
+            durability = self.settings.durability.as_str(),
+            profile = self.settings.profile.as_str(),
+            "usage-sync is ready"
+        );
+        server
             .await
+            .context("HTTP server task failed")?
             .context("HTTP server failed")?;
         tracing::info!("stopped accepting requests; flushing pending usage");
-        Ok(self.engine.shutdown(self.settings.shutdown_timeout).await)
+        Ok(engine.shutdown(self.settings.shutdown_timeout).await)
     }
 }

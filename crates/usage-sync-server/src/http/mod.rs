@@ -7,7 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod routes;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -23,9 +23,29 @@ use self::routes::{admin, health, usage};
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    /// Set once start-up recovery is complete. Until then every request
+    /// but the probes gets 503 `unavailable`: no decision is ever made on
+    /// a partially recovered state.
+    engine: Arc<OnceLock<Engine>>,
     /// Log one line per request (`verbose_logging`).
     pub verbose: bool,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<OnceLock<Engine>>, verbose: bool) -> Self {
+        AppState { engine, verbose }
+    }
+
+    /// The engine, or 503 while the service is still recovering.
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                "starting: recovering the write-ahead log",
+            )
+        })
+    }
 }
 
 fn guarded(router: Router<AppState>, token: Option<Arc<str>>) -> Router<AppState> {

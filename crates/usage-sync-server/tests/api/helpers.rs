@@ -56,11 +56,14 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let settings = configuration::load_from(None, &env).unwrap();
     let app = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
-    let engine = app.engine().clone();
+    let slot = app.engine_slot();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
+    let ready = eventually(Duration::from_secs(20), || async { slot.get().is_some() }).await;
+    assert!(ready, "the service did not finish starting");
+    let engine = slot.get().unwrap().clone();
     TestApp {
         address,
         client: reqwest::Client::new(),

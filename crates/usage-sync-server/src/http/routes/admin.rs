@@ -38,10 +38,10 @@ pub async fn put_plan(
 ) -> Result<Json<Value>, ApiError> {
     let period: PeriodKind = body.period.as_deref().unwrap_or("monthly").parse()?;
     let limits: Vec<(String, Limit)> = body.limits.into_iter().collect();
-    let plan = state.engine.set_plan(&name, period, &limits).await?;
+    let plan = state.engine()?.set_plan(&name, period, &limits).await?;
     tracing::info!(target: "admin", plan = %name, period = period.as_str(), "plan updated");
     let mut out = Map::new();
-    for k in state.engine.kinds().iter() {
+    for k in state.engine()?.kinds().iter() {
         out.insert(k.name().to_owned(), json!(plan.limits[k.index()]));
     }
     Ok(Json(
@@ -59,7 +59,7 @@ pub async fn put_user(
     }
     let limits: Option<Vec<(String, Limit)>> = body.limits.map(|l| l.into_iter().collect());
     let u = state
-        .engine
+        .engine()?
         .set_user(&user, body.plan.as_deref(), limits.as_deref())
         .await?;
     tracing::info!(target: "admin", user_id = %user, "user updated");
@@ -70,7 +70,7 @@ pub async fn reset_user(
     State(state): State<AppState>,
     UserPath(user): UserPath,
 ) -> Result<Json<Value>, ApiError> {
-    let u = state.engine.reset_user(&user).await?;
+    let u = state.engine()?.reset_user(&user).await?;
     tracing::info!(target: "admin", user_id = %user, "usage reset: a new period starts now");
     Ok(Json(usage_json(&u)))
 }
@@ -79,14 +79,14 @@ pub async fn sync_user(
     State(state): State<AppState>,
     UserPath(user): UserPath,
 ) -> Result<Json<Value>, ApiError> {
-    let units = state.engine.sync_user(&user).await?;
+    let units = state.engine()?.sync_user(&user).await?;
     Ok(Json(
         json!({"user_id": user.as_str(), "flushed_units": units}),
     ))
 }
 
 pub async fn sync_all(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let r = state.engine.sync_all().await?;
+    let r = state.engine()?.sync_all().await?;
     tracing::info!(target: "admin", users = r.flushed_users, units = r.flushed_units, "manual sync of all users");
     Ok(Json(json!({
         "checked": r.checked,

@@ -19,12 +19,12 @@ pub async fn healthz() -> Json<Value> {
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let unavailable =
         |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, m);
-    if !state.engine.is_accepting() {
+    if !state.engine()?.is_accepting() {
         return Err(unavailable("shutting down".into()));
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.engine.store().ping()).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.engine()?.store().ping()).await {
         Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "store": state.engine.store().backend()}),
+            json!({"status": "ready", "store": state.engine()?.store().backend()}),
         )),
         Ok(Err(e)) => Err(unavailable(format!("store unreachable: {e}"))),
         Err(_) => Err(unavailable("store did not answer within 2s".into())),

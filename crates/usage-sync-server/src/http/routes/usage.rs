@@ -70,7 +70,7 @@ fn parse(
     amount: Option<i64>,
 ) -> Result<Parsed, ApiError> {
     let user = UserId::parse(user_id)?;
-    let kind = state.engine.kind(kind)?;
+    let kind = state.engine()?.kind(kind)?;
     let amount = Units::parse(amount.unwrap_or(1) as i128)?;
     Ok(Parsed { user, kind, amount })
 }
@@ -124,7 +124,7 @@ pub async fn consume(
         .map(RequestId::parse)
         .transpose()?;
     let out = state
-        .engine
+        .engine()?
         .consume(&p.user, &p.kind, p.amount, rid.as_ref())
         .await?;
     if state.verbose {
@@ -152,7 +152,7 @@ pub async fn check(
     JsonBody(body): JsonBody<CheckBody>,
 ) -> Result<Response, ApiError> {
     let p = parse(&state, &body.user_id, &body.kind, body.amount)?;
-    let d = state.engine.check(&p.user, &p.kind, p.amount).await?;
+    let d = state.engine()?.check(&p.user, &p.kind, p.amount).await?;
     Ok(decision_response(
         &p.user,
         &p.kind,
@@ -167,7 +167,7 @@ pub async fn refund(
     JsonBody(body): JsonBody<RefundBody>,
 ) -> Result<Response, ApiError> {
     let rid = RequestId::parse(&body.request_id)?;
-    let r = state.engine.refund(rid.as_str()).await?;
+    let r = state.engine()?.refund(rid.as_str()).await?;
     let k = &r.usage.kinds[r.kind.index()];
     Ok(Json(json!({
         "request_id": rid.as_str(),
@@ -214,6 +214,6 @@ pub async fn usage(
     State(state): State<AppState>,
     UserPath(user): UserPath,
 ) -> Result<Json<Value>, ApiError> {
-    let u = state.engine.usage(&user).await?;
+    let u = state.engine()?.usage(&user).await?;
     Ok(Json(usage_json(&u)))
 }
