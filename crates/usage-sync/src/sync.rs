@@ -48,6 +48,10 @@ pub(crate) struct FlushQueue {
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     retries: Mutex<Vec<Retry>>,
     retry_wake: Notify,
+    /// Held by a threshold round for its whole duration, and by manual
+    /// syncs: a manual sync waits for the round in progress (whose batches
+    /// it could not otherwise see) and no new round starts during it.
+    round: tokio::sync::Mutex<()>,
     /// Stop signals and handles of the scheduler and the threshold loop.
     scheduler: Mutex<Option<[Worker; 2]>>,
 }
@@ -59,6 +63,7 @@ impl FlushQueue {
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
             retries: Mutex::new(Vec::new()),
             retry_wake: Notify::new(),
+            round: tokio::sync::Mutex::new(()),
             scheduler: Mutex::new(None),
         }
     }
@@ -450,6 +455,7 @@ impl Inner {
             if !self.config.threshold_linger.is_zero() {
                 tokio::time::sleep(self.config.threshold_linger).await;
             }
+            let _round = self.flushes.round.lock().await;
             let flights = self.guard_new(self.ledger.take_threshold(self.config.batch_size));
             if flights.is_empty() {
                 continue;
@@ -534,25 +540,47 @@ impl Engine {
     pub async fn sync_all(&self) -> Result<SyncAllReport, Error> {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
-        inner.drain_tasks(None).await;
-        let (work, checked) = inner.take_everything(Trigger::Manual);
-        let (units, users, failures) = inner.run_now(work, None).await;
-        if failures > 0 {
-            return Err(Error::Unavailable(format!(
-                "{failures} batch(es) could not be written; their units stay pending and will be retried"
-            )));
+        let _round = inner.flushes.round.lock().await;
+        // Flushes started by the timed triggers while we work hold counters
+        // we cannot take: repeat until nothing is in flight, within a bound.
+        let deadline = Instant::now() + inner.config.sync_timeout * 4 + Duration::from_secs(1);
+        let mut report = SyncAllReport::default();
+        let mut first = true;
+        loop {
+            inner.drain_tasks(None).await;
+            let (work, checked) = inner.take_everything(Trigger::Manual);
+            if first {
+                report.checked = checked;
+                first = false;
+            }
+            if work.is_empty() {
+                if inner.ledger.totals().in_flight == 0 {
+                    return Ok(report);
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Unavailable(
+                        "units are still in flight; retry the sync".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let (units, users, failures) = inner.run_now(work, None).await;
+            report.flushed_units += units;
+            report.flushed_users += users;
+            if failures > 0 {
+                return Err(Error::Unavailable(format!(
+                    "{failures} batch(es) could not be written; their units stay pending and will be retried"
+                )));
+            }
         }
-        Ok(SyncAllReport {
-            checked,
-            flushed_users: users,
-            flushed_units: units,
-        })
     }
 
     /// Flushes one user's pending units now; returns the units written.
     pub async fn sync_user(&self, user: &UserId) -> Result<i64, Error> {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
+        let _round = inner.flushes.round.lock().await;
         // Let in-flight flushes (which may hold this user's counters) land
         // first, so the user's next batch can include everything.
         inner.drain_tasks(None).await;

@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 use usage_sync::Engine;
 use usage_sync_server::configuration;
 use usage_sync_server::startup::Application;
-use usage_sync_store::{SqliteStore, Store};
 
 pub struct TestApp {
     pub address: String,
@@ -147,18 +146,19 @@ impl TestApp {
     }
 }
 
-/// Sum of a (user, kind) over all periods, read from the SQLite file.
+/// Sum of a (user, kind) over all periods, read from the SQLite file with
+/// a plain read-only connection (works while another connection holds the
+/// write lock).
 pub async fn db_total(db: &Path, user: &str, kind: &str) -> i64 {
-    let store = SqliteStore::open(db).unwrap();
-    store.migrate().await.unwrap();
-    store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.user_id == user && r.kind == kind)
-        .map(|r| r.used)
-        .sum()
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.query_row(
+        "SELECT COALESCE(SUM(used), 0) FROM usage WHERE user_id = ?1 AND kind = ?2",
+        [user, kind],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 /// Polls `f` until it returns true or `max` passes (wall time: for tests

@@ -5,5 +5,6 @@ mod admin;
 mod auth;
 mod bad_input;
 mod consume;
+mod durability;
 mod helpers;
 mod process;

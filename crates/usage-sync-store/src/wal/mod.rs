@@ -112,6 +112,9 @@ struct Shared {
     /// Bytes appended to the current segment.
     segment_bytes: u64,
     segment_seq: u64,
+    /// Checkpoints whose end record is appended: once the record with that
+    /// sequence number is on disk, segments older than `seq` may go.
+    completed_checkpoints: Vec<(u64, Lsn)>,
     checkpoint_requested: bool,
     closing: bool,
 }
@@ -201,6 +204,7 @@ impl Wal {
                 outstanding: HashMap::new(),
                 segment_bytes: 0,
                 segment_seq: last_seq,
+                completed_checkpoints: Vec::new(),
                 checkpoint_requested: false,
                 closing: false,
             }),
@@ -294,7 +298,10 @@ impl Wal {
             });
             let mut g = self.shared();
             let n = codec::encode_marker(None, &mut g.buf);
-            self.push(&mut g, n)
+            let end = self.push(&mut g, n);
+            let seq = g.segment_seq;
+            g.completed_checkpoints.push((seq, end));
+            end
         })
     }
 
@@ -397,7 +404,7 @@ impl Wal {
         let mut unsynced_upto: Option<Lsn> = None;
         let interval = self.config.fsync_interval;
         loop {
-            let (bytes, rotations, upto, closing) = {
+            let (bytes, rotations, upto, closing, checkpoints) = {
                 let mut g = self.shared();
                 loop {
                     let force = self.force_sync.load(Ordering::Acquire);
@@ -421,7 +428,14 @@ impl Wal {
                 }
                 let bytes = std::mem::replace(&mut g.buf, Vec::with_capacity(1 << 16));
                 let rotations: Vec<Rotation> = g.rotations.drain(..).collect();
-                (bytes, rotations, g.next_lsn - 1, g.closing)
+                // Checkpoints complete within what this round writes.
+                let upto = g.next_lsn - 1;
+                let (done, later): (Vec<_>, Vec<_>) = g
+                    .completed_checkpoints
+                    .drain(..)
+                    .partition(|&(_, end)| end <= upto);
+                g.completed_checkpoints = later;
+                (bytes, rotations, upto, g.closing, done)
             };
             if self.failed.load(Ordering::Acquire) {
                 if closing {
@@ -473,7 +487,8 @@ impl Wal {
                 Durability::None => false,
             } || force
                 || closing
-                || !rotated.is_empty();
+                || !rotated.is_empty()
+                || !checkpoints.is_empty();
             if must_sync && unsynced_upto.is_some() {
                 if let Some((_, f)) = file.as_mut()
                     && let Err(e) = f.sync_data()
@@ -486,9 +501,12 @@ impl Wal {
             } else if force {
                 self.durable.send_replace(upto);
             }
-            // A rotation's checkpoint is now on disk: older segments hold
-            // nothing the new one does not.
-            if let Some(&newest) = rotated.last() {
+            // A checkpoint whose end record is now on disk makes the older
+            // segments redundant. (Not at rotation time: the checkpoint may
+            // still be partly in the buffer, and an incomplete checkpoint
+            // is ignored by recovery.)
+            let _ = rotated;
+            if let Some(&(newest, _)) = checkpoints.iter().max() {
                 if let Ok(list) = list_segments(&self.config.dir) {
                     for (seq, path) in list {
                         if seq < newest {
