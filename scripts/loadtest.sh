@@ -42,21 +42,23 @@ PY
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); wrk -t2 -c$CONNS -d$DURATION; $USERS users"
 
 # usage-sync: every request counted (unlimited plan), production-like log
-# volume (verbose off), default development sync cadence.
-cat > "$WORK/usage-sync.toml" <<EOF
-[plans.free]
-limits = { premium = "unlimited", fast = "unlimited" }
-EOF
+# volume (verbose off), default development sync cadence; once per
+# durability mode of the write-ahead log.
+printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
 PORT=18431
-USAGE_SYNC_DATA_DIR="$WORK/us" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" USAGE_SYNC_VERBOSE_LOGGING=false \
-  USAGE_SYNC_LOG_LEVEL=warn "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/us.log" &
-US_PID=$!
-wait_port $PORT
-read -r US_REQ US_RPS US_P50 US_P99 US_ERR < <(run_wrk $PORT)
-curl -s -XPOST "http://127.0.0.1:$PORT/admin/v1/sync" >/dev/null
-kill -TERM $US_PID; wait $US_PID || true
-US_DB=$(sqlite3 "$WORK/us/usage-sync.db" "SELECT COALESCE(SUM(used),0) FROM usage")
-US_FLUSHES=$(sqlite3 "$WORK/us/usage-sync.db" "SELECT COUNT(*) FROM flushes")
+declare -A U_REQ U_RPS U_P50 U_P99 U_ERR U_DB U_TX
+for MODE in none batched fsync; do
+  PORT=$((PORT + 1))
+  USAGE_SYNC_DATA_DIR="$WORK/us-$MODE" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" USAGE_SYNC_VERBOSE_LOGGING=false \
+    USAGE_SYNC_DURABILITY=$MODE USAGE_SYNC_LOG_LEVEL=warn "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/us.log" &
+  US_PID=$!
+  wait_port $PORT
+  read -r U_REQ[$MODE] U_RPS[$MODE] U_P50[$MODE] U_P99[$MODE] U_ERR[$MODE] < <(run_wrk $PORT)
+  curl -s -XPOST "http://127.0.0.1:$PORT/admin/v1/sync" >/dev/null
+  kill -TERM $US_PID; wait $US_PID || true
+  U_DB[$MODE]=$(sqlite3 "$WORK/us-$MODE/usage-sync.db" "SELECT COALESCE(SUM(used),0) FROM usage")
+  U_TX[$MODE]=$(sqlite3 "$WORK/us-$MODE/usage-sync.db" "SELECT COUNT(*) FROM flushes")
+done
 
 declare -A B_REQ B_RPS B_P50 B_P99 B_ERR B_DB
 for SYNC in FULL NORMAL; do
@@ -73,11 +75,14 @@ ratio() { python3 -c "print(f'{$1/$2:.1f}×')"; }
 echo
 echo "| server | requests/s | p50 ms | p99 ms | errors | acknowledged | in database | DB statements |"
 echo "|---|---|---|---|---|---|---|---|"
-echo "| usage-sync (in memory, batched flush) | $US_RPS | $US_P50 | $US_P99 | $US_ERR | $US_REQ | $US_DB | $US_FLUSHES transactions |"
+for MODE in none batched fsync; do
+  echo "| usage-sync, durability=$MODE | ${U_RPS[$MODE]} | ${U_P50[$MODE]} | ${U_P99[$MODE]} | ${U_ERR[$MODE]} | ${U_REQ[$MODE]} | ${U_DB[$MODE]} | ${U_TX[$MODE]} transactions |"
+done
 for SYNC in FULL NORMAL; do
   echo "| baseline: one UPDATE per request, synchronous=$SYNC | ${B_RPS[$SYNC]} | ${B_P50[$SYNC]} | ${B_P99[$SYNC]} | ${B_ERR[$SYNC]} | ${B_REQ[$SYNC]} | ${B_DB[$SYNC]} | ${B_DB[$SYNC]} |"
 done
 echo
-echo "usage-sync / baseline FULL: $(ratio "$US_RPS" "${B_RPS[FULL]}"); usage-sync / baseline NORMAL: $(ratio "$US_RPS" "${B_RPS[NORMAL]}")"
+echo "durability modes against none: batched $(ratio "${U_RPS[batched]}" "${U_RPS[none]}"), fsync $(ratio "${U_RPS[fsync]}" "${U_RPS[none]}")"
+echo "like for like: fsync / baseline FULL $(ratio "${U_RPS[fsync]}" "${B_RPS[FULL]}"); batched / baseline NORMAL $(ratio "${U_RPS[batched]}" "${B_RPS[NORMAL]}")"
 echo "in database minus acknowledged (requests in flight when wrk stopped, answered but not read; at most $CONNS):"
-echo "  usage-sync $((US_DB - US_REQ)), baseline FULL $((B_DB[FULL] - B_REQ[FULL])), baseline NORMAL $((B_DB[NORMAL] - B_REQ[NORMAL]))"
+echo "  usage-sync none $((U_DB[none] - U_REQ[none])), batched $((U_DB[batched] - U_REQ[batched])), fsync $((U_DB[fsync] - U_REQ[fsync])), baseline FULL $((B_DB[FULL] - B_REQ[FULL])), baseline NORMAL $((B_DB[NORMAL] - B_REQ[NORMAL]))"
