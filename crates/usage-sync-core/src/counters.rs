@@ -1048,7 +1048,19 @@ impl Ledger {
     /// Takes everything pending (the guarantee and shutdown passes). Cost is
     /// proportional to the dirty users, not to the users tracked.
     pub fn take_all(&self, max_rows: usize, trigger: Trigger) -> (Vec<FlushBatch>, usize) {
+        let (batches, users, _) = self.take_all_reporting_blocked(max_rows, trigger);
+        (batches, users)
+    }
+
+    /// [`Ledger::take_all`], also returning how many users had to be left
+    /// dirty because a counter of theirs is in an outstanding batch.
+    pub fn take_all_reporting_blocked(
+        &self,
+        max_rows: usize,
+        trigger: Trigger,
+    ) -> (Vec<FlushBatch>, usize, usize) {
         let _gate = self.gate();
+        let mut blocked = 0;
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
         let mut users = 0;
@@ -1069,9 +1081,10 @@ impl Ledger {
                     users += 1;
                 }
             }
+            blocked += left.len();
             shard.dirty = left;
         }
-        (self.log_intents(b.finish()), users)
+        (self.log_intents(b.finish()), users, blocked)
     }
 
     /// Takes one user's pending counters (manual sync).

@@ -30,17 +30,29 @@ fn main() {
                 period_start: period,
                 amount: 1,
                 request_id,
-                decision: LoggedDecision { allowed: true, used: 1, limit: None },
+                decision: LoggedDecision {
+                    allowed: true,
+                    used: 1,
+                    limit: None,
+                },
                 at: Timestamp(1_795_000_000_000 + n as i64),
             },
             &mut buf,
         );
         n += 1;
         // A batch of 500 counters every 5 000 records, completed at once.
-        if n % 5_000 == 0 && n < RECORDS {
+        if n.is_multiple_of(5_000) && n < RECORDS {
             flush += 1;
-            let deltas = (0..500).map(|i| (format!("user-{i:06}"), "fast".to_owned(), period, 1)).collect();
-            encode_owned(&LogRecord::Intent { id: FlushId(flush), deltas }, &mut buf);
+            let deltas = (0..500)
+                .map(|i| (format!("user-{i:06}"), "fast".to_owned(), period, 1))
+                .collect();
+            encode_owned(
+                &LogRecord::Intent {
+                    id: FlushId(flush),
+                    deltas,
+                },
+                &mut buf,
+            );
             encode_owned(&LogRecord::Done { id: FlushId(flush) }, &mut buf);
             n += 2;
         }

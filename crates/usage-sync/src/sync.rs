@@ -192,11 +192,26 @@ impl Inner {
             .await
             .map_err(|_| Error::Unavailable("sync engine closed".into()))?;
         let started = Instant::now();
-        let result = timeout(
-            self.config.sync_timeout,
-            self.store.apply_flush(batch.clone()),
-        )
-        .await;
+        // The batch's intent must be on disk before the batch can reach the
+        // database: if the process died after the commit with the intent
+        // lost, replay would count these units as pending and flush them a
+        // second time under a new id. One fdatasync per flush (the writer
+        // coalesces concurrent requests), whatever the durability mode.
+        let intent_durable = match &self.wal {
+            Some(wal) => timeout(self.config.sync_timeout, wal.sync()).await,
+            None => Ok(Ok(())),
+        };
+        let result = match intent_durable {
+            Ok(Ok(())) => {
+                timeout(
+                    self.config.sync_timeout,
+                    self.store.apply_flush(batch.clone()),
+                )
+                .await
+            }
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(elapsed) => Err(elapsed),
+        };
         let took = started.elapsed();
         // No await from here on: the outcome is recorded atomically with
         // respect to cancellation.
@@ -489,15 +504,20 @@ impl Inner {
 
     /// Everything due for a "flush all": failed batches (retried now,
     /// whatever their backoff) and every pending counter.
-    fn take_everything(self: &Arc<Self>, trigger: Trigger) -> (Vec<(InFlight, Trigger)>, usize) {
+    fn take_everything(
+        self: &Arc<Self>,
+        trigger: Trigger,
+    ) -> (Vec<(InFlight, Trigger)>, usize, usize) {
         let mut work: Vec<_> = self
             .guard_retries(self.flushes.take_retries(None))
             .into_iter()
             .map(|f| (f, trigger))
             .collect();
-        let (batches, users) = self.ledger.take_all(self.config.batch_size, trigger);
+        let (batches, users, blocked) = self
+            .ledger
+            .take_all_reporting_blocked(self.config.batch_size, trigger);
         work.extend(self.guard_new(batches).into_iter().map(|f| (f, trigger)));
-        (work, users)
+        (work, users, blocked)
     }
 }
 
@@ -541,29 +561,20 @@ impl Engine {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
         let _round = inner.flushes.round.lock().await;
-        // Flushes started by the timed triggers while we work hold counters
-        // we cannot take: repeat until nothing is in flight, within a bound.
+        // A counter held by a flush that started after our drain (a timed
+        // trigger racing us) cannot be taken; its units are left dirty.
+        // Repeat until a take leaves nothing behind: units counted after
+        // the call started may be included, but the loop never chases new
+        // load, and each round's drain releases what blocked the last one.
         let deadline = Instant::now() + inner.config.sync_timeout * 4 + Duration::from_secs(1);
         let mut report = SyncAllReport::default();
         let mut first = true;
         loop {
             inner.drain_tasks(None).await;
-            let (work, checked) = inner.take_everything(Trigger::Manual);
+            let (work, checked, blocked) = inner.take_everything(Trigger::Manual);
             if first {
-                report.checked = checked;
+                report.checked = checked + blocked;
                 first = false;
-            }
-            if work.is_empty() {
-                if inner.ledger.totals().in_flight == 0 {
-                    return Ok(report);
-                }
-                if Instant::now() >= deadline {
-                    return Err(Error::Unavailable(
-                        "units are still in flight; retry the sync".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
             }
             let (units, users, failures) = inner.run_now(work, None).await;
             report.flushed_units += units;
@@ -572,6 +583,14 @@ impl Engine {
                 return Err(Error::Unavailable(format!(
                     "{failures} batch(es) could not be written; their units stay pending and will be retried"
                 )));
+            }
+            if blocked == 0 {
+                return Ok(report);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(
+                    "some counters stayed in flight; retry the sync".into(),
+                ));
             }
         }
     }
@@ -634,7 +653,7 @@ impl Engine {
                 if Instant::now() >= end {
                     break;
                 }
-                let (work, _) = inner.take_everything(Trigger::Shutdown);
+                let (work, _, _) = inner.take_everything(Trigger::Shutdown);
                 if work.is_empty() {
                     break;
                 }
