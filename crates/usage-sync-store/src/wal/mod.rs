@@ -101,6 +101,13 @@ struct Rotation {
     seq: u64,
 }
 
+#[derive(Default)]
+struct SyncerState {
+    /// A caller waits for a sync (a flush about to send its batch).
+    requested: bool,
+    closing: bool,
+}
+
 struct Shared {
     buf: Vec<u8>,
     /// Sequence number the next appended record gets.
@@ -130,8 +137,10 @@ pub struct Wal {
     /// durable, so nothing more may be acknowledged.
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
-    /// Asks the writer for an `fdatasync` now, whatever the mode.
-    force_sync: AtomicBool,
+    /// The segment being written, for the syncer thread.
+    current: Mutex<Option<Arc<File>>>,
+    syncer: Mutex<SyncerState>,
+    syncer_wake: Condvar,
     /// Notified when the current segment is large enough for a checkpoint.
     pub checkpoint_wanted: Notify,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -213,7 +222,9 @@ impl Wal {
             durable,
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
-            force_sync: AtomicBool::new(false),
+            current: Mutex::new(None),
+            syncer: Mutex::new(SyncerState::default()),
+            syncer_wake: Condvar::new(),
             checkpoint_wanted: Notify::new(),
             writer: Mutex::new(None),
         });
@@ -223,6 +234,13 @@ impl Wal {
             .spawn(move || w.writer_loop())
             .map_err(|e| io_err(Path::new("wal writer thread"), e))?;
         *wal.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        if wal.config.durability != Durability::Fsync {
+            let w = wal.clone();
+            std::thread::Builder::new()
+                .name("usage-sync-wal-sync".into())
+                .spawn(move || w.syncer_loop())
+                .map_err(|e| io_err(Path::new("wal syncer thread"), e))?;
+        }
         Ok((wal, recovered))
     }
 
@@ -333,12 +351,24 @@ impl Wal {
     /// Waits until everything appended so far is on disk, whatever the mode.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let target = self.shared().next_lsn - 1;
-        self.force_sync.store(true, Ordering::Release);
-        {
-            // Take the lock so the writer cannot miss the wake-up between
-            // checking the flag and going to sleep.
-            let _g = self.shared();
-            self.wake.notify_one();
+        if self.config.durability != Durability::Fsync {
+            // The syncer covers what is written: wait for the write, then
+            // ask for a sync.
+            let mut rx = self.written.subscribe();
+            loop {
+                if self.failed.load(Ordering::Acquire) {
+                    return Err(self.failure_error());
+                }
+                if *rx.borrow_and_update() >= target {
+                    break;
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Task("write-ahead log closed".into()));
+                }
+            }
+            let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+            s.requested = true;
+            self.syncer_wake.notify_one();
         }
         let mut rx = self.durable.subscribe();
         loop {
@@ -397,34 +427,17 @@ impl Wal {
         self.durable.send_modify(|_| {});
     }
 
-    /// The writer thread: drain, write, sync, publish, repeat.
+    /// The writer thread: drain, write, publish, repeat. In `fsync` mode it
+    /// also syncs each round before publishing durability (group commit);
+    /// in the other modes the syncer thread syncs, so a write never waits
+    /// behind an `fdatasync`.
     fn writer_loop(self: Arc<Self>) {
-        let mut file: Option<(u64, File)> = None;
-        let mut last_sync = Instant::now();
-        let mut unsynced_upto: Option<Lsn> = None;
-        let interval = self.config.fsync_interval;
+        let mut file: Option<(u64, Arc<File>)> = None;
         loop {
             let (bytes, rotations, upto, closing, checkpoints) = {
                 let mut g = self.shared();
-                loop {
-                    let force = self.force_sync.load(Ordering::Acquire);
-                    if !g.buf.is_empty() || g.closing || force {
-                        break;
-                    }
-                    match (self.config.durability, unsynced_upto) {
-                        (Durability::Batched, Some(_)) => {
-                            let left = interval.saturating_sub(last_sync.elapsed());
-                            if left.is_zero() {
-                                break;
-                            }
-                            g = self
-                                .wake
-                                .wait_timeout(g, left)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
-                        }
-                        _ => g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner()),
-                    }
+                while g.buf.is_empty() && !g.closing {
+                    g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
                 let bytes = std::mem::replace(&mut g.buf, Vec::with_capacity(1 << 16));
                 let rotations: Vec<Rotation> = g.rotations.drain(..).collect();
@@ -439,6 +452,7 @@ impl Wal {
             };
             if self.failed.load(Ordering::Acquire) {
                 if closing {
+                    self.stop_syncer();
                     return;
                 }
                 continue;
@@ -447,24 +461,26 @@ impl Wal {
             // segment is synced before the new one receives a byte, so a
             // newer segment existing implies the older one is complete.
             let mut pos = 0;
-            let mut rotated = Vec::new();
             for r in rotations {
-                if let Some((_, f)) = file.as_mut()
-                    && let Err(e) = f.write_all(&bytes[pos..r.at]).and_then(|_| f.sync_data())
+                if let Some((_, f)) = file.as_ref()
+                    && let Err(e) = (&**f).write_all(&bytes[pos..r.at]).and_then(|_| f.sync_data())
                 {
                     return self.fail("write", e);
                 }
                 pos = r.at;
                 let path = segment_path(&self.config.dir, r.seq);
                 match OpenOptions::new().create(true).append(true).open(&path) {
-                    Ok(f) => file = Some((r.seq, f)),
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+                        file = Some((r.seq, f));
+                    }
                     Err(e) => return self.fail("segment creation", e),
                 }
                 sync_dir(&self.config.dir);
-                rotated.push(r.seq);
             }
             if pos < bytes.len() {
-                let Some((_, f)) = file.as_mut() else {
+                let Some((_, f)) = file.as_ref() else {
                     // Appends before the first checkpoint are a bug in the
                     // caller; refuse rather than lose them silently.
                     return self.fail(
@@ -472,40 +488,28 @@ impl Wal {
                         std::io::Error::other("record appended before the first checkpoint"),
                     );
                 };
-                if let Err(e) = f.write_all(&bytes[pos..]) {
+                if let Err(e) = (&**f).write_all(&bytes[pos..]) {
                     return self.fail("write", e);
                 }
             }
-            if !bytes.is_empty() {
-                self.written.send_replace(upto);
-                unsynced_upto = Some(upto);
-            }
-            let force = self.force_sync.swap(false, Ordering::AcqRel);
-            let must_sync = match self.config.durability {
-                Durability::Fsync => true,
-                Durability::Batched => last_sync.elapsed() >= interval,
-                Durability::None => false,
-            } || force
-                || closing
-                || !rotated.is_empty()
-                || !checkpoints.is_empty();
-            if must_sync && unsynced_upto.is_some() {
-                if let Some((_, f)) = file.as_mut()
+            // In fsync mode nothing is acknowledged before it is synced; a
+            // completed checkpoint and closing are synced in every mode.
+            let sync_now = self.config.durability == Durability::Fsync || closing || !checkpoints.is_empty();
+            if sync_now {
+                if let Some((_, f)) = file.as_ref()
                     && let Err(e) = f.sync_data()
                 {
                     return self.fail("fdatasync", e);
                 }
-                last_sync = Instant::now();
-                self.durable.send_replace(upto);
-                unsynced_upto = None;
-            } else if force {
-                self.durable.send_replace(upto);
+                self.written.send_replace(upto);
+                self.publish_durable(upto);
+            } else {
+                self.written.send_replace(upto);
             }
             // A checkpoint whose end record is now on disk makes the older
             // segments redundant. (Not at rotation time: the checkpoint may
             // still be partly in the buffer, and an incomplete checkpoint
             // is ignored by recovery.)
-            let _ = rotated;
             if let Some(&(newest, _)) = checkpoints.iter().max() {
                 if let Ok(list) = list_segments(&self.config.dir) {
                     for (seq, path) in list {
@@ -517,8 +521,69 @@ impl Wal {
                 sync_dir(&self.config.dir);
             }
             if closing {
+                self.stop_syncer();
                 return;
             }
+        }
+    }
+
+    fn publish_durable(&self, upto: Lsn) {
+        self.durable.send_if_modified(|v| {
+            if upto > *v {
+                *v = upto;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn stop_syncer(&self) {
+        let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        s.closing = true;
+        self.syncer_wake.notify_one();
+    }
+
+    /// The syncer thread (`batched` and `none` modes): `fdatasync`s the
+    /// current segment every `fsync_interval` (batched) and whenever a
+    /// sync is requested, then publishes everything written before it as
+    /// durable. Records in older segments were synced at rotation.
+    fn syncer_loop(self: Arc<Self>) {
+        let interval = self.config.fsync_interval;
+        let periodic = self.config.durability == Durability::Batched;
+        loop {
+            {
+                let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+                let deadline = Instant::now() + interval;
+                while !s.requested && !s.closing {
+                    if periodic {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        s = self.syncer_wake.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
+                    } else {
+                        s = self.syncer_wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                if s.closing {
+                    return;
+                }
+                s.requested = false;
+            }
+            // Read what is written *before* syncing: all of it is in the
+            // current file or in an older, already synced segment.
+            let target = *self.written.borrow();
+            if target <= *self.durable.borrow() {
+                continue;
+            }
+            let f = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(f) = f
+                && let Err(e) = f.sync_data()
+            {
+                return self.fail("fdatasync", e);
+            }
+            self.publish_durable(target);
         }
     }
 }
