@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Load test of POST /v1/consume over loopback with keep-alive: usage-sync
-# against the naive baseline (one SQLite UPDATE per request), same machine,
-# same run. Prints a markdown table; docs/benchmarks.md records one run.
+# Load test of POST /v1/consume over loopback with keep-alive: usage-sync in
+# each durability mode against the naive baseline (one SQLite UPDATE per
+# request), same machine, same run. Servers are measured in ROUNDS
+# interleaved rounds and the median of each is reported, because a shared
+# 2-core VM varies by ±30 % between consecutive 10 s runs.
 #
-#   scripts/loadtest.sh                  # 64 connections, 10 s, 10 000 users
-#   CONNS=128 DURATION=30s scripts/loadtest.sh
+#   scripts/loadtest.sh                   # 3 rounds, 64 connections, 10 s, 10 000 users
+#   ROUNDS=5 CONNS=128 DURATION=30s scripts/loadtest.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-64}
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 export USERS=${USERS:-10000}
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -18,71 +21,84 @@ BIN=target/release/usage-sync
 BASE=target/release/examples/naive_baseline
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
+RESULTS="$WORK/results.tsv"
+PORT=18430
 
+# Waits until the server is ready: for usage-sync, /readyz turns 200 only
+# after recovery (requests before that get 503 by design); the baseline
+# answers 404 on /readyz, which is "up" for it.
 wait_port() {
   for _ in $(seq 1 200); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true)
+    [ "$code" = 200 ] || [ "$code" = 404 ] && return 0
     sleep 0.05
   done
   echo "server on port $1 did not start" >&2; exit 1
 }
 
-# run_wrk PORT -> "requests rps p50_ms p99_ms non2xx"
-run_wrk() {
-  local line
-  line=$(wrk -t2 -c"$CONNS" -d"$DURATION" -s scripts/consume.lua "http://127.0.0.1:$1" | grep '^RESULT')
-  python3 - "$line" <<'PY'
-import sys
-kv = dict(p.split("=") for p in sys.argv[1].split()[1:])
-req = int(kv["requests"]); secs = int(kv["duration_us"]) / 1e6
-print(req, round(req / secs), round(int(kv["p50_us"]) / 1000, 2), round(int(kv["p99_us"]) / 1000, 2), int(kv["non2xx"]) + int(kv["socket_errors"]))
-PY
+# measure NAME PORT DB: runs wrk, then appends "NAME requests rps p50 p99 errors db tx" to RESULTS
+measure() {
+  local name=$1 port=$2 line
+  line=$(wrk -t2 -c"$CONNS" -d"$DURATION" -s scripts/consume.lua "http://127.0.0.1:$port" | grep '^RESULT')
+  echo "$name $line" >> "$WORK/raw"
 }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); wrk -t2 -c$CONNS -d$DURATION; $USERS users"
-
-# usage-sync: every request counted (unlimited plan), production-like log
-# volume (verbose off), default development sync cadence; once per
-# durability mode of the write-ahead log.
-printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
-PORT=18431
-declare -A U_REQ U_RPS U_P50 U_P99 U_ERR U_DB U_TX
-for MODE in none batched fsync; do
-  PORT=$((PORT + 1))
-  USAGE_SYNC_DATA_DIR="$WORK/us-$MODE" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" USAGE_SYNC_VERBOSE_LOGGING=false \
-    USAGE_SYNC_DURABILITY=$MODE USAGE_SYNC_LOG_LEVEL=warn "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/us.log" &
-  US_PID=$!
-  wait_port $PORT
-  read -r U_REQ[$MODE] U_RPS[$MODE] U_P50[$MODE] U_P99[$MODE] U_ERR[$MODE] < <(run_wrk $PORT)
-  curl -s -XPOST "http://127.0.0.1:$PORT/admin/v1/sync" >/dev/null
-  kill -TERM $US_PID; wait $US_PID || true
-  U_DB[$MODE]=$(sqlite3 "$WORK/us-$MODE/usage-sync.db" "SELECT COALESCE(SUM(used),0) FROM usage")
-  U_TX[$MODE]=$(sqlite3 "$WORK/us-$MODE/usage-sync.db" "SELECT COUNT(*) FROM flushes")
+for ROUND in $(seq 1 "$ROUNDS"); do
+  for MODE in none batched fsync; do
+    PORT=$((PORT + 1))
+    USAGE_SYNC_DATA_DIR="$WORK/us-$MODE-$ROUND" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" USAGE_SYNC_VERBOSE_LOGGING=false \
+      USAGE_SYNC_DURABILITY=$MODE USAGE_SYNC_LOG_LEVEL=warn "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/us.log" &
+    PID=$!
+    wait_port $PORT
+    measure "usage-sync,durability=$MODE" $PORT
+    curl -s -XPOST "http://127.0.0.1:$PORT/admin/v1/sync" >/dev/null
+    kill -TERM $PID; wait $PID || true
+    DB="$WORK/us-$MODE-$ROUND/usage-sync.db"
+    echo "usage-sync,durability=$MODE $(sqlite3 "$DB" 'SELECT COALESCE(SUM(used),0) FROM usage') $(sqlite3 "$DB" 'SELECT COUNT(*) FROM flushes')" >> "$WORK/db"
+  done
+  for SYNC in FULL NORMAL; do
+    PORT=$((PORT + 1))
+    "$BASE" $PORT "$WORK/base-$SYNC-$ROUND.db" $SYNC "$USERS" 2>"$WORK/base.log" &
+    PID=$!
+    wait_port $PORT
+    measure "baseline,synchronous=$SYNC" $PORT
+    kill $PID; wait $PID 2>/dev/null || true
+    TOTAL=$(sqlite3 "$WORK/base-$SYNC-$ROUND.db" 'SELECT SUM(used) FROM usage')
+    echo "baseline,synchronous=$SYNC $TOTAL $TOTAL" >> "$WORK/db"
+  done
 done
 
-declare -A B_REQ B_RPS B_P50 B_P99 B_ERR B_DB
-for SYNC in FULL NORMAL; do
-  PORT=$((PORT + 1))
-  "$BASE" $PORT "$WORK/base-$SYNC.db" $SYNC "$USERS" 2>"$WORK/base.log" &
-  BPID=$!
-  wait_port $PORT
-  read -r B_REQ[$SYNC] B_RPS[$SYNC] B_P50[$SYNC] B_P99[$SYNC] B_ERR[$SYNC] < <(run_wrk $PORT)
-  kill $BPID; wait $BPID 2>/dev/null || true
-  B_DB[$SYNC]=$(sqlite3 "$WORK/base-$SYNC.db" "SELECT SUM(used) FROM usage")
-done
-
-ratio() { python3 -c "print(f'{$1/$2:.1f}×')"; }
-echo
-echo "| server | requests/s | p50 ms | p99 ms | errors | acknowledged | in database | DB statements |"
-echo "|---|---|---|---|---|---|---|---|"
-for MODE in none batched fsync; do
-  echo "| usage-sync, durability=$MODE | ${U_RPS[$MODE]} | ${U_P50[$MODE]} | ${U_P99[$MODE]} | ${U_ERR[$MODE]} | ${U_REQ[$MODE]} | ${U_DB[$MODE]} | ${U_TX[$MODE]} transactions |"
-done
-for SYNC in FULL NORMAL; do
-  echo "| baseline: one UPDATE per request, synchronous=$SYNC | ${B_RPS[$SYNC]} | ${B_P50[$SYNC]} | ${B_P99[$SYNC]} | ${B_ERR[$SYNC]} | ${B_REQ[$SYNC]} | ${B_DB[$SYNC]} | ${B_DB[$SYNC]} |"
-done
-echo
-echo "durability modes against none: batched $(ratio "${U_RPS[batched]}" "${U_RPS[none]}"), fsync $(ratio "${U_RPS[fsync]}" "${U_RPS[none]}")"
-echo "like for like: fsync / baseline FULL $(ratio "${U_RPS[fsync]}" "${B_RPS[FULL]}"); batched / baseline NORMAL $(ratio "${U_RPS[batched]}" "${B_RPS[NORMAL]}")"
-echo "in database minus acknowledged (requests in flight when wrk stopped, answered but not read; at most $CONNS):"
-echo "  usage-sync none $((U_DB[none] - U_REQ[none])), batched $((U_DB[batched] - U_REQ[batched])), fsync $((U_DB[fsync] - U_REQ[fsync])), baseline FULL $((B_DB[FULL] - B_REQ[FULL])), baseline NORMAL $((B_DB[NORMAL] - B_REQ[NORMAL]))"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); wrk -t2 -c$CONNS -d$DURATION; $USERS users; median of $ROUNDS interleaved rounds"
+python3 - "$WORK/raw" "$WORK/db" "$CONNS" <<'PY'
+import sys, statistics as st
+raw, dbf, conns = sys.argv[1], sys.argv[2], int(sys.argv[3])
+runs, dbs = {}, {}
+for line in open(raw):
+    name, _, *kv = line.split()
+    d = dict(p.split("=") for p in kv)
+    req = int(d["requests"]); secs = int(d["duration_us"]) / 1e6
+    runs.setdefault(name, []).append((req / secs, int(d["p50_us"]) / 1000, int(d["p99_us"]) / 1000,
+                                      int(d["non2xx"]) + int(d["socket_errors"]), req))
+for line in open(dbf):
+    name, total, tx = line.split()
+    dbs.setdefault(name, []).append((int(total), int(tx)))
+order = ["usage-sync,durability=none", "usage-sync,durability=batched", "usage-sync,durability=fsync",
+         "baseline,synchronous=FULL", "baseline,synchronous=NORMAL"]
+med = {}
+print("\n| server | requests/s (median) | all rounds | p50 ms | p99 ms | errors | DB rows written / transactions per 1 M units | DB − acknowledged |")
+print("|---|---|---|---|---|---|---|---|")
+for n in order:
+    r = runs[n]
+    rps = st.median(x[0] for x in r); med[n] = rps
+    acked = sum(x[4] for x in r); errors = sum(x[3] for x in r)
+    total = sum(x[0] for x in dbs[n]); tx = sum(x[1] for x in dbs[n])
+    slack = [d[0] - x[4] for d, x in zip(dbs[n], r)]
+    print(f"| {n} | {rps:,.0f} | {' / '.join(f'{x[0]:,.0f}' for x in r)} | {st.median(x[1] for x in r):.2f} | "
+          f"{st.median(x[2] for x in r):.2f} | {errors} | {tx / total * 1e6:,.0f} | {', '.join(map(str, slack))} (≤ {conns} each) |")
+u = lambda m: med[f"usage-sync,durability={m}"]
+b = lambda s: med[f"baseline,synchronous={s}"]
+print(f"\ndurability modes against none: batched {u('batched')/u('none'):.2f}×, fsync {u('fsync')/u('none'):.2f}×")
+print(f"like for like: fsync / baseline FULL {u('fsync')/b('FULL'):.1f}×; batched / baseline NORMAL {u('batched')/b('NORMAL'):.1f}×; "
+      f"development default (batched) / baseline FULL {u('batched')/b('FULL'):.1f}×")
+PY

@@ -463,7 +463,9 @@ impl Wal {
             let mut pos = 0;
             for r in rotations {
                 if let Some((_, f)) = file.as_ref()
-                    && let Err(e) = (&**f).write_all(&bytes[pos..r.at]).and_then(|_| f.sync_data())
+                    && let Err(e) = (&**f)
+                        .write_all(&bytes[pos..r.at])
+                        .and_then(|_| f.sync_data())
                 {
                     return self.fail("write", e);
                 }
@@ -494,7 +496,8 @@ impl Wal {
             }
             // In fsync mode nothing is acknowledged before it is synced; a
             // completed checkpoint and closing are synced in every mode.
-            let sync_now = self.config.durability == Durability::Fsync || closing || !checkpoints.is_empty();
+            let sync_now =
+                self.config.durability == Durability::Fsync || closing || !checkpoints.is_empty();
             if sync_now {
                 if let Some((_, f)) = file.as_ref()
                     && let Err(e) = f.sync_data()
@@ -561,7 +564,11 @@ impl Wal {
                         if left.is_zero() {
                             break;
                         }
-                        s = self.syncer_wake.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
+                        s = self
+                            .syncer_wake
+                            .wait_timeout(s, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                     } else {
                         s = self.syncer_wake.wait(s).unwrap_or_else(|e| e.into_inner());
                     }
@@ -577,7 +584,11 @@ impl Wal {
             if target <= *self.durable.borrow() {
                 continue;
             }
-            let f = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let f = self
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(f) = f
                 && let Err(e) = f.sync_data()
             {
