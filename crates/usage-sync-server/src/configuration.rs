@@ -140,6 +140,7 @@ pub struct Settings {
     pub performance_mode: PerformanceMode,
     pub data_dir: PathBuf,
     pub database_url: String,
+    pub db_pool_size: usize,
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
     pub admin_token: Option<Secret>,
@@ -236,6 +237,7 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
     ("performance_mode", &["SYNC_PERFORMANCE_MODE"], Ty::Text),
     ("data_dir", &["USAGE_SYNC_DATA_DIR"], Ty::Text),
     ("database_url", &["DATABASE_URL"], Ty::SecretText),
+    ("db_pool_size", &["USAGE_SYNC_DB_POOL_SIZE"], Ty::Count),
     ("listen", &["USAGE_SYNC_LISTEN"], Ty::Text),
     ("api_token", &["USAGE_SYNC_API_TOKEN"], Ty::SecretText),
     ("admin_token", &["USAGE_SYNC_ADMIN_TOKEN"], Ty::SecretText),
@@ -289,6 +291,7 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("enable_usage_sync", "true"),
         ("performance_mode", "standard"),
         ("data_dir", "./data"),
+        ("db_pool_size", "10"),
         ("listen", "127.0.0.1:8080"),
         ("shutdown_timeout", "30s"),
         ("dedup_window", "24h"),
@@ -674,11 +677,13 @@ fn build(
             format!("sqlite://{}", data_dir.join("usage-sync.db").display())
         }
     };
-    if !(database_url.starts_with("sqlite:")) {
+    let scheme_ok = database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://");
+    if !scheme_ok {
         return Err(invalid(
             "database_url",
-            "only sqlite:// URLs are supported in this version (PostgreSQL support is planned)"
-                .into(),
+            "use sqlite://path or postgres://user@host/database".into(),
         ));
     }
     let listen_text = text("listen");
@@ -744,6 +749,7 @@ fn build(
         performance_mode,
         data_dir,
         database_url,
+        db_pool_size: count("db_pool_size", 1, 1000)? as usize,
         listen,
         api_token: secret("api_token"),
         admin_token: secret("admin_token"),
@@ -909,6 +915,7 @@ impl Settings {
             ),
             ("data_dir", self.data_dir.display().to_string()),
             ("database_url", redact_url(&self.database_url)),
+            ("db_pool_size", self.db_pool_size.to_string()),
             ("listen", self.listen.to_string()),
             ("api_token", secret(&self.api_token)),
             ("admin_token", secret(&self.admin_token)),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use usage_sync::{Engine, ShutdownReport, SystemClock};
-use usage_sync_store::{SqliteStore, Store};
+use usage_sync_store::{PostgresStore, SqliteStore, Store};
 
 use crate::configuration::Settings;
 use crate::http::{self, AppState};
@@ -26,6 +26,12 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         let store = SqliteStore::open(&path)
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
         return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(
+            url,
+            settings.db_pool_size,
+        )?));
     }
     anyhow::bail!(
         "unsupported DATABASE_URL scheme in '{}'",

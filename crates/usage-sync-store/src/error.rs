@@ -6,6 +6,11 @@
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool in time.
+    #[error("postgres connection pool: {0}")]
+    Pool(String),
     #[error("cannot open the database at {path}: {source}")]
     Open {
         path: String,
@@ -42,6 +47,25 @@ impl StoreError {
                 ),
                 None => false,
             },
+            StoreError::Postgres(e) => match e.code() {
+                // No SQLSTATE: the connection broke or could not be made.
+                None => true,
+                Some(code) => {
+                    use tokio_postgres::error::SqlState;
+                    let c = code.code();
+                    // Class 08: connection exceptions; 53: insufficient
+                    // resources; 57: operator intervention (timeouts,
+                    // shutdown); plus serialization failures, deadlocks
+                    // and lock timeouts, which a retry resolves.
+                    c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57")
+                        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                        || *code == SqlState::T_R_DEADLOCK_DETECTED
+                        || *code == SqlState::LOCK_NOT_AVAILABLE
+                }
+            },
+            StoreError::Pool(_) => true,
             StoreError::Open { .. } | StoreError::Injected(_) | StoreError::Task(_) => true,
             StoreError::InvalidUrl(_) | StoreError::Corrupt(_) => false,
         }

@@ -4,9 +4,11 @@
 //! - this file: the [`Store`] trait every backend implements, and the
 //!   records it exchanges with the engine;
 //! - [`sqlite`]: the embedded default backend;
+//! - [`postgres`]: the production backend (several instances, one database);
 //! - [`migrations`]: the schema, per SQL dialect, applied at start;
 //! - [`wal`]: the write-ahead log (framing, group commit, checkpoints,
 //!   recovery);
+//! - [`testing`]: throwaway PostgreSQL databases for test suites;
 //! - [`fault`]: a wrapper that injects failures into a real store, for the
 //!   engine's outage and lost-acknowledgement tests;
 //! - [`error`]: the crate's error type, which knows what is transient.
@@ -23,7 +25,9 @@
 pub mod error;
 pub mod fault;
 pub mod migrations;
+pub mod postgres;
 pub mod sqlite;
+pub mod testing;
 pub mod wal;
 
 use std::future::Future;
@@ -32,6 +36,7 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use fault::FaultyStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 use usage_sync_core::{FlushBatch, FlushId, Limit, PeriodKind, Timestamp};
 pub use wal::{Durability, Wal, WalConfig};

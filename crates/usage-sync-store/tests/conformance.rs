@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use usage_sync_core::{Delta, FlushBatch, FlushId, Kinds, PeriodKind, Timestamp, Trigger, UserId};
-use usage_sync_store::{SqliteStore, Store, StoredPlan, StoredUser};
+use usage_sync_store::testing::TempDatabase;
+use usage_sync_store::{PostgresStore, SqliteStore, Store, StoredPlan, StoredUser};
 
 const NOV: Timestamp = Timestamp(1_793_491_200_000); // 2026-11-01
 const DEC: Timestamp = Timestamp(1_796_083_200_000); // 2026-12-01
@@ -139,7 +140,8 @@ pub async fn prune_forgets_old_flush_ids(store: &dyn Store) {
         .apply_flush(batch(40, &[("f", "fast", NOV, 1)]))
         .await
         .unwrap();
-    let far = Timestamp(i64::MAX / 4);
+    // Year 3000: far in the future, still a real date for every backend.
+    let far = Timestamp(32_503_680_000_000);
     assert!(store.prune_flushes(far).await.unwrap() >= 1);
     assert!(!store.flush_applied(FlushId(40)).await.unwrap());
 }
@@ -155,7 +157,9 @@ macro_rules! store_suite {
                 ($name:ident) => {
                     #[tokio::test]
                     async fn $name() {
-                        let (store, _guard) = $make.await;
+                        let Some((store, _guard)) = $make.await else {
+                            return;
+                        };
                         super::migrate_is_idempotent(&*store).await;
                         super::$name(&*store).await;
                     }
@@ -172,13 +176,21 @@ macro_rules! store_suite {
     };
 }
 
-async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("usage-sync.db")).unwrap();
-    (Arc::new(store), dir)
+    Some((Arc::new(store), dir))
 }
 
 store_suite!(sqlite, sqlite_store());
+
+async fn postgres_store() -> Option<(Arc<dyn Store>, TempDatabase)> {
+    let db = TempDatabase::create().await?;
+    let store = PostgresStore::connect(&db.url, 4).unwrap();
+    Some((Arc::new(store), db))
+}
+
+store_suite!(postgres, postgres_store());
 
 #[test]
 fn sqlite_urls_parse() {

@@ -530,3 +530,6 @@ async fn a_flush_cancelled_by_the_shutdown_deadline_is_kept_for_retry() {
 
 #[path = "engine/wal.rs"]
 mod wal;
+
+#[path = "engine/postgres.rs"]
+mod postgres;

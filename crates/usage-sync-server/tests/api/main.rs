@@ -7,4 +7,5 @@ mod bad_input;
 mod consume;
 mod durability;
 mod helpers;
+mod postgres;
 mod process;

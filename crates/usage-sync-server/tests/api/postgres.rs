@@ -1,0 +1,191 @@
+//! The service on PostgreSQL: the real binary, a real server, and an
+//! outage made by cutting a TCP proxy between them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use usage_sync_store::testing::TempDatabase;
+use usage_sync_store::{PostgresStore, Store};
+
+use crate::helpers::{Binary, spawn_app_with};
+
+/// Forwards a local port to PostgreSQL; `set_down(true)` drops every open
+/// connection and refuses new ones, like a network partition.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let (cut, _) = watch::channel(0u64);
+        let (d, c) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let upstream = upstream.clone();
+                let mut cut = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut out) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, down, cut }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+fn upstream_of(url: &str) -> (String, String) {
+    // postgres://user@host:port/db -> ("host:port", "user")
+    let rest = url.split_once("://").unwrap().1;
+    let (auth, rest) = rest.split_once('@').unwrap();
+    (rest.split_once('/').unwrap().0.to_owned(), auth.to_owned())
+}
+
+const UNLIMITED: &str =
+    "[plans.free]\nlimits = { premium = \"unlimited\", fast = \"unlimited\" }\n";
+
+#[tokio::test]
+async fn the_service_runs_on_postgres() {
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
+    let app = spawn_app_with(&[("DATABASE_URL", &db.url), ("USAGE_SYNC_DB_POOL_SIZE", "3")]).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (client, url) = (app.client.clone(), format!("{}/v1/consume", app.address));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"user_id": format!("p{}", i % 5), "kind": "fast", "request_id": format!("r{i}")});
+            client.post(url).body(body.to_string()).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(app.sync_all().await["flushed_units"], json!(100));
+    let store = PostgresStore::connect(&db.url, 1).unwrap();
+    let rows = store.all_usage().await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.used).sum::<i64>(), 100);
+    assert_eq!(rows.len(), 5);
+    let (s, v) = app.get("/readyz").await;
+    assert_eq!((s, v["store"].clone()), (200, json!("postgres")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
+    let (upstream, user) = upstream_of(&db.url);
+    let proxy = Proxy::start(upstream).await;
+    let name = db.url.rsplit_once('/').unwrap().1;
+    let via_proxy = format!(
+        "postgres://{user}@127.0.0.1:{}/{name}?connect_timeout=2",
+        proxy.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("usage-sync.toml");
+    std::fs::write(&config, UNLIMITED).unwrap();
+    let env = [
+        ("USAGE_SYNC_CONFIG", config.to_str().unwrap()),
+        ("DATABASE_URL", via_proxy.as_str()),
+        ("USAGE_SYNC_THRESHOLD", "3"),
+        ("USAGE_SYNC_CHECK_INTERVAL", "500"),
+        ("USAGE_SYNC_TIMEOUT", "2000"),
+    ];
+    let bin = Binary::start(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/consume", bin.address);
+    let post = |body: Value| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        }
+    };
+    let users: Vec<String> = (0..10).map(|i| format!("o{i}")).collect();
+    let mut acked = 0i64;
+    for u in &users {
+        assert_eq!(post(json!({"user_id": u, "kind": "fast"})).await, Some(200));
+        acked += 1;
+    }
+    proxy.set_down(true);
+    let outage = Instant::now();
+    let mut i = 0;
+    while outage.elapsed() < Duration::from_secs(15) {
+        let u = &users[i % users.len()];
+        i += 1;
+        assert_eq!(
+            post(json!({"user_id": u, "kind": "fast"})).await,
+            Some(200),
+            "request {i} during the outage"
+        );
+        acked += 1;
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (s, _) = {
+        let r = client
+            .get(format!("{}/readyz", bin.address))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(s, 503, "readiness reports the unreachable database");
+    proxy.set_down(false);
+    let back = Instant::now();
+    let synced = crate::helpers::eventually(Duration::from_secs(30), || async {
+        client
+            .post(format!("{}/admin/v1/sync", bin.address))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(synced, "sync after the outage");
+    let catch_up = back.elapsed();
+    let store = PostgresStore::connect(&db.url, 1).unwrap();
+    let total: i64 = store
+        .all_usage()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.used)
+        .sum();
+    assert_eq!(total, acked);
+    eprintln!(
+        "postgres outage: {i} requests in 15 s, {acked} units, all persisted {catch_up:?} after it came back"
+    );
+}

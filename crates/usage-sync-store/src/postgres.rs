@@ -1,0 +1,397 @@
+//! The PostgreSQL backend, for production and for several instances
+//! sharing one database.
+//!
+//! A flush is one transaction: insert the flush id (if it is already there,
+//! apply nothing), then one multi-row upsert of all deltas built from
+//! `UNNEST` arrays, ordered by key. The ordering matters with several
+//! instances: two transactions that lock the same rows lock them in the
+//! same order, so they wait for each other instead of deadlocking.
+//! `statement_timeout` and `lock_timeout` are set per transaction, so a
+//! stuck lock fails the flush (and it is retried under the same id)
+//! instead of holding a pool connection forever.
+//!
+//! Times cross the wire as integer milliseconds and are converted in SQL
+//! (`'epoch' + n * interval '1 millisecond'`), exactly, without a date-time
+//! dependency.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use usage_sync_core::{FlushBatch, FlushId, Timestamp};
+
+use crate::error::StoreError;
+use crate::migrations::POSTGRES;
+use crate::{
+    BoxFuture, FlushOutcome, Store, StoredPlan, StoredUser, UsageRow, UserState, limits_from_json,
+    limits_to_json,
+};
+
+/// Advisory lock key held while migrating, so instances starting together
+/// do not run the same migration twice.
+const MIGRATION_LOCK: i64 = 0x7573_6167_6573_796e; // "usagesyn"
+
+const TS: &str = "(TIMESTAMPTZ 'epoch' + $N::bigint * INTERVAL '1 millisecond')";
+
+fn ts(n: usize) -> String {
+    TS.replace("$N", &format!("${n}"))
+}
+
+fn ms(col: &str) -> String {
+    format!("(EXTRACT(EPOCH FROM {col}) * 1000)::bigint")
+}
+
+/// PostgreSQL store with a connection pool. Cloning shares the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    statement_timeout: Arc<Duration>,
+}
+
+impl PostgresStore {
+    /// Builds the pool (connections are opened on first use).
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+            StoreError::InvalidUrl("a postgres:// URL that tokio-postgres can parse".into())
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(PostgresStore {
+            pool,
+            statement_timeout: Arc::new(Duration::from_secs(5)),
+        })
+    }
+
+    /// Pool size and connections currently checked out.
+    pub fn pool_status(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.max_size, s.size.saturating_sub(s.available))
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    async fn apply(&self, batch: &FlushBatch) -> Result<FlushOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let timeout_ms = self.statement_timeout.as_millis();
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {}",
+            (timeout_ms / 2).max(1)
+        ))
+        .await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO flushes (flush_id, rows, units) VALUES ($1, $2, $3) ON CONFLICT (flush_id) DO NOTHING",
+                &[&batch.id.to_string(), &(batch.rows() as i32), &batch.units()],
+            )
+            .await?;
+        let users: Vec<&str> = batch.deltas.iter().map(|d| d.user.as_str()).collect();
+        let kinds: Vec<&str> = batch.deltas.iter().map(|d| d.kind.name()).collect();
+        let periods: Vec<i64> = batch.deltas.iter().map(|d| d.period_start.0).collect();
+        let rows = if inserted == 0 {
+            // Applied by an earlier attempt: report the current values.
+            tx.query(
+                &format!(
+                    "SELECT u.user_id, u.kind, {}, u.used FROM usage u
+                     JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(user_id, kind, p)
+                       ON u.user_id = t.user_id AND u.kind = t.kind
+                      AND u.period_start = TIMESTAMPTZ 'epoch' + t.p * INTERVAL '1 millisecond'",
+                    ms("u.period_start")
+                ),
+                &[&users, &kinds, &periods],
+            )
+            .await?
+        } else {
+            let deltas: Vec<i64> = batch.deltas.iter().map(|d| d.delta).collect();
+            tx.query(
+                &format!(
+                    "INSERT INTO usage (user_id, kind, period_start, used)
+                     SELECT t.user_id, t.kind, TIMESTAMPTZ 'epoch' + t.p * INTERVAL '1 millisecond', t.d
+                     FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS t(user_id, kind, p, d)
+                     ORDER BY t.user_id, t.kind, t.p
+                     ON CONFLICT (user_id, kind, period_start)
+                     DO UPDATE SET used = usage.used + EXCLUDED.used, updated_at = now()
+                     RETURNING user_id, kind, {}, used",
+                    ms("period_start")
+                ),
+                &[&users, &kinds, &periods, &deltas],
+            )
+            .await?
+        };
+        let mut after: HashMap<(String, String, i64), i64> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            after.insert((r.get(0), r.get(1), r.get(2)), r.get(3));
+        }
+        let used_after = batch
+            .deltas
+            .iter()
+            .map(|d| {
+                after
+                    .get(&(
+                        d.user.to_string(),
+                        d.kind.name().to_owned(),
+                        d.period_start.0,
+                    ))
+                    .copied()
+                    // A row can only be missing on the already-applied path
+                    // if it was deleted since; report 0.
+                    .unwrap_or(0)
+            })
+            .collect();
+        tx.commit().await?;
+        Ok(FlushOutcome {
+            used_after,
+            already_applied: inserted == 0,
+        })
+    }
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    description TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )",
+            )
+            .await?;
+            for m in POSTGRES {
+                let done = tx
+                    .query_opt(
+                        "SELECT 1 FROM schema_migrations WHERE version = $1",
+                        &[&m.version],
+                    )
+                    .await?
+                    .is_some();
+                if !done {
+                    tx.batch_execute(m.sql).await?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)",
+                        &[&m.version, &m.description],
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.client().await?.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+
+    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT name, period, limits::text FROM plans ORDER BY name",
+                    &[],
+                )
+                .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let period: String = r.get(1);
+                    Ok(StoredPlan {
+                        name: r.get(0),
+                        period: period.parse().map_err(|e: usage_sync_core::CoreError| {
+                            StoreError::Corrupt(e.to_string())
+                        })?,
+                        limits: limits_from_json(r.get(2))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO plans (name, period, limits) VALUES ($1, $2, $3::text::jsonb)
+                     ON CONFLICT (name) DO UPDATE SET period = EXCLUDED.period,
+                       limits = EXCLUDED.limits, updated_at = now()",
+                    &[
+                        &plan.name,
+                        &plan.period.as_str(),
+                        &limits_to_json(&plan.limits),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn load_user(
+        &self,
+        user_id: String,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<UserState, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let profile = client
+                .query_opt(
+                    &format!(
+                        "SELECT plan, limits::text, {} FROM users WHERE user_id = $1",
+                        ms("period_reset_at")
+                    ),
+                    &[&user_id],
+                )
+                .await?
+                .map(|r| -> Result<StoredUser, StoreError> {
+                    Ok(StoredUser {
+                        plan: r.get(0),
+                        overrides: limits_from_json(r.get(1))?,
+                        reset_at: r.get::<_, Option<i64>>(2).map(Timestamp),
+                    })
+                })
+                .transpose()?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT kind, {}, used FROM usage WHERE user_id = $1 AND period_start >= {}",
+                        ms("period_start"),
+                        ts(2)
+                    ),
+                    &[&user_id, &since.0],
+                )
+                .await?;
+            let usage = rows
+                .into_iter()
+                .map(|r| UsageRow {
+                    user_id: user_id.clone(),
+                    kind: r.get(0),
+                    period_start: Timestamp(r.get(1)),
+                    used: r.get(2),
+                })
+                .collect();
+            Ok(UserState { profile, usage })
+        })
+    }
+
+    fn save_user(
+        &self,
+        user_id: String,
+        user: StoredUser,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.client()
+                .await?
+                .execute(
+                    &format!(
+                        "INSERT INTO users (user_id, plan, limits, period_reset_at)
+                         VALUES ($1, $2, $3::text::jsonb, CASE WHEN $4::bigint IS NULL THEN NULL ELSE {} END)
+                         ON CONFLICT (user_id) DO UPDATE SET plan = EXCLUDED.plan, limits = EXCLUDED.limits,
+                           period_reset_at = EXCLUDED.period_reset_at, updated_at = now()",
+                        ts(4)
+                    ),
+                    &[
+                        &user_id,
+                        &user.plan,
+                        &limits_to_json(&user.overrides),
+                        &user.reset_at.map(|t| t.0),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn apply_flush(
+        &self,
+        batch: Arc<FlushBatch>,
+    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+        Box::pin(async move { self.apply(&batch).await })
+    }
+
+    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .client()
+                .await?
+                .query_opt(
+                    "SELECT 1 FROM flushes WHERE flush_id = $1",
+                    &[&id.to_string()],
+                )
+                .await?
+                .is_some())
+        })
+    }
+
+    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .client()
+                .await?
+                .execute(
+                    &format!("DELETE FROM flushes WHERE applied_at < {}", ts(1)),
+                    &[&before.0],
+                )
+                .await?)
+        })
+    }
+
+    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT user_id, kind, {}, used FROM usage ORDER BY user_id, kind, period_start",
+                        ms("period_start")
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| UsageRow {
+                    user_id: r.get(0),
+                    kind: r.get(1),
+                    period_start: Timestamp(r.get(2)),
+                    used: r.get(3),
+                })
+                .collect())
+        })
+    }
+}
