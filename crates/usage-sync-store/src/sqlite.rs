@@ -87,32 +87,36 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.writer.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                f(&mut c)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-        })
+        on_blocking_pool(self.writer.clone(), f)
     }
 
+    /// Runs `f` with the read connection (WAL mode: never waits for a
+    /// flush in progress).
     fn read<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.reader.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                f(&mut c)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-        })
+        on_blocking_pool(self.reader.clone(), f)
     }
+}
+
+fn on_blocking_pool<'a, T, F>(
+    conn: Arc<Mutex<Connection>>,
+    f: F,
+) -> BoxFuture<'a, Result<T, StoreError>>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    })
 }
 
 fn now_text() -> String {

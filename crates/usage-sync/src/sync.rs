@@ -632,16 +632,7 @@ impl Engine {
     /// is reported (and, with the write-ahead log, kept for the next start).
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let inner = &self.inner;
-        inner
-            .accepting
-            .store(false, std::sync::atomic::Ordering::Release);
-        let sched = inner
-            .flushes
-            .scheduler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        for (stop, handle) in sched.into_iter().flatten() {
+        for (stop, handle) in self.stop_accepting() {
             let _ = stop.send(());
             let _ = handle.await;
         }
@@ -707,16 +698,7 @@ impl Engine {
     /// unusable afterwards.
     pub fn halt(&self) {
         let inner = &self.inner;
-        inner
-            .accepting
-            .store(false, std::sync::atomic::Ordering::Release);
-        let sched = inner
-            .flushes
-            .scheduler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        for (_, handle) in sched.into_iter().flatten() {
+        for (_, handle) in self.stop_accepting() {
             handle.abort();
         }
         if let Ok(mut tasks) = inner.flushes.tasks.try_lock() {
@@ -725,6 +707,23 @@ impl Engine {
         if let Some(wal) = &inner.wal {
             wal.close();
         }
+    }
+
+    /// Refuses new requests from now on and hands over the background
+    /// workers (scheduler, threshold loop) for the caller to stop.
+    fn stop_accepting(&self) -> Vec<Worker> {
+        self.inner
+            .accepting
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.inner
+            .flushes
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Statistics of the sync engine since start (or the last reset).

@@ -122,40 +122,103 @@ impl Enc<'_> {
         self.0.push(b.len() as u8);
         self.0.extend_from_slice(b);
     }
-    fn decision(&mut self, d: &Decision) {
-        self.u8(d.allowed as u8);
-        self.u64(d.used);
-        self.u64(d.limit.unwrap_or(u64::MAX));
+    fn decision(&mut self, allowed: bool, used: u64, limit: Option<u64>) {
+        self.u8(allowed as u8);
+        self.u64(used);
+        self.u64(limit.unwrap_or(u64::MAX));
     }
-    fn logged_decision(&mut self, d: &LoggedDecision) {
-        self.u8(d.allowed as u8);
-        self.u64(d.used);
-        self.u64(d.limit.unwrap_or(u64::MAX));
+    fn delta(&mut self, user: &str, kind: &str, period_start: i64, delta: i64) {
+        self.str(user);
+        self.str(kind);
+        self.i64(period_start);
+        self.i64(delta);
     }
 }
 
-/// Appends one framed record. Returns the frame's length.
-pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
-    frame(out, |e| match rec {
-        Record::Consume {
+/// The single description of a record's bytes. Records borrowed from the
+/// ledger (written on the request path) and decoded records (re-logged by
+/// checkpoints, and used in tests) are both encoded through this view, so
+/// the format is written down exactly once.
+enum View<'a> {
+    Consume {
+        user: &'a str,
+        kind: &'a str,
+        period_start: i64,
+        amount: u64,
+        request_id: &'a str,
+        allowed: bool,
+        used: u64,
+        limit: Option<u64>,
+        at: i64,
+    },
+    Refund {
+        request_id: &'a str,
+        user: &'a str,
+        kind: &'a str,
+        period_start: i64,
+        amount: u64,
+        at: i64,
+    },
+    Intent {
+        id: u128,
+        deltas: Deltas<'a>,
+    },
+    Done {
+        id: u128,
+    },
+    Unpersisted {
+        user: &'a str,
+        kind: &'a str,
+        period_start: i64,
+        units: i64,
+    },
+    Dedup {
+        request_id: &'a str,
+        user: &'a str,
+        kind: &'a str,
+        amount: u64,
+        period_start: i64,
+        allowed: bool,
+        used: u64,
+        limit: Option<u64>,
+        refunded: bool,
+        at: i64,
+    },
+    CheckpointStart {
+        seq: u64,
+    },
+    CheckpointEnd,
+}
+
+/// A batch's deltas, as the ledger holds them or as decoded.
+enum Deltas<'a> {
+    Batch(&'a [usage_sync_core::Delta]),
+    Logged(&'a [LoggedDelta]),
+}
+
+fn encode_view(v: &View<'_>, out: &mut Vec<u8>) -> usize {
+    frame(out, |e| match v {
+        View::Consume {
             user,
             kind,
             period_start,
             amount,
             request_id,
-            decision,
+            allowed,
+            used,
+            limit,
             at,
         } => {
             e.u8(T_CONSUME);
-            e.str(user.as_str());
-            e.str(kind.name());
-            e.i64(period_start.0);
+            e.str(user);
+            e.str(kind);
+            e.i64(*period_start);
             e.u64(*amount);
-            e.str(request_id.map_or("", |r| r.as_str()));
-            e.decision(decision);
-            e.i64(at.0);
+            e.str(request_id);
+            e.decision(*allowed, *used, *limit);
+            e.i64(*at);
         }
-        Record::Refund {
+        View::Refund {
             request_id,
             user,
             kind,
@@ -165,39 +228,129 @@ pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
         } => {
             e.u8(T_REFUND);
             e.str(request_id);
-            e.str(user.as_str());
-            e.str(kind.name());
-            e.i64(period_start.0);
+            e.str(user);
+            e.str(kind);
+            e.i64(*period_start);
             e.u64(*amount);
-            e.i64(at.0);
+            e.i64(*at);
         }
-        Record::Intent { batch } => {
+        View::Intent { id, deltas } => {
             e.u8(T_INTENT);
-            e.0.extend_from_slice(&batch.id.0.to_le_bytes());
-            e.u64(batch.deltas.len() as u64);
-            for d in &batch.deltas {
-                e.str(d.user.as_str());
-                e.str(d.kind.name());
-                e.i64(d.period_start.0);
-                e.i64(d.delta);
+            e.0.extend_from_slice(&id.to_le_bytes());
+            match deltas {
+                Deltas::Batch(ds) => {
+                    e.u64(ds.len() as u64);
+                    for d in ds.iter() {
+                        e.delta(d.user.as_str(), d.kind.name(), d.period_start.0, d.delta);
+                    }
+                }
+                Deltas::Logged(ds) => {
+                    e.u64(ds.len() as u64);
+                    for (u, k, p, d) in ds.iter() {
+                        e.delta(u, k, p.0, *d);
+                    }
+                }
             }
         }
-        Record::Done { id } => {
+        View::Done { id } => {
             e.u8(T_DONE);
-            e.0.extend_from_slice(&id.0.to_le_bytes());
+            e.0.extend_from_slice(&id.to_le_bytes());
         }
-        Record::Unpersisted {
+        View::Unpersisted {
             user,
             kind,
             period_start,
             units,
         } => {
             e.u8(T_UNPERSISTED);
-            e.str(user.as_str());
-            e.str(kind.name());
-            e.i64(period_start.0);
+            e.str(user);
+            e.str(kind);
+            e.i64(*period_start);
             e.i64(*units);
         }
+        View::Dedup {
+            request_id,
+            user,
+            kind,
+            amount,
+            period_start,
+            allowed,
+            used,
+            limit,
+            refunded,
+            at,
+        } => {
+            e.u8(T_DEDUP);
+            e.str(request_id);
+            e.str(user);
+            e.str(kind);
+            e.u64(*amount);
+            e.i64(*period_start);
+            e.decision(*allowed, *used, *limit);
+            e.u8(*refunded as u8);
+            e.i64(*at);
+        }
+        View::CheckpointStart { seq } => {
+            e.u8(T_CHECKPOINT_START);
+            e.u64(*seq);
+        }
+        View::CheckpointEnd => e.u8(T_CHECKPOINT_END),
+    })
+}
+
+/// Appends one framed record from the ledger. Returns the frame's length.
+pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
+    let view = match rec {
+        Record::Consume {
+            user,
+            kind,
+            period_start,
+            amount,
+            request_id,
+            decision,
+            at,
+        } => View::Consume {
+            user: user.as_str(),
+            kind: kind.name(),
+            period_start: period_start.0,
+            amount: *amount,
+            request_id: request_id.map_or("", |r| r.as_str()),
+            allowed: decision.allowed,
+            used: decision.used,
+            limit: decision.limit,
+            at: at.0,
+        },
+        Record::Refund {
+            request_id,
+            user,
+            kind,
+            period_start,
+            amount,
+            at,
+        } => View::Refund {
+            request_id,
+            user: user.as_str(),
+            kind: kind.name(),
+            period_start: period_start.0,
+            amount: *amount,
+            at: at.0,
+        },
+        Record::Intent { batch } => View::Intent {
+            id: batch.id.0,
+            deltas: Deltas::Batch(&batch.deltas),
+        },
+        Record::Done { id } => View::Done { id: id.0 },
+        Record::Unpersisted {
+            user,
+            kind,
+            period_start,
+            units,
+        } => View::Unpersisted {
+            user: user.as_str(),
+            kind: kind.name(),
+            period_start: period_start.0,
+            units: *units,
+        },
         Record::Dedup {
             request_id,
             user,
@@ -207,34 +360,34 @@ pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             decision,
             refunded,
             at,
-        } => {
-            e.u8(T_DEDUP);
-            e.str(request_id.as_str());
-            e.str(user.as_str());
-            e.str(kind.name());
-            e.u64(*amount);
-            e.i64(period_start.0);
-            e.decision(decision);
-            e.u8(*refunded as u8);
-            e.i64(at.0);
-        }
-    })
+        } => View::Dedup {
+            request_id: request_id.as_str(),
+            user: user.as_str(),
+            kind: kind.name(),
+            amount: *amount,
+            period_start: period_start.0,
+            allowed: decision.allowed,
+            used: decision.used,
+            limit: decision.limit,
+            refunded: *refunded,
+            at: at.0,
+        },
+    };
+    encode_view(&view, out)
 }
 
-/// Appends a checkpoint marker frame.
+/// Appends a checkpoint marker frame: the start of the checkpoint of
+/// segment `seq`, or (`None`) its end.
 pub fn encode_marker(start: Option<u64>, out: &mut Vec<u8>) -> usize {
-    frame(out, |e| match start {
-        Some(seq) => {
-            e.u8(T_CHECKPOINT_START);
-            e.u64(seq);
-        }
-        None => e.u8(T_CHECKPOINT_END),
-    })
+    match start {
+        Some(seq) => encode_view(&View::CheckpointStart { seq }, out),
+        None => encode_view(&View::CheckpointEnd, out),
+    }
 }
 
-/// Appends an owned record (tests, and re-logging).
+/// Appends a decoded record (checkpoints re-log intents this way; tests).
 pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
-    frame(out, |e| match rec {
+    let view = match rec {
         LogRecord::Consume {
             user,
             kind,
@@ -243,16 +396,17 @@ pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
             request_id,
             decision,
             at,
-        } => {
-            e.u8(T_CONSUME);
-            e.str(user);
-            e.str(kind);
-            e.i64(period_start.0);
-            e.u64(*amount);
-            e.str(request_id.as_deref().unwrap_or(""));
-            e.logged_decision(decision);
-            e.i64(at.0);
-        }
+        } => View::Consume {
+            user,
+            kind,
+            period_start: period_start.0,
+            amount: *amount,
+            request_id: request_id.as_deref().unwrap_or(""),
+            allowed: decision.allowed,
+            used: decision.used,
+            limit: decision.limit,
+            at: at.0,
+        },
         LogRecord::Refund {
             request_id,
             user,
@@ -260,42 +414,30 @@ pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
             period_start,
             amount,
             at,
-        } => {
-            e.u8(T_REFUND);
-            e.str(request_id);
-            e.str(user);
-            e.str(kind);
-            e.i64(period_start.0);
-            e.u64(*amount);
-            e.i64(at.0);
-        }
-        LogRecord::Intent { id, deltas } => {
-            e.u8(T_INTENT);
-            e.0.extend_from_slice(&id.0.to_le_bytes());
-            e.u64(deltas.len() as u64);
-            for (u, k, p, d) in deltas {
-                e.str(u);
-                e.str(k);
-                e.i64(p.0);
-                e.i64(*d);
-            }
-        }
-        LogRecord::Done { id } => {
-            e.u8(T_DONE);
-            e.0.extend_from_slice(&id.0.to_le_bytes());
-        }
+        } => View::Refund {
+            request_id,
+            user,
+            kind,
+            period_start: period_start.0,
+            amount: *amount,
+            at: at.0,
+        },
+        LogRecord::Intent { id, deltas } => View::Intent {
+            id: id.0,
+            deltas: Deltas::Logged(deltas),
+        },
+        LogRecord::Done { id } => View::Done { id: id.0 },
         LogRecord::Unpersisted {
             user,
             kind,
             period_start,
             units,
-        } => {
-            e.u8(T_UNPERSISTED);
-            e.str(user);
-            e.str(kind);
-            e.i64(period_start.0);
-            e.i64(*units);
-        }
+        } => View::Unpersisted {
+            user,
+            kind,
+            period_start: period_start.0,
+            units: *units,
+        },
         LogRecord::Dedup {
             request_id,
             user,
@@ -305,23 +447,22 @@ pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
             decision,
             refunded,
             at,
-        } => {
-            e.u8(T_DEDUP);
-            e.str(request_id);
-            e.str(user);
-            e.str(kind);
-            e.u64(*amount);
-            e.i64(period_start.0);
-            e.logged_decision(decision);
-            e.u8(*refunded as u8);
-            e.i64(at.0);
-        }
-        LogRecord::CheckpointStart { seq } => {
-            e.u8(T_CHECKPOINT_START);
-            e.u64(*seq);
-        }
-        LogRecord::CheckpointEnd => e.u8(T_CHECKPOINT_END),
-    })
+        } => View::Dedup {
+            request_id,
+            user,
+            kind,
+            amount: *amount,
+            period_start: period_start.0,
+            allowed: decision.allowed,
+            used: decision.used,
+            limit: decision.limit,
+            refunded: *refunded,
+            at: at.0,
+        },
+        LogRecord::CheckpointStart { seq } => View::CheckpointStart { seq: *seq },
+        LogRecord::CheckpointEnd => View::CheckpointEnd,
+    };
+    encode_view(&view, out)
 }
 
 fn frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Enc<'_>)) -> usize {
@@ -753,6 +894,132 @@ mod tests {
                 ScanEnd::Clean => prop_assert!(false, "flip at {} not detected", pos),
             }
         }
+    }
+
+    /// The ledger's records (the request path) decode to what they say.
+    #[test]
+    fn ledger_records_round_trip() {
+        use usage_sync_core::{Decision, Delta, FlushBatch, Kinds, RequestId, Trigger, UserId};
+        let kinds = Kinds::new(&["premium", "fast"]).unwrap();
+        let fast = kinds.get("fast").unwrap();
+        let user = UserId::parse("u-1").unwrap();
+        let rid = RequestId::parse("r-1").unwrap();
+        let decision = Decision {
+            allowed: true,
+            used: 4,
+            limit: Some(50),
+            remaining: Some(46),
+            period_start: Timestamp(10),
+        };
+        let batch = FlushBatch {
+            id: FlushId(99),
+            trigger: Trigger::Check,
+            deltas: vec![Delta {
+                user: user.clone(),
+                kind: fast.clone(),
+                period_start: Timestamp(10),
+                delta: -3,
+            }],
+        };
+        let mut buf = Vec::new();
+        encode_frame(
+            &Record::Consume {
+                user: &user,
+                kind: fast,
+                period_start: Timestamp(10),
+                amount: 2,
+                request_id: Some(&rid),
+                decision: &decision,
+                at: Timestamp(11),
+            },
+            &mut buf,
+        );
+        encode_frame(
+            &Record::Refund {
+                request_id: "r-1",
+                user: &user,
+                kind: fast,
+                period_start: Timestamp(10),
+                amount: 2,
+                at: Timestamp(12),
+            },
+            &mut buf,
+        );
+        encode_frame(&Record::Intent { batch: &batch }, &mut buf);
+        encode_frame(&Record::Done { id: FlushId(99) }, &mut buf);
+        encode_frame(
+            &Record::Unpersisted {
+                user: &user,
+                kind: fast,
+                period_start: Timestamp(10),
+                units: 7,
+            },
+            &mut buf,
+        );
+        encode_frame(
+            &Record::Dedup {
+                request_id: &rid,
+                user: &user,
+                kind: fast,
+                amount: 2,
+                period_start: Timestamp(10),
+                decision: &decision,
+                refunded: true,
+                at: Timestamp(11),
+            },
+            &mut buf,
+        );
+        let mut got = Vec::new();
+        assert_eq!(scan(&buf, |_, r| got.push(r)), ScanEnd::Clean);
+        let d = LoggedDecision {
+            allowed: true,
+            used: 4,
+            limit: Some(50),
+        };
+        let (u, k) = ("u-1".to_owned(), "fast".to_owned());
+        assert_eq!(
+            got,
+            vec![
+                LogRecord::Consume {
+                    user: u.clone(),
+                    kind: k.clone(),
+                    period_start: Timestamp(10),
+                    amount: 2,
+                    request_id: Some("r-1".into()),
+                    decision: d.clone(),
+                    at: Timestamp(11)
+                },
+                LogRecord::Refund {
+                    request_id: "r-1".into(),
+                    user: u.clone(),
+                    kind: k.clone(),
+                    period_start: Timestamp(10),
+                    amount: 2,
+                    at: Timestamp(12)
+                },
+                LogRecord::Intent {
+                    id: FlushId(99),
+                    deltas: vec![(u.clone(), k.clone(), Timestamp(10), -3)]
+                },
+                LogRecord::Done { id: FlushId(99) },
+                LogRecord::Unpersisted {
+                    user: u.clone(),
+                    kind: k.clone(),
+                    period_start: Timestamp(10),
+                    units: 7
+                },
+                LogRecord::Dedup {
+                    request_id: "r-1".into(),
+                    user: u,
+                    kind: k,
+                    amount: 2,
+                    period_start: Timestamp(10),
+                    decision: d,
+                    refunded: true,
+                    at: Timestamp(11)
+                },
+            ]
+        );
     }
 
     #[test]
