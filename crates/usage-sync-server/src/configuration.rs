@@ -150,6 +150,8 @@ pub struct Settings {
     pub fsync_interval: Duration,
     /// Test-only fault injection (see `SyncConfig::crash_after_commit`).
     pub fault_crash_after_commit: Option<u64>,
+    /// Test-only fault injection (see `SyncConfig::crash_in_recovery`).
+    pub fault_crash_in_recovery: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub kinds: Vec<String>,
@@ -258,6 +260,11 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
         &["USAGE_SYNC_FAULT_CRASH_AFTER_COMMIT"],
         Ty::Count,
     ),
+    (
+        "fault_crash_in_recovery",
+        &["USAGE_SYNC_FAULT_CRASH_IN_RECOVERY"],
+        Ty::Bool,
+    ),
     ("log_format", &["USAGE_SYNC_LOG_FORMAT"], Ty::Text),
     ("log_level", &["USAGE_SYNC_LOG_LEVEL"], Ty::Text),
     ("kinds", &["USAGE_SYNC_KINDS"], Ty::List),
@@ -297,6 +304,7 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("dedup_window", "24h"),
         ("durability", durability),
         ("fsync_interval", "10ms"),
+        ("fault_crash_in_recovery", "false"),
         ("log_format", fmt),
         ("log_level", "info"),
         ("kinds", "premium,fast"),
@@ -758,6 +766,7 @@ fn build(
         durability,
         fsync_interval: dur("fsync_interval")?,
         fault_crash_after_commit,
+        fault_crash_in_recovery: boolean("fault_crash_in_recovery")?,
         log_format,
         log_level: text("log_level"),
         kinds,
@@ -786,9 +795,11 @@ impl Settings {
                     .into(),
             ));
         }
-        if self.profile == Profile::Production && self.fault_crash_after_commit.is_some() {
+        if self.profile == Profile::Production
+            && (self.fault_crash_after_commit.is_some() || self.fault_crash_in_recovery)
+        {
             return Err(ConfigError::Rule(
-                "USAGE_SYNC_FAULT_CRASH_AFTER_COMMIT is a test-only fault injection and is refused in the production profile".into(),
+                "USAGE_SYNC_FAULT_* settings are test-only fault injection and are refused in the production profile".into(),
             ));
         }
         if !self.plans.contains_key(&self.default_plan) {
@@ -840,6 +851,7 @@ impl Settings {
                 ..WalConfig::new(self.data_dir.join("wal"), self.durability)
             }),
             crash_after_commit: self.fault_crash_after_commit,
+            crash_in_recovery: self.fault_crash_in_recovery,
             ..SyncConfig::default()
         }
     }
@@ -927,6 +939,10 @@ impl Settings {
                 "fault_crash_after_commit",
                 self.fault_crash_after_commit
                     .map_or("<not set>".to_owned(), |n| n.to_string()),
+            ),
+            (
+                "fault_crash_in_recovery",
+                self.fault_crash_in_recovery.to_string(),
             ),
             (
                 "log_format",

@@ -52,6 +52,10 @@ pub struct SyncConfig {
     /// Nth successful database commit, before the log records it. Never set
     /// this in production.
     pub crash_after_commit: Option<u64>,
+    /// Fault injection for crash tests: abort during start-up recovery,
+    /// after the recovered state is installed in memory and before it is
+    /// checkpointed. Never set this in production.
+    pub crash_in_recovery: bool,
 }
 
 impl Default for SyncConfig {
@@ -76,6 +80,7 @@ impl Default for SyncConfig {
             flush_id_retention: Duration::from_secs(7 * 24 * 3600),
             wal: None,
             crash_after_commit: None,
+            crash_in_recovery: false,
         }
     }
 }

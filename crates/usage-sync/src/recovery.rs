@@ -182,6 +182,11 @@ impl Engine {
         }
         wal.restore_outstanding(&resend);
 
+        if inner.config.crash_in_recovery {
+            eprintln!("usage-sync: fault injection: aborting in the middle of recovery");
+            std::process::abort();
+        }
+
         // 5. From now on every change is logged; the checkpoint makes the
         // recovered state the new starting point.
         inner.ledger.attach_journal(wal.clone());

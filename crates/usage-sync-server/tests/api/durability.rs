@@ -328,6 +328,75 @@ async fn a_request_id_survives_a_sigkill() {
     );
 }
 
+#[tokio::test]
+async fn a_crash_in_the_middle_of_recovery_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage-sync.db");
+    let client = reqwest::Client::new();
+    let env = [("USAGE_SYNC_DURABILITY", "fsync")];
+    let bin = Binary::start(dir.path(), &env).await;
+    for i in 0..20 {
+        let body = json!({"user_id": format!("r{}", i % 4), "kind": "fast", "amount": 2, "request_id": format!("q{i}")});
+        assert_eq!(
+            post(&client, &format!("{}/v1/consume", bin.address), body)
+                .await
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    // Part of it reaches the database, part is still only in the log.
+    client
+        .post(format!("{}/admin/v1/users/r0/sync", bin.address))
+        .send()
+        .await
+        .unwrap();
+    bin.signal("KILL");
+    bin.wait(Duration::from_secs(10)).await;
+
+    // Recovery dies after installing the state, before checkpointing it.
+    let crashing = Binary::spawn_unready(
+        dir.path(),
+        &[
+            ("USAGE_SYNC_DURABILITY", "fsync"),
+            ("USAGE_SYNC_FAULT_CRASH_IN_RECOVERY", "true"),
+        ],
+    );
+    assert!(
+        crashing
+            .wait(Duration::from_secs(20))
+            .await
+            .is_none_or(|c| c != 0),
+        "the fault aborts the start"
+    );
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("aborting in the middle of recovery"),
+        "the abort was the injected fault"
+    );
+
+    let bin = Binary::start(dir.path(), &env).await;
+    // The request ids survived both crashes.
+    let body = json!({"user_id": "r1", "kind": "fast", "amount": 2, "request_id": "q1"});
+    let (s, v) = post(&client, &format!("{}/v1/consume", bin.address), body)
+        .await
+        .unwrap();
+    assert_eq!((s, v["deduplicated"].clone()), (200, json!(true)));
+    client
+        .post(format!("{}/admin/v1/sync", bin.address))
+        .send()
+        .await
+        .unwrap();
+    for u in 0..4 {
+        assert_eq!(db_total(&db, &format!("r{u}"), "fast").await, 10, "r{u}");
+    }
+}
+
 /// Holds SQLite's write lock from another connection, as an operator's
 /// long transaction or a backup tool would.
 fn lock_database(db: &Path) -> rusqlite::Connection {

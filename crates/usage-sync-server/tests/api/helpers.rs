@@ -195,7 +195,23 @@ pub fn free_port() -> u16 {
 }
 
 impl Binary {
+    /// Starts the binary and waits until `/readyz` answers 200.
     pub async fn start(dir: &Path, extra: &[(&str, &str)]) -> Binary {
+        let b = Binary::spawn_unready(dir, extra);
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", b.address);
+        let ready = eventually(Duration::from_secs(20), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move { matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+        assert!(ready, "binary did not become ready; see {}", dir.display());
+        b
+    }
+
+    /// Starts the binary without waiting for it.
+    pub fn spawn_unready(dir: &Path, extra: &[(&str, &str)]) -> Binary {
         let port = free_port();
         let mut env = quiet_env(dir);
         env.insert("USAGE_SYNC_LISTEN".into(), format!("127.0.0.1:{port}"));
@@ -212,20 +228,10 @@ impl Binary {
             .stderr(log)
             .spawn()
             .unwrap();
-        let b = Binary {
+        Binary {
             child,
             address: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let url = format!("{}/readyz", b.address);
-        let ready = eventually(Duration::from_secs(20), || {
-            let client = client.clone();
-            let url = url.clone();
-            async move { matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) }
-        })
-        .await;
-        assert!(ready, "binary did not become ready; see {}", dir.display());
-        b
+        }
     }
 
     pub fn signal(&self, sig: &str) {

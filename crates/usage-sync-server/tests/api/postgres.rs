@@ -142,7 +142,7 @@ async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
     proxy.set_down(true);
     let outage = Instant::now();
     let mut i = 0;
-    while outage.elapsed() < Duration::from_secs(15) {
+    while outage.elapsed() < Duration::from_secs(30) {
         let u = &users[i % users.len()];
         i += 1;
         assert_eq!(
@@ -186,6 +186,6 @@ async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
         .sum();
     assert_eq!(total, acked);
     eprintln!(
-        "postgres outage: {i} requests in 15 s, {acked} units, all persisted {catch_up:?} after it came back"
+        "postgres outage: {i} requests in 30 s, {acked} units, all persisted {catch_up:?} after it came back"
     );
 }
