@@ -1230,6 +1230,30 @@ impl Ledger {
         t
     }
 
+    /// The `n` resident users with the most units not yet known to be in
+    /// the store (pending plus in flight), most first. Walks every user:
+    /// for status pages, not for triggers.
+    pub fn top_pending(&self, n: usize) -> Vec<(UserId, i64)> {
+        let mut all: Vec<(UserId, i64)> = Vec::new();
+        for s in self.shards.iter() {
+            let shard = lock(&s.0);
+            for e in shard.users.values() {
+                let units: i64 = e
+                    .current
+                    .iter()
+                    .chain(e.stale.iter().map(|(_, s)| s))
+                    .map(|s| (s.pending + s.in_flight).abs())
+                    .sum();
+                if units > 0 {
+                    all.push((e.id.clone(), units));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
     /// Number of remembered request ids.
     pub fn dedup_entries(&self) -> usize {
         self.dedup.iter().map(|d| lock(&d.0).map.len()).sum()

@@ -144,6 +144,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
     pub admin_token: Option<Secret>,
+    pub metrics_token: Option<Secret>,
     pub shutdown_timeout: Duration,
     pub dedup_window: Duration,
     pub durability: Durability,
@@ -244,6 +245,11 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
     ("api_token", &["USAGE_SYNC_API_TOKEN"], Ty::SecretText),
     ("admin_token", &["USAGE_SYNC_ADMIN_TOKEN"], Ty::SecretText),
     (
+        "metrics_token",
+        &["USAGE_SYNC_METRICS_TOKEN"],
+        Ty::SecretText,
+    ),
+    (
         "shutdown_timeout",
         &["USAGE_SYNC_SHUTDOWN_TIMEOUT"],
         Ty::Duration,
@@ -276,6 +282,7 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
 const SECRET_FILES: &[(&str, &str)] = &[
     ("api_token", "USAGE_SYNC_API_TOKEN_FILE"),
     ("admin_token", "USAGE_SYNC_ADMIN_TOKEN_FILE"),
+    ("metrics_token", "USAGE_SYNC_METRICS_TOKEN_FILE"),
 ];
 
 fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
@@ -761,6 +768,7 @@ fn build(
         listen,
         api_token: secret("api_token"),
         admin_token: secret("admin_token"),
+        metrics_token: secret("metrics_token"),
         shutdown_timeout: dur("shutdown_timeout")?,
         dedup_window: dur("dedup_window")?,
         durability,
@@ -931,6 +939,7 @@ impl Settings {
             ("listen", self.listen.to_string()),
             ("api_token", secret(&self.api_token)),
             ("admin_token", secret(&self.admin_token)),
+            ("metrics_token", secret(&self.metrics_token)),
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
             ("dedup_window", format_duration(self.dedup_window)),
             ("durability", self.durability.as_str().to_owned()),

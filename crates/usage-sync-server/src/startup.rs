@@ -99,10 +99,16 @@ impl Application {
         let token = |s: &Option<crate::configuration::Secret>| {
             s.as_ref().map(|s| Arc::<str>::from(s.expose()))
         };
+        let info = http::ServiceInfo {
+            profile: self.settings.profile.as_str().to_owned(),
+            preset: self.settings.preset.map(|p| p.as_str().to_owned()),
+            durability: self.settings.durability.as_str().to_owned(),
+        };
         let router = http::router(
-            AppState::new(self.engine.clone(), self.settings.verbose_logging),
+            AppState::new(self.engine.clone(), self.settings.verbose_logging, info),
             token(&self.settings.api_token),
             token(&self.settings.admin_token),
+            token(&self.settings.metrics_token),
         );
         let mut server_stop = stop_rx.clone();
         let listen = self.listener.local_addr()?;

@@ -132,6 +132,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every counter, for tests, exports and the load-test totals.
     fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>>;
+
+    /// Connection pool (size, in use), for backends that have one.
+    fn pool_status(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// Serialises `(kind, limit)` pairs as a JSON object, `null` for unlimited.

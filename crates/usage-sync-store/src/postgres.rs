@@ -370,6 +370,10 @@ impl Store for PostgresStore {
         })
     }
 
+    fn pool_status(&self) -> Option<(usize, usize)> {
+        Some(PostgresStore::pool_status(self))
+    }
+
     fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
         Box::pin(async move {
             let rows = self

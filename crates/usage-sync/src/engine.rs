@@ -20,6 +20,7 @@ use usage_sync_store::{Store, StoredPlan, StoredUser, Wal};
 use crate::clock::SharedClock;
 use crate::config::SyncConfig;
 use crate::error::Error;
+use crate::metrics::RequestMetrics;
 use crate::recovery::RecoveryReport;
 use crate::stats::SyncStats;
 use crate::sync::FlushQueue;
@@ -48,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) recovery: OnceLock<RecoveryReport>,
     /// Successful commits, for the crash-after-commit fault hook.
     pub(crate) commits: AtomicU64,
+    pub(crate) requests: RequestMetrics,
 }
 
 /// Result of a refund.
@@ -126,6 +128,7 @@ impl Engine {
                 wal: wal.clone(),
                 recovery: OnceLock::new(),
                 commits: AtomicU64::new(0),
+                requests: RequestMetrics::default(),
             }),
         };
         if let (Some(wal), Some(rec)) = (wal, recovered) {
@@ -142,6 +145,11 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Consume decisions and latency since start.
+    pub fn request_metrics(&self) -> &RequestMetrics {
+        &self.inner.requests
     }
 
     /// What start-up recovery found (None without a write-ahead log).
@@ -222,6 +230,7 @@ impl Engine {
         request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
         self.ensure_accepting()?;
+        let started = std::time::Instant::now();
         let ledger = &self.inner.ledger;
         let out = loop {
             match ledger.consume(user.as_str(), kind, amount, request_id, self.now()) {
@@ -233,6 +242,13 @@ impl Engine {
             self.inner.threshold_wake.notify_one();
         }
         self.durable(out.lsn).await?;
+        let m = &self.inner.requests;
+        match (out.deduplicated, out.decision.allowed) {
+            (true, _) => m.deduplicated.add(1),
+            (false, true) => m.allowed.add(1),
+            (false, false) => m.denied.add(1),
+        }
+        m.latency.observe(started.elapsed());
         Ok(out)
     }
 

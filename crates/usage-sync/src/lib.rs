@@ -28,6 +28,7 @@
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
 //! - [`recovery`]: start-up recovery from the write-ahead log.
+//! - [`metrics`]: request-path counters and latency (striped per thread).
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
 
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod recovery;
 pub mod stats;
 pub mod sync;

@@ -18,7 +18,7 @@ use usage_sync::Engine;
 
 use self::error::{ApiError, Code};
 use self::extract::MAX_BODY_BYTES;
-use self::routes::{admin, health, usage};
+use self::routes::{admin, health, operate, usage};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -29,11 +29,25 @@ pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     /// Log one line per request (`verbose_logging`).
     pub verbose: bool,
+    /// Settings shown by the status document.
+    pub info: Arc<ServiceInfo>,
+}
+
+/// What the status document reports about the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceInfo {
+    pub profile: String,
+    pub preset: Option<String>,
+    pub durability: String,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<OnceLock<Engine>>, verbose: bool) -> Self {
-        AppState { engine, verbose }
+    pub fn new(engine: Arc<OnceLock<Engine>>, verbose: bool, info: ServiceInfo) -> Self {
+        AppState {
+            engine,
+            verbose,
+            info: Arc::new(info),
+        }
     }
 
     /// The engine, or 503 while the service is still recovering.
@@ -60,6 +74,7 @@ pub fn router(
     state: AppState,
     api_token: Option<Arc<str>>,
     admin_token: Option<Arc<str>>,
+    metrics_token: Option<Arc<str>>,
 ) -> Router {
     let api = Router::new()
         .route("/v1/consume", post(usage::consume))
@@ -71,10 +86,16 @@ pub fn router(
         .route("/admin/v1/users/{user_id}", put(admin::put_user))
         .route("/admin/v1/users/{user_id}/reset", post(admin::reset_user))
         .route("/admin/v1/users/{user_id}/sync", post(admin::sync_user))
-        .route("/admin/v1/sync", post(admin::sync_all));
+        .route("/admin/v1/sync", post(admin::sync_all))
+        .route("/admin/v1/status", get(operate::status))
+        .route("/admin/v1/users/{user_id}/diagnose", get(operate::diagnose))
+        .route("/admin/v1/stats/reset", post(operate::reset_stats));
+    // Scrapers expect no token; USAGE_SYNC_METRICS_TOKEN makes one required.
+    let metrics = Router::new().route("/metrics", get(operate::metrics));
     Router::new()
         .merge(guarded(api, api_token))
         .merge(guarded(admin, admin_token))
+        .merge(guarded(metrics, metrics_token))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async {

@@ -51,6 +51,9 @@ async fn tokens_guard_their_routes() {
         (Method::POST, "/admin/v1/users/u/reset", json!({})),
         (Method::POST, "/admin/v1/users/u/sync", json!({})),
         (Method::POST, "/admin/v1/sync", json!({})),
+        (Method::GET, "/admin/v1/status", json!(null)),
+        (Method::GET, "/admin/v1/users/u/diagnose", json!(null)),
+        (Method::POST, "/admin/v1/stats/reset", json!({})),
     ];
     for (m, path, body) in &admin_routes {
         for token in [None, Some("api-secret"), Some("wrong")] {

@@ -7,5 +7,6 @@ mod bad_input;
 mod consume;
 mod durability;
 mod helpers;
+mod operate;
 mod postgres;
 mod process;

@@ -1,0 +1,399 @@
+//! Operating the service: Prometheus metrics, the status document, a
+//! per-user diagnosis, and resetting the sync statistics.
+//!
+//! Metrics carry no per-user labels (their cardinality would grow with the
+//! user base); per-user detail is in `diagnose`. Gauges that need a walk
+//! over resident users (pending units, oldest pending) cost O(users) per
+//! scrape: about 50 ms per million users, fine at scrape intervals.
+
+use std::fmt::Write;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use usage_sync::Engine;
+use usage_sync_core::Trigger;
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::UserPath;
+use crate::http::routes::usage::usage_json;
+
+/// Process CPU seconds and resident bytes, from `/proc/self` (Linux; `None`
+/// elsewhere). CPU ticks are assumed at 100 Hz, the Linux default.
+pub fn process_stats() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is parenthesised and may
+    // contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(((utime + stime) / 100.0, rss_pages * 4096))
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP usage_sync_{name} {help}");
+    let _ = writeln!(out, "# TYPE usage_sync_{name} {kind}");
+}
+
+/// Renders every metric in the Prometheus text format (0.0.4).
+pub fn render(engine: &Engine) -> String {
+    let mut o = String::with_capacity(8 << 10);
+    let r = engine.request_metrics();
+    metric(
+        &mut o,
+        "consume_total",
+        "counter",
+        "Consume decisions by result.",
+    );
+    for (result, c) in [
+        ("allowed", &r.allowed),
+        ("denied", &r.denied),
+        ("deduplicated", &r.deduplicated),
+    ] {
+        let _ = writeln!(
+            o,
+            "usage_sync_consume_total{{result=\"{result}\"}} {}",
+            c.get()
+        );
+    }
+    let h = r.latency.snapshot();
+    metric(
+        &mut o,
+        "consume_duration_seconds",
+        "histogram",
+        "Time to decide and count a consume (including the log's durability wait).",
+    );
+    for (bound, count) in &h.buckets {
+        let _ = writeln!(
+            o,
+            "usage_sync_consume_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "usage_sync_consume_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_consume_duration_seconds_sum {}",
+        h.sum_seconds
+    );
+    let _ = writeln!(o, "usage_sync_consume_duration_seconds_count {}", h.count);
+
+    let s = engine.stats();
+    metric(
+        &mut o,
+        "flushes_total",
+        "counter",
+        "Flushes by trigger and outcome.",
+    );
+    for (t, ts) in &s.by_trigger {
+        let _ = writeln!(
+            o,
+            "usage_sync_flushes_total{{trigger=\"{}\",outcome=\"ok\"}} {}",
+            t.as_str(),
+            ts.flushes
+        );
+        let _ = writeln!(
+            o,
+            "usage_sync_flushes_total{{trigger=\"{}\",outcome=\"error\"}} {}",
+            t.as_str(),
+            ts.failures
+        );
+    }
+    metric(
+        &mut o,
+        "flush_errors_total",
+        "counter",
+        "Failed flushes by kind (transient ones are retried).",
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_flush_errors_total{{kind=\"transient\"}} {}",
+        s.transient_failures
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_flush_errors_total{{kind=\"permanent\"}} {}",
+        s.failures - s.transient_failures
+    );
+    metric(
+        &mut o,
+        "flush_duration_seconds_sum",
+        "counter",
+        "Total time spent in successful flushes.",
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_flush_duration_seconds_sum {}",
+        s.total_flush_time.as_secs_f64()
+    );
+    metric(
+        &mut o,
+        "flushed_units_total",
+        "counter",
+        "Net units written to the store.",
+    );
+    let _ = writeln!(o, "usage_sync_flushed_units_total {}", s.units_flushed);
+    metric(
+        &mut o,
+        "rows_written_total",
+        "counter",
+        "Counter rows written to the store.",
+    );
+    let _ = writeln!(o, "usage_sync_rows_written_total {}", s.rows_written);
+
+    let now = engine.now();
+    let t = engine.ledger().totals();
+    metric(
+        &mut o,
+        "pending_units",
+        "gauge",
+        "Units counted and not yet known to be in the store (units at risk without the log).",
+    );
+    let _ = writeln!(o, "usage_sync_pending_units {}", t.pending + t.in_flight);
+    metric(
+        &mut o,
+        "oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest unit waiting to be flushed.",
+    );
+    let age = t.oldest_pending.map_or(0, |o| now.since(o));
+    let _ = writeln!(
+        o,
+        "usage_sync_oldest_pending_age_seconds {}",
+        age as f64 / 1000.0
+    );
+    metric(&mut o, "users_tracked", "gauge", "Users held in memory.");
+    let _ = writeln!(
+        o,
+        "usage_sync_users_tracked {}",
+        engine.ledger().resident_users()
+    );
+    metric(
+        &mut o,
+        "users_active",
+        "gauge",
+        "Users with units not yet in the store.",
+    );
+    let _ = writeln!(o, "usage_sync_users_active {}", t.users_with_pending);
+    let (retry_batches, retry_units) = engine.retry_backlog();
+    metric(
+        &mut o,
+        "retry_backlog_units",
+        "gauge",
+        "Units in batches waiting for a retry.",
+    );
+    let _ = writeln!(o, "usage_sync_retry_backlog_units {retry_units}");
+    metric(
+        &mut o,
+        "retry_backlog_batches",
+        "gauge",
+        "Batches waiting for a retry.",
+    );
+    let _ = writeln!(o, "usage_sync_retry_backlog_batches {retry_batches}");
+    if let Some((size, in_use)) = engine.store().pool_status() {
+        metric(
+            &mut o,
+            "store_pool_connections",
+            "gauge",
+            "Store pool connections by state.",
+        );
+        let _ = writeln!(
+            o,
+            "usage_sync_store_pool_connections{{state=\"in_use\"}} {in_use}"
+        );
+        let _ = writeln!(
+            o,
+            "usage_sync_store_pool_connections{{state=\"idle_or_free\"}} {}",
+            size.saturating_sub(in_use)
+        );
+    }
+    if let Some(wal) = engine.wal() {
+        let (seq, bytes) = wal.segment();
+        metric(
+            &mut o,
+            "wal_segment_bytes",
+            "gauge",
+            "Bytes in the current write-ahead log segment.",
+        );
+        let _ = writeln!(o, "usage_sync_wal_segment_bytes {bytes}");
+        metric(
+            &mut o,
+            "wal_segment",
+            "gauge",
+            "Sequence number of the current write-ahead log segment.",
+        );
+        let _ = writeln!(o, "usage_sync_wal_segment {seq}");
+    }
+    if let Some((cpu, rss)) = process_stats() {
+        metric(
+            &mut o,
+            "process_cpu_seconds_total",
+            "counter",
+            "CPU time of this process.",
+        );
+        let _ = writeln!(o, "usage_sync_process_cpu_seconds_total {cpu}");
+        metric(
+            &mut o,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of this process.",
+        );
+        let _ = writeln!(o, "usage_sync_process_resident_memory_bytes {rss}");
+    }
+    metric(
+        &mut o,
+        "uptime_seconds",
+        "gauge",
+        "Time since the engine started.",
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_uptime_seconds {}",
+        now.since(engine.started_at()) as f64 / 1000.0
+    );
+    o
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let body = render(state.engine()?);
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    ))
+}
+
+pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine()?;
+    let s = engine.stats();
+    let now = engine.now();
+    let t = engine.ledger().totals();
+    let store_ok = tokio::time::timeout(std::time::Duration::from_secs(2), engine.store().ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let by_trigger: serde_json::Map<String, Value> = Trigger::ALL
+        .iter()
+        .map(|t| {
+            let ts = s.trigger(*t);
+            (
+                t.as_str().to_owned(),
+                json!({"flushes": ts.flushes, "failures": ts.failures, "units": ts.units, "rows": ts.rows}),
+            )
+        })
+        .collect();
+    let top: Vec<Value> = engine
+        .ledger()
+        .top_pending(10)
+        .into_iter()
+        .map(|(u, n)| json!({"user_id": u.as_str(), "pending": n}))
+        .collect();
+    let uptime_s = now.since(engine.started_at()) as f64 / 1000.0;
+    let c = engine.config();
+    Ok(Json(json!({
+        "running": engine.is_accepting(),
+        "uptime_seconds": uptime_s,
+        "profile": state.info.profile,
+        "preset": state.info.preset,
+        "durability": state.info.durability,
+        "store": {"backend": engine.store().backend(), "reachable": store_ok, "pool": engine.store().pool_status().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))},
+        "sync": {
+            "enabled": c.enabled,
+            "flushes": s.flushes,
+            "failures": s.failures,
+            "error_rate": s.error_rate(),
+            "avg_flush_ms": s.avg_flush_ms(),
+            "max_flush_ms": s.max_flush_time.as_secs_f64() * 1000.0,
+            "flushes_per_hour": if uptime_s > 0.0 { s.flushes as f64 * 3600.0 / uptime_s } else { 0.0 },
+            "units_flushed": s.units_flushed,
+            "rows_written": s.rows_written,
+            "write_amplification": if s.rows_written > 0 { s.units_flushed as f64 / s.rows_written as f64 } else { 0.0 },
+            "already_applied": s.already_applied,
+            "last_flush_at": s.last_flush_at.map(|t| t.to_rfc3339()),
+            "last_error": s.last_error,
+            "by_trigger": by_trigger,
+            "intervals_ms": {
+                "heartbeat": c.heartbeat_interval.as_millis() as u64,
+                "check": c.check_interval.as_millis() as u64,
+                "guarantee": c.max_sync_interval.as_millis() as u64,
+            },
+        },
+        "users_tracked": engine.ledger().resident_users(),
+        "users_active": t.users_with_pending,
+        "pending_units": t.pending + t.in_flight,
+        "oldest_pending_age_seconds": t.oldest_pending.map_or(0.0, |o| now.since(o) as f64 / 1000.0),
+        "retry_backlog_units": engine.retry_backlog().1,
+        "top_pending_users": top,
+        "request_ids_remembered": engine.ledger().dedup_entries(),
+    })))
+}
+
+pub async fn diagnose(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine()?;
+    let u = engine.usage(&user).await?;
+    let c = engine.config();
+    let threshold = c.force_sync_threshold as i64;
+    let mut doc = usage_json(&u);
+    let mut kinds = serde_json::Map::new();
+    let mut advice = Vec::new();
+    for k in &u.kinds {
+        let waiting = k.pending - k.in_flight;
+        let next = if k.in_flight != 0 {
+            "a flush of this counter is in progress or waiting for a retry"
+        } else if waiting >= threshold {
+            "due now by threshold"
+        } else if waiting != 0 {
+            "waits for the next check (oldest first) or, at the latest, the guarantee pass"
+        } else {
+            "nothing to flush"
+        };
+        kinds.insert(
+            k.kind.name().to_owned(),
+            json!({
+                "persisted": k.persisted,
+                "pending": waiting,
+                "in_flight": k.in_flight,
+                "used": k.used,
+                "limit": k.limit,
+                "next_flush": next,
+            }),
+        );
+        if k.limit.is_some_and(|l| k.used >= l) {
+            advice.push(format!("{} is at its limit for this period; consumes are denied until the period ends, a reset, or a higher limit", k.kind.name()));
+        }
+        if k.in_flight != 0 && engine.retry_backlog().0 > 0 {
+            advice.push(
+                "flushes are being retried: check the store (GET /admin/v1/status, last_error)"
+                    .to_owned(),
+            );
+        }
+    }
+    if !u.resident {
+        advice.push(
+            "not in memory: the figures are the database's; the user is loaded on its next request"
+                .to_owned(),
+        );
+    }
+    doc["resident"] = json!(u.resident);
+    doc["kinds"] = Value::Object(kinds);
+    doc["force_sync_threshold"] = json!(threshold);
+    doc["guarantee_ms"] = json!(c.max_sync_interval.as_millis() as u64);
+    doc["recommendations"] = json!(advice);
+    Ok(Json(doc))
+}
+
+pub async fn reset_stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.engine()?.reset_stats();
+    tracing::info!(target: "admin", "sync statistics reset");
+    Ok(Json(json!({"reset": true})))
+}
