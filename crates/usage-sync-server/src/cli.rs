@@ -45,7 +45,22 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::CheckConfig => {
             print_config(&settings);
-            ExitCode::SUCCESS
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("✗ cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let checks = rt.block_on(crate::checklist::pre_deploy(&settings));
+            if print_checks(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Migrate => runtime(|| async {
             telemetry::init(&settings);
@@ -112,5 +127,25 @@ fn print_config(s: &Settings) {
             .map_or_else(|| "default".to_owned(), |src| src.to_string());
         let _ = writeln!(out, "  {key:<24} {value:<40} {source}");
     }
-    let _ = writeln!(out, "\n✓ configuration is valid");
+}
+
+/// Prints the checklist; returns whether every check passed.
+fn print_checks(checks: &[crate::checklist::Check]) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\npre-deploy checks");
+    for c in checks {
+        let mark = if c.ok { "✓" } else { "✗" };
+        let _ = writeln!(out, "  {mark} {:<14} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            let _ = writeln!(out, "    fix: {fix}");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        let _ = writeln!(out, "\n✓ all {} checks passed", checks.len());
+    } else {
+        let _ = writeln!(out, "\n✗ {failed} of {} checks failed", checks.len());
+    }
+    failed == 0
 }

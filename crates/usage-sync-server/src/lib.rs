@@ -4,11 +4,13 @@
 //! - [`cli`]: the `usage-sync` command line (`serve`, `check-config`,
 //!   `migrate`);
 //! - [`configuration`]: layered, validated [`configuration::Settings`];
+//! - [`checklist`]: the pre-deploy checks of `check-config`;
 //! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
 //! - [`http`]: routes, auth, request parsing, the error shape;
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
+pub mod checklist;
 pub mod cli;
 pub mod configuration;
 pub mod http;

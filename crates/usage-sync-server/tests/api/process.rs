@@ -67,8 +67,10 @@ async fn sigterm_flushes_everything_and_a_restart_shows_the_same_usage() {
 #[tokio::test]
 async fn check_config_reports_valid_and_invalid_settings() {
     let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin)
         .arg("check-config")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
         .env("USAGE_SYNC_API_TOKEN", "hunter2")
         .env("USAGE_SYNC_PRESET", "large")
         .output()
@@ -83,6 +85,31 @@ async fn check_config_reports_valid_and_invalid_settings() {
             && l.contains("preset (large)")),
         "{text}"
     );
+    for line in [
+        "✓ database",
+        "✓ data dir",
+        "✓ durability",
+        "✓ all 10 checks passed",
+    ] {
+        assert!(text.contains(line), "missing '{line}' in:\n{text}");
+    }
+    // An unreachable database fails the checklist (exit 1) and says how to fix it.
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/nowhere?connect_timeout=1",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ database") && text.contains("fix: start the database"),
+        "{text}"
+    );
+    assert!(text.contains("✗ 1 of 10 checks failed"), "{text}");
     let out = std::process::Command::new(bin)
         .arg("check-config")
         .env("USAGE_SYNC_CHECK_INTERVAL", "often")
