@@ -30,11 +30,30 @@ pub enum Command {
     CheckConfig,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Show the status of a running instance and its runtime checklist;
+    /// exit 1 if a check fails, 2 if the instance cannot be reached.
+    Status {
+        /// Base URL of the instance [default: http:// + USAGE_SYNC_LISTEN].
+        #[arg(long)]
+        url: Option<String>,
+        /// Admin token [default: USAGE_SYNC_ADMIN_TOKEN].
+        #[arg(long)]
+        token: Option<String>,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Status { url, token, json } = &cli.command {
+        // The local configuration only supplies defaults here; an invalid
+        // one must not stop an operator from looking at a remote instance.
+        let settings = configuration::load(cli.config.as_deref()).ok();
+        return crate::status::run(settings.as_ref(), url.clone(), token.clone(), *json);
+    }
     let settings = match configuration::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -73,6 +92,7 @@ pub fn run() -> ExitCode {
             );
             Ok(())
         }),
+        Command::Status { .. } => unreachable!("handled above"),
         Command::Serve => runtime(|| async {
             telemetry::init(&settings);
             telemetry::warn_about(&settings);

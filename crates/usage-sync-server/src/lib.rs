@@ -6,6 +6,7 @@
 //! - [`configuration`]: layered, validated [`configuration::Settings`];
 //! - [`checklist`]: the pre-deploy checks of `check-config`;
 //! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
+//! - [`status`]: the `status` command (a running instance as a table);
 //! - [`http`]: routes, auth, request parsing, the error shape;
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
@@ -16,4 +17,5 @@ pub mod configuration;
 pub mod http;
 pub mod shutdown;
 pub mod startup;
+pub mod status;
 pub mod telemetry;

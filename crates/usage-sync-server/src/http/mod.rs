@@ -31,6 +31,9 @@ pub struct AppState {
     pub verbose: bool,
     /// Settings shown by the status document.
     pub info: Arc<ServiceInfo>,
+    /// The previous CPU sample (when, process CPU seconds), so the status
+    /// document reports CPU use since the last call.
+    pub cpu_sample: Arc<std::sync::Mutex<Option<(std::time::Instant, f64)>>>,
 }
 
 /// What the status document reports about the configuration.
@@ -47,6 +50,7 @@ impl AppState {
             engine,
             verbose,
             info: Arc::new(info),
+            cpu_sample: Arc::default(),
         }
     }
 

@@ -168,3 +168,71 @@ async fn status_diagnose_and_stats_reset() {
     let (_, d) = app.get("/admin/v1/users/nobody/diagnose").await;
     assert_eq!(d["resident"], json!(false));
 }
+
+// Multi-threaded: the command runs blocking while the in-process
+// instance must keep serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_command_shows_a_running_instance_and_its_checklist() {
+    let app = spawn_app_with(&[("USAGE_SYNC_ADMIN_TOKEN", "adm")]).await;
+    app.consume("s1", "fast", 4).await;
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        app.address.clone(),
+        "--token".into(),
+        "adm".into(),
+    ]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("durability batched"), "{text}");
+    assert!(text.contains("4 units over 1 users"), "{text}");
+    assert!(text.contains("top pending    s1 (4)"), "{text}");
+    for check in [
+        "✓ cpu",
+        "✓ memory",
+        "✓ flush latency",
+        "✓ flush errors",
+        "✓ store pool",
+    ] {
+        assert!(text.contains(check), "missing {check} in:\n{text}");
+    }
+    let (code, json_text, _) = run(vec![
+        "status".into(),
+        "--url".into(),
+        app.address.clone(),
+        "--token".into(),
+        "adm".into(),
+        "--json".into(),
+    ]);
+    assert_eq!(code, Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(doc["checklist"].as_array().unwrap().len(), 5);
+    assert_eq!(doc["pending_units"], json!(4));
+    let (code, _, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        app.address.clone(),
+        "--token".into(),
+        "wrong".into(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        "http://127.0.0.1:1".into(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -36,6 +36,68 @@ pub fn process_stats() -> Option<(f64, u64)> {
     Some(((utime + stime) / 100.0, rss_pages * 4096))
 }
 
+/// The memory this process may use: the cgroup limit when there is one
+/// (containers), else the machine's memory.
+pub fn memory_limit() -> Option<u64> {
+    for path in [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ] {
+        if let Ok(v) = std::fs::read_to_string(path)
+            && let Ok(n) = v.trim().parse::<u64>()
+            && n < (1 << 60)
+        {
+            return Some(n);
+        }
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The runtime checklist of the original deployment guide, with measured
+/// values: CPU < 50 %, memory < 70 % of the limit, average flush < 5 s,
+/// flush error rate < 1 %, store connections within the pool.
+fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Value>) {
+    let now = std::time::Instant::now();
+    let (cpu_s, rss) = process_stats().unwrap_or((0.0, 0));
+    let cpu_percent = {
+        let mut prev = state.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
+        let (t0, c0) = prev.unwrap_or_else(|| {
+            let up = engine.now().since(engine.started_at()) as f64 / 1000.0;
+            (now - std::time::Duration::from_secs_f64(up.max(0.001)), 0.0)
+        });
+        *prev = Some((now, cpu_s));
+        let wall = now.duration_since(t0).as_secs_f64().max(0.001);
+        ((cpu_s - c0) / wall * 100.0).max(0.0)
+    };
+    let limit = memory_limit();
+    let mem_percent = limit.map(|l| rss as f64 * 100.0 / l as f64);
+    let s = engine.stats();
+    let mut checks = vec![
+        json!({"check": "cpu", "ok": cpu_percent < 50.0, "value": format!("{cpu_percent:.1} %"), "target": "< 50 % of one core"}),
+        json!({"check": "memory", "ok": mem_percent.is_none_or(|p| p < 70.0),
+               "value": format!("{} MiB of {} MiB", rss >> 20, limit.map_or("?".into(), |l| (l >> 20).to_string())),
+               "target": "< 70 % of the limit"}),
+        json!({"check": "flush latency", "ok": s.avg_flush_ms() < 5000.0, "value": format!("{:.1} ms average", s.avg_flush_ms()), "target": "< 5 s"}),
+        json!({"check": "flush errors", "ok": s.error_rate() < 0.01, "value": format!("{:.2} %", s.error_rate() * 100.0), "target": "< 1 %"}),
+    ];
+    checks.push(match engine.store().pool_status() {
+        Some((size, in_use)) => json!({"check": "store pool", "ok": in_use < size, "value": format!("{in_use} of {size} in use"), "target": "below the pool size"}),
+        None => json!({"check": "store pool", "ok": true, "value": "no pool (SQLite)", "target": "below the pool size"}),
+    });
+    let process =
+        json!({"cpu_percent": cpu_percent, "rss_bytes": rss, "memory_limit_bytes": limit});
+    (process, checks)
+}
+
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP usage_sync_{name} {help}");
     let _ = writeln!(out, "# TYPE usage_sync_{name} {kind}");
@@ -297,7 +359,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .collect();
     let uptime_s = now.since(engine.started_at()) as f64 / 1000.0;
     let c = engine.config();
+    let (process, checklist) = runtime_checklist(&state, engine);
     Ok(Json(json!({
+        "process": process,
+        "checklist": checklist,
         "running": engine.is_accepting(),
         "uptime_seconds": uptime_s,
         "profile": state.info.profile,
