@@ -45,6 +45,11 @@ type Worker = (oneshot::Sender<()>, JoinHandle<()>);
 /// Flushes in progress and batches waiting for a retry.
 pub(crate) struct FlushQueue {
     permits: Semaphore,
+    /// Current flush concurrency (the semaphore's total permits).
+    concurrency: std::sync::atomic::AtomicUsize,
+    /// Multiplier of the check and heartbeat intervals, and why (1 = as
+    /// configured). The guarantee interval is never stretched.
+    cadence: tokio::sync::watch::Sender<(u32, String)>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
     retries: Mutex<Vec<Retry>>,
     retry_wake: Notify,
@@ -60,6 +65,8 @@ impl FlushQueue {
     pub(crate) fn new(max_concurrent: usize) -> Self {
         FlushQueue {
             permits: Semaphore::new(max_concurrent.max(1)),
+            concurrency: std::sync::atomic::AtomicUsize::new(max_concurrent.max(1)),
+            cadence: tokio::sync::watch::channel((1, "as configured".to_owned())).0,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
             retries: Mutex::new(Vec::new()),
             retry_wake: Notify::new(),
@@ -405,8 +412,16 @@ impl Inner {
     async fn scheduler(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
         let c = &self.config;
         let start = Instant::now();
-        let mut check = interval_at(start + c.check_interval, c.check_interval);
-        let mut heartbeat = interval_at(start + c.heartbeat_interval, c.heartbeat_interval);
+        let mut cadence = self.flushes.cadence.subscribe();
+        let stretched = |d: Duration, m: u32| d.saturating_mul(m.max(1));
+        // A cadence set before this task subscribed counts from the start.
+        let m0 = cadence.borrow_and_update().0;
+        let (ci, hi) = (
+            stretched(c.check_interval, m0),
+            stretched(c.heartbeat_interval, m0),
+        );
+        let mut check = interval_at(start + ci, ci);
+        let mut heartbeat = interval_at(start + hi, hi);
         let mut guarantee = interval_at(start + c.max_sync_interval, c.max_sync_interval);
         for i in [&mut check, &mut heartbeat, &mut guarantee] {
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -446,6 +461,16 @@ impl Inner {
                     self.spawn_batches(due, Trigger::Heartbeat).await;
                 }
                 _ = self.flushes.retry_wake.notified() => {}
+                Ok(()) = cadence.changed() => {
+                    // Stretch (or restore) check and heartbeat; the
+                    // guarantee keeps its interval whatever happens.
+                    let m = cadence.borrow_and_update().0;
+                    let now = Instant::now();
+                    check = interval_at(now + stretched(c.check_interval, m), stretched(c.check_interval, m));
+                    heartbeat = interval_at(now + stretched(c.heartbeat_interval, m), stretched(c.heartbeat_interval, m));
+                    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
             }
             // Reap finished flush tasks so the set does not grow.
             let mut tasks = self.flushes.tasks.lock().await;
@@ -733,6 +758,48 @@ impl Engine {
 
     pub fn reset_stats(&self) {
         self.inner.stats.reset();
+    }
+
+    /// Flushes allowed to run at once right now.
+    pub fn flush_concurrency(&self) -> usize {
+        self.inner
+            .flushes
+            .concurrency
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Raises the flush concurrency to `n` (never lowers it: flushes in
+    /// progress hold permits). Returns the new value.
+    pub fn raise_flush_concurrency(&self, n: usize) -> usize {
+        let f = &self.inner.flushes;
+        let cur = f.concurrency.load(std::sync::atomic::Ordering::Relaxed);
+        if n > cur {
+            f.permits.add_permits(n - cur);
+            f.concurrency.store(n, std::sync::atomic::Ordering::Relaxed);
+            info!(target: "flush", from = cur, to = n, "flush concurrency raised");
+            return n;
+        }
+        cur
+    }
+
+    /// Stretches the check and heartbeat intervals by `multiplier` (1
+    /// restores them), with the reason shown in the status. The guarantee
+    /// interval is never stretched.
+    pub fn set_cadence(&self, multiplier: u32, reason: &str) {
+        let m = multiplier.max(1);
+        self.inner.flushes.cadence.send_if_modified(|cur| {
+            if cur.0 == m {
+                return false;
+            }
+            info!(target: "check", multiplier = m, reason, "check and heartbeat cadence changed");
+            *cur = (m, reason.to_owned());
+            true
+        });
+    }
+
+    /// The current cadence multiplier and its reason.
+    pub fn cadence(&self) -> (u32, String) {
+        self.inner.flushes.cadence.borrow().clone()
     }
 
     /// Batches waiting for a retry, and the units they hold.

@@ -533,3 +533,42 @@ mod wal;
 
 #[path = "engine/postgres.rs"]
 mod postgres;
+
+#[tokio::test(start_paused = true)]
+async fn a_stretched_cadence_delays_the_check_but_never_the_guarantee() {
+    let h = harness(SyncConfig {
+        check_interval: Duration::from_secs(60),
+        max_sync_interval: Duration::from_secs(300),
+        ..quiet()
+    })
+    .await;
+    h.engine.set_cadence(2, "test");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.consume("a", "fast", 1).await;
+    // Not at the configured 60 s...
+    assert!(!h.wait_db("a", "fast", 1, Duration::from_secs(70)).await);
+    // ...but at 2 × 60 s.
+    assert!(h.wait_db("a", "fast", 1, Duration::from_secs(60)).await);
+    assert_eq!(h.engine.stats().trigger(Trigger::Check).flushes, 1);
+    assert_eq!(h.engine.cadence(), (2, "test".to_owned()));
+    // The guarantee (300 s) is not stretched: with the check stretched far
+    // beyond it, units still land within 300 s.
+    h.engine.set_cadence(8, "test");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.consume("b", "fast", 1).await;
+    assert!(h.wait_db("b", "fast", 1, Duration::from_secs(300)).await);
+    assert_eq!(h.engine.stats().trigger(Trigger::Guarantee).units, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_concurrency_can_be_raised_not_lowered() {
+    let h = harness(SyncConfig {
+        max_concurrent_syncs: 3,
+        ..quiet()
+    })
+    .await;
+    assert_eq!(h.engine.flush_concurrency(), 3);
+    assert_eq!(h.engine.raise_flush_concurrency(5), 5);
+    assert_eq!(h.engine.raise_flush_concurrency(2), 5);
+    assert_eq!(h.engine.flush_concurrency(), 5);
+}
