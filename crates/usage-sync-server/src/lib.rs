@@ -5,12 +5,14 @@
 //!   `migrate`);
 //! - [`configuration`]: layered, validated [`configuration::Settings`];
 //! - [`checklist`]: the pre-deploy checks of `check-config`;
+//! - [`alerts`]: alerts on a sliding window, and their actions;
 //! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
 //! - [`status`]: the `status` command (a running instance as a table);
 //! - [`http`]: routes, auth, request parsing, the error shape;
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
+pub mod alerts;
 pub mod checklist;
 pub mod cli;
 pub mod configuration;

@@ -104,8 +104,10 @@ impl Application {
             preset: self.settings.preset.map(|p| p.as_str().to_owned()),
             durability: self.settings.durability.as_str().to_owned(),
         };
+        let state = AppState::new(self.engine.clone(), self.settings.verbose_logging, info);
+        let alerts = state.alerts.clone();
         let router = http::router(
-            AppState::new(self.engine.clone(), self.settings.verbose_logging, info),
+            state,
             token(&self.settings.api_token),
             token(&self.settings.admin_token),
             token(&self.settings.metrics_token),
@@ -146,6 +148,20 @@ impl Application {
         };
         engine.start();
         let _ = self.engine.set(engine.clone());
+        let alert_config = crate::alerts::AlertConfig {
+            sync_latency_ms: self.settings.alert_sync_latency.as_secs_f64() * 1000.0,
+            error_rate: self.settings.alert_error_rate_percent as f64 / 100.0,
+            cpu_percent: self.settings.alert_cpu_percent as f64,
+            window: self.settings.alert_window,
+            interval: self.settings.alert_interval,
+            webhook: self
+                .settings
+                .alert_webhook
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            concurrency_ceiling: self.settings.max_concurrent_syncs_ceiling,
+        };
+        tokio::spawn(crate::alerts::run(engine.clone(), alert_config, alerts));
         tracing::info!(
             %listen,
             store = engine.store().backend(),

@@ -34,6 +34,8 @@ pub struct AppState {
     /// The previous CPU sample (when, process CPU seconds), so the status
     /// document reports CPU use since the last call.
     pub cpu_sample: Arc<std::sync::Mutex<Option<(std::time::Instant, f64)>>>,
+    /// Alerts as last evaluated.
+    pub alerts: crate::alerts::SharedAlerts,
 }
 
 /// What the status document reports about the configuration.
@@ -51,6 +53,7 @@ impl AppState {
             verbose,
             info: Arc::new(info),
             cpu_sample: Arc::default(),
+            alerts: Arc::default(),
         }
     }
 
@@ -92,6 +95,7 @@ pub fn router(
         .route("/admin/v1/users/{user_id}/sync", post(admin::sync_user))
         .route("/admin/v1/sync", post(admin::sync_all))
         .route("/admin/v1/status", get(operate::status))
+        .route("/admin/v1/alerts", get(operate::alerts))
         .route("/admin/v1/users/{user_id}/diagnose", get(operate::diagnose))
         .route("/admin/v1/stats/reset", post(operate::reset_stats));
     // Scrapers expect no token; USAGE_SYNC_METRICS_TOKEN makes one required.

@@ -236,3 +236,182 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     ]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// Polls `GET /admin/v1/alerts` until `pred` holds (wall time, bounded).
+async fn alerts_until(
+    app: &crate::helpers::TestApp,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, v) = app.get("/admin/v1/alerts").await;
+        assert_eq!(s, 200);
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition never held; last: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn firing(v: &serde_json::Value, name: &str) -> bool {
+    v["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["alert"] == json!(name))
+}
+
+/// Holds SQLite's write lock for `hold`, in a thread (slow or failing flushes).
+fn lock_db_for(db: std::path::PathBuf, hold: std::time::Duration) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        tx.send(()).unwrap();
+        std::thread::sleep(hold);
+        c.execute_batch("COMMIT").unwrap();
+    });
+    rx.recv().unwrap();
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_sync_latency_raises_flush_concurrency() {
+    let app = spawn_app_with(&[
+        ("USAGE_SYNC_ALERT_SYNC_LATENCY", "100"),
+        ("USAGE_SYNC_ALERT_INTERVAL", "100"),
+        ("USAGE_SYNC_ALERT_WINDOW", "60000"),
+    ])
+    .await;
+    assert_eq!(app.engine.flush_concurrency(), 3);
+    app.consume("slow", "fast", 1).await;
+    // The database is busy for 500 ms: the flush waits, then lands.
+    let lock = lock_db_for(app.db_path.clone(), std::time::Duration::from_millis(500));
+    app.sync_all().await;
+    lock.join().unwrap();
+    let v = alerts_until(&app, |v| {
+        firing(v, "HighSyncLatency") && v["actions"]["flush_concurrency"].as_u64().unwrap() > 3
+    })
+    .await;
+    let a = v["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alert"] == json!("HighSyncLatency"))
+        .unwrap()
+        .clone();
+    assert_eq!(a["action"], json!("scale_up"));
+    assert!(a["value"].as_f64().unwrap() > 100.0);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("usage_sync_alert_firing{alert=\"HighSyncLatency\"} 1"),
+        "{metrics}"
+    );
+    // Step by step up to the ceiling, never beyond.
+    alerts_until(&app, |v| v["actions"]["flush_concurrency"] == json!(12)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.engine.flush_concurrency(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_error_rate_calls_the_webhook_when_firing_and_resolved() {
+    use axum::{Json, Router, routing::post};
+    let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let sink = received.clone();
+    let hook = Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let app = spawn_app_with(&[
+        ("USAGE_SYNC_ALERT_WEBHOOK", &hook_url),
+        ("USAGE_SYNC_ALERT_INTERVAL", "100"),
+        ("USAGE_SYNC_ALERT_WINDOW", "1500"),
+    ])
+    .await;
+    app.consume("e", "fast", 1).await;
+    // Longer than SQLite's 2 s busy timeout: the flush fails.
+    let lock = lock_db_for(app.db_path.clone(), std::time::Duration::from_millis(2600));
+    let (s, v) = app.post("/admin/v1/users/e/sync", &json!({})).await;
+    assert_eq!((s, v["error"]["code"].clone()), (503, json!("unavailable")));
+    alerts_until(&app, |v| firing(v, "HighErrorRate")).await;
+    lock.join().unwrap();
+    // The retry lands; once the failure leaves the window, it resolves.
+    alerts_until(&app, |v| !firing(v, "HighErrorRate")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = received.lock().unwrap().clone();
+        let statuses: Vec<_> = got
+            .iter()
+            .map(|b| b["status"].as_str().unwrap().to_owned())
+            .collect();
+        if statuses == ["firing", "resolved"] {
+            assert_eq!(got[0]["alert"], json!("HighErrorRate"));
+            assert_eq!(got[0]["action"], json!("alert_team"));
+            assert_eq!(got[0]["threshold"], json!(0.05));
+            assert!(got[0]["value"].as_f64().unwrap() > 0.05);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook received {statuses:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.db("e", "fast").await,
+        1,
+        "the failed flush was retried and landed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_cpu_usage_stretches_check_and_heartbeat() {
+    let app = spawn_app_with(&[
+        ("USAGE_SYNC_ALERT_CPU_PERCENT", "0"),
+        ("USAGE_SYNC_ALERT_INTERVAL", "100"),
+    ])
+    .await;
+    let client = app.client.clone();
+    let url = format!("{}/v1/consume", app.address);
+    let load = tokio::spawn(async move {
+        for i in 0..20_000 {
+            let _ = client
+                .post(&url)
+                .body(json!({"user_id": format!("c{}", i % 50), "kind": "fast"}).to_string())
+                .send()
+                .await;
+        }
+    });
+    let v = alerts_until(&app, |v| {
+        firing(v, "HighCPUUsage") && v["actions"]["cadence_multiplier"].as_u64().unwrap() >= 2
+    })
+    .await;
+    assert_eq!(v["actions"]["cadence_reason"], json!("HighCPUUsage"));
+    // Doubling per evaluation, capped at 8.
+    alerts_until(&app, |v| v["actions"]["cadence_multiplier"] == json!(8)).await;
+    let (_, status) = app.get("/admin/v1/status").await;
+    assert_eq!(status["cadence"]["multiplier"], json!(8));
+    load.abort();
+}

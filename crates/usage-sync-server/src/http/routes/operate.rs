@@ -326,7 +326,27 @@ pub fn render(engine: &Engine) -> String {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let body = render(state.engine()?);
+    let mut body = render(state.engine()?);
+    let firing = state
+        .alerts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .firing_names
+        .clone();
+    metric(
+        &mut body,
+        "alert_firing",
+        "gauge",
+        "1 while the alert fires (evaluated inside the service).",
+    );
+    for a in crate::alerts::Alert::ALL {
+        let _ = writeln!(
+            body,
+            "usage_sync_alert_firing{{alert=\"{}\"}} {}",
+            a.name(),
+            firing.contains(&a.name()) as u8
+        );
+    }
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -360,7 +380,17 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     let uptime_s = now.since(engine.started_at()) as f64 / 1000.0;
     let c = engine.config();
     let (process, checklist) = runtime_checklist(&state, engine);
+    let firing = state
+        .alerts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .firing
+        .clone();
+    let (cadence, cadence_reason) = engine.cadence();
     Ok(Json(json!({
+        "alerts": firing,
+        "flush_concurrency": engine.flush_concurrency(),
+        "cadence": {"multiplier": cadence, "reason": cadence_reason},
         "process": process,
         "checklist": checklist,
         "running": engine.is_accepting(),
@@ -455,6 +485,26 @@ pub async fn diagnose(
     doc["guarantee_ms"] = json!(c.max_sync_interval.as_millis() as u64);
     doc["recommendations"] = json!(advice);
     Ok(Json(doc))
+}
+
+pub async fn alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engine = state.engine()?;
+    let v = state.alerts.lock().unwrap_or_else(|e| e.into_inner());
+    let (multiplier, reason) = engine.cadence();
+    Ok(Json(json!({
+        "firing": v.firing,
+        "recent": v.history,
+        "window": {
+            "avg_flush_ms": v.figures.avg_flush_ms,
+            "error_rate": v.figures.error_rate,
+            "cpu_percent": v.figures.cpu_percent,
+        },
+        "actions": {
+            "flush_concurrency": engine.flush_concurrency(),
+            "cadence_multiplier": multiplier,
+            "cadence_reason": reason,
+        },
+    })))
 }
 
 pub async fn reset_stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
