@@ -169,12 +169,22 @@ async fn status_diagnose_and_stats_reset() {
     assert_eq!(d["resident"], json!(false));
 }
 
-// Multi-threaded: the command runs blocking while the in-process
-// instance must keep serving it.
+// Against the real binary: the checklist measures the process's own CPU,
+// and an in-process instance would share it with every other test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_command_shows_a_running_instance_and_its_checklist() {
-    let app = spawn_app_with(&[("USAGE_SYNC_ADMIN_TOKEN", "adm")]).await;
-    app.consume("s1", "fast", 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        crate::helpers::Binary::start(dir.path(), &[("USAGE_SYNC_ADMIN_TOKEN", "adm")]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/consume", server.address))
+        .body(json!({"user_id": "s1", "kind": "fast", "amount": 4}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     let bin = env!("CARGO_BIN_EXE_usage-sync");
     let run = |args: Vec<String>| {
         let out = std::process::Command::new(bin)
@@ -191,7 +201,7 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     let (code, text, err) = run(vec![
         "status".into(),
         "--url".into(),
-        app.address.clone(),
+        server.address.clone(),
         "--token".into(),
         "adm".into(),
     ]);
@@ -211,7 +221,7 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     let (code, json_text, _) = run(vec![
         "status".into(),
         "--url".into(),
-        app.address.clone(),
+        server.address.clone(),
         "--token".into(),
         "adm".into(),
         "--json".into(),
@@ -223,7 +233,7 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     let (code, _, err) = run(vec![
         "status".into(),
         "--url".into(),
-        app.address.clone(),
+        server.address.clone(),
         "--token".into(),
         "wrong".into(),
     ]);
