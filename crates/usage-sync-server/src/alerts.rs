@@ -181,6 +181,11 @@ impl Evaluator {
         events
     }
 
+    /// Readings currently in the window.
+    pub fn readings(&self) -> usize {
+        self.readings.len()
+    }
+
     /// Alerts firing now: (alert, since, latest value).
     pub fn firing(&self) -> &[(Alert, Instant, f64)] {
         &self.firing
@@ -194,6 +199,8 @@ pub struct AlertsView {
     pub history: VecDeque<Value>,
     pub figures: WindowFigures,
     pub firing_names: Vec<&'static str>,
+    /// Readings in the window (figures mean something from 2 on).
+    pub readings: usize,
 }
 
 pub type SharedAlerts = Arc<Mutex<AlertsView>>;
@@ -301,6 +308,7 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
         }
         let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
         v.figures = eval.figures();
+        v.readings = eval.readings();
         v.firing_names = eval.firing().iter().map(|(a, _, _)| a.name()).collect();
         v.firing = eval
             .firing()

@@ -31,9 +31,6 @@ pub struct AppState {
     pub verbose: bool,
     /// Settings shown by the status document.
     pub info: Arc<ServiceInfo>,
-    /// The previous CPU sample (when, process CPU seconds), so the status
-    /// document reports CPU use since the last call.
-    pub cpu_sample: Arc<std::sync::Mutex<Option<(std::time::Instant, f64)>>>,
     /// Alerts as last evaluated.
     pub alerts: crate::alerts::SharedAlerts,
 }
@@ -52,7 +49,6 @@ impl AppState {
             engine,
             verbose,
             info: Arc::new(info),
-            cpu_sample: Arc::default(),
             alerts: Arc::default(),
         }
     }

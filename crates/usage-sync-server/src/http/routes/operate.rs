@@ -65,19 +65,24 @@ pub fn memory_limit() -> Option<u64> {
 /// The runtime checklist of the original deployment guide, with measured
 /// values: CPU < 50 %, memory < 70 % of the limit, average flush < 5 s,
 /// flush error rate < 1 %, store connections within the pool.
-fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Value>) {
-    let now = std::time::Instant::now();
-    let (cpu_s, rss) = process_stats().unwrap_or((0.0, 0));
-    let cpu_percent = {
-        let mut prev = state.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
-        let (t0, c0) = prev.unwrap_or_else(|| {
-            let up = engine.now().since(engine.started_at()) as f64 / 1000.0;
-            (now - std::time::Duration::from_secs_f64(up.max(0.001)), 0.0)
-        });
-        *prev = Some((now, cpu_s));
-        let wall = now.duration_since(t0).as_secs_f64().max(0.001);
-        ((cpu_s - c0) / wall * 100.0).max(0.0)
+async fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Value>) {
+    // CPU over the alert window once it has two readings; before that
+    // (the first alert interval after start) a 250 ms sample, so start-up
+    // work is not mistaken for load.
+    let (window_cpu, readings) = {
+        let v = state.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        (v.figures.cpu_percent, v.readings)
     };
+    let cpu_percent = if readings >= 2 {
+        window_cpu
+    } else {
+        let t0 = std::time::Instant::now();
+        let c0 = process_stats().map_or(0.0, |p| p.0);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let c1 = process_stats().map_or(0.0, |p| p.0);
+        ((c1 - c0) / t0.elapsed().as_secs_f64() * 100.0).max(0.0)
+    };
+    let rss = process_stats().map_or(0, |p| p.1);
     let limit = memory_limit();
     let mem_percent = limit.map(|l| rss as f64 * 100.0 / l as f64);
     let s = engine.stats();
@@ -379,7 +384,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .collect();
     let uptime_s = now.since(engine.started_at()) as f64 / 1000.0;
     let c = engine.config();
-    let (process, checklist) = runtime_checklist(&state, engine);
+    let (process, checklist) = runtime_checklist(&state, engine).await;
     let firing = state
         .alerts
         .lock()
