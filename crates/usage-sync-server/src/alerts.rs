@@ -66,6 +66,9 @@ pub struct AlertConfig {
     pub interval: Duration,
     pub webhook: Option<String>,
     pub concurrency_ceiling: usize,
+    /// `SYNC_PERFORMANCE_MODE=optimized`: the adaptive controller owns the
+    /// cadence (and `HighCPUUsage` leaves it to it).
+    pub adaptive: bool,
 }
 
 /// One reading of the cumulative counters.
@@ -241,6 +244,7 @@ fn notify(webhook: &Option<String>, body: Value) {
 pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
     let base_concurrency = engine.flush_concurrency();
     let mut eval = Evaluator::new(config.clone());
+    let mut controller = crate::cadence::Controller::new(crate::cadence::Bands::default());
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -283,7 +287,7 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
             if alert == Alert::HighErrorRate {
                 notify(&config.webhook, body.clone());
             }
-            if (alert, status) == (Alert::HighCpuUsage, "resolved") {
+            if (alert, status) == (Alert::HighCpuUsage, "resolved") && !config.adaptive {
                 engine.set_cadence(1, "as configured");
             }
             let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,12 +303,18 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
                         .min(config.concurrency_ceiling.max(base_concurrency));
                     engine.raise_flush_concurrency(next);
                 }
-                Alert::HighCpuUsage => {
+                Alert::HighCpuUsage if !config.adaptive => {
                     let m = (engine.cadence().0 * 2).min(8);
                     engine.set_cadence(m, "HighCPUUsage");
                 }
+                Alert::HighCpuUsage => {}
                 Alert::HighErrorRate => {}
             }
+        }
+        if config.adaptive && eval.readings() >= 2 {
+            let f = eval.figures();
+            let (m, why) = controller.step(f.cpu_percent, f.avg_flush_ms);
+            engine.set_cadence(m, &why);
         }
         let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
         v.figures = eval.figures();
@@ -332,6 +342,7 @@ mod tests {
 
     fn cfg() -> AlertConfig {
         AlertConfig {
+            adaptive: false,
             sync_latency_ms: 5000.0,
             error_rate: 0.05,
             cpu_percent: 80.0,

@@ -6,6 +6,7 @@
 //! - [`configuration`]: layered, validated [`configuration::Settings`];
 //! - [`checklist`]: the pre-deploy checks of `check-config`;
 //! - [`alerts`]: alerts on a sliding window, and their actions;
+//! - [`cadence`]: the adaptive interval controller (`optimized` mode);
 //! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
 //! - [`status`]: the `status` command (a running instance as a table);
 //! - [`http`]: routes, auth, request parsing, the error shape;
@@ -13,6 +14,7 @@
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
 pub mod alerts;
+pub mod cadence;
 pub mod checklist;
 pub mod cli;
 pub mod configuration;

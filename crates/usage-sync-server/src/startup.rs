@@ -160,6 +160,8 @@ impl Application {
                 .as_ref()
                 .map(|s| s.expose().to_owned()),
             concurrency_ceiling: self.settings.max_concurrent_syncs_ceiling,
+            adaptive: self.settings.performance_mode
+                == crate::configuration::PerformanceMode::Optimized,
         };
         tokio::spawn(crate::alerts::run(engine.clone(), alert_config, alerts));
         tracing::info!(

@@ -23,12 +23,18 @@ fn batch(id: u128, kinds: &Kinds) -> Arc<FlushBatch> {
         })
         .collect();
     deltas.sort_by(|a, b| a.user.cmp(&b.user));
-    Arc::new(FlushBatch { id: FlushId(id), trigger: Trigger::Manual, deltas })
+    Arc::new(FlushBatch {
+        id: FlushId(id),
+        trigger: Trigger::Manual,
+        deltas,
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let Some(db) = TempDatabase::create().await else { return };
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
     let store = PostgresStore::connect(&db.url, 2).unwrap();
     store.migrate().await.unwrap();
     let kinds = Kinds::new(&["premium", "fast"]).unwrap();
@@ -46,7 +52,9 @@ async fn main() {
     let median = updates[2];
 
     // Baseline: one autocommitted UPDATE per counter on one connection.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let stmt = client
         .prepare("UPDATE usage SET used = used + 1 WHERE user_id = $1 AND kind = 'fast'")
@@ -54,10 +62,19 @@ async fn main() {
         .unwrap();
     let t = Instant::now();
     for i in 0..COUNTERS {
-        client.execute(&stmt, &[&format!("user-{i:06}")]).await.unwrap();
+        client
+            .execute(&stmt, &[&format!("user-{i:06}")])
+            .await
+            .unwrap();
     }
     let baseline = t.elapsed();
-    let total: i64 = store.all_usage().await.unwrap().iter().map(|r| r.used).sum();
+    let total: i64 = store
+        .all_usage()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.used)
+        .sum();
     assert_eq!(total, (COUNTERS * (3 * 6 + 1)) as i64);
     println!(
         "pg flush of {COUNTERS} counters: first (insert) {:.1} ms, then (update) median {:.1} ms of 5; \
