@@ -25,7 +25,7 @@ fn ledger(users: usize) -> (Arc<Ledger>, Kind, Vec<String>) {
     )
     .unwrap();
     let plans = Plans::new("open", vec![plan]).unwrap();
-    let fast = kinds.get("fast").unwrap().clone();
+    let fast = *kinds.get("fast").unwrap();
     let l = Arc::new(Ledger::new(
         kinds,
         plans,
@@ -54,8 +54,7 @@ fn run_threads(
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (l, kind, names, barrier) =
-                (l.clone(), kind.clone(), names.clone(), barrier.clone());
+            let (l, kind, names, barrier) = (l.clone(), *kind, names.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let n = names.len();
                 let mut i = t * 7919;

@@ -67,12 +67,12 @@ fn contention() {
     let id = UserId::parse("hot").unwrap();
     l.warm(&id, UserProfile::default(), &[], l.load_epoch("hot"), NOW)
         .unwrap();
-    let fast = l.kinds().get("fast").unwrap().clone();
+    let fast = *l.kinds().get("fast").unwrap();
     const PER_THREAD: usize = 2_000_000;
     let barrier = Arc::new(Barrier::new(2));
     let handles: Vec<_> = (0..2)
         .map(|_| {
-            let (l, fast, barrier) = (l.clone(), fast.clone(), barrier.clone());
+            let (l, fast, barrier) = (l.clone(), fast, barrier.clone());
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(PER_THREAD);
                 barrier.wait();

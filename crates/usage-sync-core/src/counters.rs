@@ -295,13 +295,21 @@ impl UserEntry {
             .map(|(_, s)| s)
     }
 
+    /// Every counter with its kind index: the current period's, then the
+    /// earlier periods' that still hold units.
+    fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        self.current
+            .iter()
+            .enumerate()
+            .chain(self.stale.iter().map(|(k, s)| (*k as usize, s)))
+    }
+
     fn has_pending(&self) -> bool {
-        self.current.iter().any(|s| s.pending != 0)
-            || self.stale.iter().any(|(_, s)| s.pending != 0)
+        self.slots().any(|(_, s)| s.pending != 0)
     }
 
     fn is_clean(&self) -> bool {
-        self.current.iter().all(Slot::is_clean) && self.stale.iter().all(|(_, s)| s.is_clean())
+        self.slots().all(|(_, s)| s.is_clean())
     }
 
     fn decision(&self, kind: usize, allowed: bool) -> Decision {
@@ -635,7 +643,7 @@ impl Ledger {
         {
             return Ok(ConsumeOutcome {
                 user: rec.user.clone(),
-                kind: rec.kind.clone(),
+                kind: rec.kind,
                 amount: rec.amount,
                 decision: rec.decision.clone(),
                 deduplicated: true,
@@ -650,7 +658,7 @@ impl Ledger {
             DedupRecord {
                 lsn: out.lsn,
                 user: out.user.clone(),
-                kind: kind.clone(),
+                kind: *kind,
                 amount: amount.get(),
                 period_start: out.decision.period_start,
                 decision: out.decision.clone(),
@@ -713,7 +721,7 @@ impl Ledger {
         };
         Ok(ConsumeOutcome {
             user: e.id.clone(),
-            kind: kind.clone(),
+            kind: *kind,
             amount: amount as u64,
             decision,
             deduplicated: false,
@@ -816,7 +824,7 @@ impl Ledger {
         rec.refunded = true;
         Ok(RefundOutcome {
             user: rec.user.clone(),
-            kind: rec.kind.clone(),
+            kind: rec.kind,
             refunded,
             lsn,
         })
@@ -835,7 +843,7 @@ impl Ledger {
                 let s = &e.current[kind.index()];
                 let d = e.decision(kind.index(), true);
                 KindUsage {
-                    kind: kind.clone(),
+                    kind: *kind,
                     persisted: s.persisted.max(0) as u64,
                     pending: s.pending + s.in_flight,
                     in_flight: s.in_flight,
@@ -876,7 +884,7 @@ impl Ledger {
                     .map_or(0, |row| row.used.max(0) as u64);
                 let limit = r.limits[kind.index()];
                 KindUsage {
-                    kind: kind.clone(),
+                    kind: *kind,
                     persisted: used,
                     pending: 0,
                     in_flight: 0,
@@ -899,14 +907,14 @@ impl Ledger {
 
     /// Moves every pending, non-flushing counter of `e` into the builder.
     /// Leaves the user dirty (re-queued) if some pending units had to stay
-    /// because their counter is already in an outstanding batch.
+    /// because their counter is already in an outstanding batch, and then
+    /// returns true (the re-queued entry is the last of `dirty`).
     fn take_entry(
         dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
         e: &mut UserEntry,
         kinds: &Kinds,
         b: &mut BatchBuilder<'_>,
-    ) -> u64 {
-        let mut taken_units = 0u64;
+    ) -> bool {
         let mut left_behind = false;
         let all = e
             .current
@@ -923,11 +931,10 @@ impl Ledger {
             }
             b.push(Delta {
                 user: e.id.clone(),
-                kind: kinds.by_index(k).clone(),
+                kind: *kinds.by_index(k),
                 period_start: s.period_start,
                 delta: s.pending,
             });
-            taken_units = taken_units.saturating_add(s.pending.unsigned_abs());
             s.in_flight += s.pending;
             s.pending = 0;
             s.flushing = true;
@@ -943,7 +950,7 @@ impl Ledger {
         } else {
             e.dirty_since = None;
         }
-        taken_units
+        left_behind
     }
 
     /// Records each batch's exact deltas before it can be sent. Called with
@@ -1024,11 +1031,10 @@ impl Ledger {
                     .users
                     .get_mut(id.as_str())
                     .expect("valid entries are resident");
-                let before = shard.dirty.len();
-                Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
-                if shard.dirty.len() > before {
-                    // Everything left was already flushing: put it aside so
-                    // this pass does not pick it again, and re-queue after.
+                if Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b) {
+                    // Some counters were already flushing and the user was
+                    // re-queued: put it aside so this pass does not pick it
+                    // again, and re-queue it after.
                     let entry = shard.dirty.pop_back().expect("just pushed");
                     deferred.push((i, entry));
                 } else {
@@ -1075,9 +1081,7 @@ impl Ledger {
                 if e.dirty_gen != g || e.dirty_since.is_none() {
                     continue;
                 }
-                let before = left.len();
-                Self::take_entry(&mut left, e, &self.kinds, &mut b);
-                if left.len() == before {
+                if !Self::take_entry(&mut left, e, &self.kinds, &mut b) {
                     users += 1;
                 }
             }
@@ -1211,9 +1215,8 @@ impl Ledger {
         for s in self.shards.iter() {
             let shard = lock(&s.0);
             for e in shard.users.values() {
-                let slots = e.current.iter().chain(e.stale.iter().map(|(_, s)| s));
                 let mut has = false;
-                for s in slots {
+                for (_, s) in e.slots() {
                     t.pending += s.pending;
                     t.in_flight += s.in_flight;
                     has |= s.pending != 0 || s.in_flight != 0;
@@ -1239,10 +1242,8 @@ impl Ledger {
             let shard = lock(&s.0);
             for e in shard.users.values() {
                 let units: i64 = e
-                    .current
-                    .iter()
-                    .chain(e.stale.iter().map(|(_, s)| s))
-                    .map(|s| (s.pending + s.in_flight).abs())
+                    .slots()
+                    .map(|(_, s)| (s.pending + s.in_flight).abs())
                     .sum();
                 if units > 0 {
                     all.push((e.id.clone(), units));
@@ -1348,12 +1349,7 @@ impl Snapshot<'_> {
         for s in l.shards.iter() {
             let shard = lock(&s.0);
             for e in shard.users.values() {
-                let slots = e
-                    .current
-                    .iter()
-                    .enumerate()
-                    .chain(e.stale.iter().map(|(k, s)| (*k as usize, s)));
-                for (k, slot) in slots {
+                for (k, slot) in e.slots() {
                     let units = slot.pending + slot.in_flight;
                     if units != 0 {
                         sink(Record::Unpersisted {

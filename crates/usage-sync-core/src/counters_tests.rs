@@ -28,7 +28,7 @@ fn warm(l: &Ledger, user: &str, profile: UserProfile, rows: &[PersistedRow], now
 }
 
 fn kind(l: &Ledger, name: &str) -> Kind {
-    l.kinds().get(name).unwrap().clone()
+    *l.kinds().get(name).unwrap()
 }
 
 fn consume(l: &Ledger, user: &str, k: &str, n: u64, now: Timestamp) -> ConsumeOutcome {
@@ -176,7 +176,7 @@ fn concurrent_duplicates_count_once() {
         .map(|_| {
             let l = l.clone();
             thread::spawn(move || {
-                let fast = l.kinds().get("fast").unwrap().clone();
+                let fast = *l.kinds().get("fast").unwrap();
                 for i in 0..20 {
                     let rid = RequestId::parse(&format!("r{i}")).unwrap();
                     l.consume("u", &fast, Units::ONE, Some(&rid), T0).unwrap();

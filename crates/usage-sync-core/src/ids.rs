@@ -117,10 +117,15 @@ impl Units {
 /// A kind of usage (`premium`, `fast`, ...). Kinds are fixed at start-up and
 /// numbered densely so per-user counters can live in a small array indexed
 /// by [`Kind::index`].
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// `Copy`: every consume and every flushed delta carries a `Kind`. With a
+/// reference-counted name, all cores consuming the same kind would bump one
+/// shared counter on each request; the names are instead leaked once when
+/// the kinds are configured (a few bytes per kind, for the process's life).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Kind {
     index: u16,
-    name: Arc<str>,
+    name: &'static str,
 }
 
 impl Kind {
@@ -128,8 +133,8 @@ impl Kind {
         self.index as usize
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 }
 
@@ -173,7 +178,7 @@ impl Kinds {
             }
             all.push(Kind {
                 index: i as u16,
-                name: Arc::from(n),
+                name: Box::leak(n.to_owned().into_boxed_str()),
             });
         }
         Ok(Kinds { all })

@@ -17,7 +17,7 @@ fn batch(id: u128, kinds: &Kinds) -> Arc<FlushBatch> {
     let mut deltas: Vec<Delta> = (0..COUNTERS)
         .map(|i| Delta {
             user: UserId::parse(&format!("user-{i:06}")).unwrap(),
-            kind: fast.clone(),
+            kind: *fast,
             period_start: Timestamp(1_793_491_200_000),
             delta: 3,
         })

@@ -24,7 +24,7 @@ fn batch(id: u128, deltas: &[(&str, &str, Timestamp, i64)]) -> Arc<FlushBatch> {
             .iter()
             .map(|(u, kind, p, d)| Delta {
                 user: UserId::parse(u).unwrap(),
-                kind: k.get(kind).unwrap().clone(),
+                kind: *k.get(kind).unwrap(),
                 period_start: *p,
                 delta: *d,
             })

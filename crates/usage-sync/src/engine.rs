@@ -216,7 +216,7 @@ impl Engine {
     }
 
     pub fn kind(&self, name: &str) -> Result<Kind, Error> {
-        Ok(self.kinds().get(name)?.clone())
+        Ok(*self.kinds().get(name)?)
     }
 
     /// May `user` spend `amount` of `kind`? If so, it is counted in the same

@@ -148,7 +148,7 @@ impl Engine {
             inner.ledger.recover_request(
                 rid,
                 user,
-                kind.clone(),
+                *kind,
                 d.amount,
                 d.period_start,
                 d.decision.to_decision(d.period_start),
@@ -166,10 +166,9 @@ impl Engine {
                     user: UserId::parse(u).map_err(|e| {
                         Error::Invalid(format!("log holds an invalid user id: {e}"))
                     })?,
-                    kind: kinds
+                    kind: *kinds
                         .get(k)
-                        .map_err(|_| Error::Invalid(format!("log holds unknown kind '{k}'")))?
-                        .clone(),
+                        .map_err(|_| Error::Invalid(format!("log holds unknown kind '{k}'")))?,
                     period_start: *p,
                     delta: *d,
                 });

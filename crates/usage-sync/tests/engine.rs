@@ -33,21 +33,40 @@ fn quiet() -> SyncConfig {
     }
 }
 
-async fn harness_at(config: SyncConfig, clock: TokioClock) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("usage-sync.db")).unwrap();
-    let store = FaultyStore::new(sqlite);
+/// Opens an engine over a `FaultyStore` wrapping the SQLite file in `dir`
+/// (not started).
+async fn try_open_engine(
+    dir: &std::path::Path,
+    config: SyncConfig,
+    clock: usage_sync::SharedClock,
+) -> Result<(Engine, Faulty), usage_sync::Error> {
+    let store = FaultyStore::new(SqliteStore::open(&dir.join("usage-sync.db")).unwrap());
     let (kinds, plans) = default_catalogue();
     let engine = Engine::open(
         Arc::new(store.clone()) as Arc<dyn Store>,
         kinds,
         plans,
         config,
-        Arc::new(clock),
+        clock,
     )
-    .await
-    .unwrap();
+    .await?;
+    Ok((engine, store))
+}
+
+/// Opens and starts an engine over the SQLite file in `dir`.
+async fn open_engine(
+    dir: &std::path::Path,
+    config: SyncConfig,
+    clock: usage_sync::SharedClock,
+) -> (Engine, Faulty) {
+    let (engine, store) = try_open_engine(dir, config, clock).await.unwrap();
     engine.start();
+    (engine, store)
+}
+
+async fn harness_at(config: SyncConfig, clock: TokioClock) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = open_engine(dir.path(), config, Arc::new(clock)).await;
     Harness {
         engine,
         store,
@@ -297,7 +316,7 @@ async fn warm_up_never_overwrites_and_flush_adopts_the_database_value() {
             trigger: Trigger::Manual,
             deltas: vec![Delta {
                 user: uid("u"),
-                kind: fast.clone(),
+                kind: fast,
                 period_start: period,
                 delta: 5,
             }],

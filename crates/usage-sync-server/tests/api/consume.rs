@@ -49,13 +49,10 @@ async fn over_the_limit_is_429_with_the_same_fields_and_an_error() {
 #[tokio::test]
 async fn unlimited_reports_null_limit_and_remaining() {
     let app = spawn_app().await;
-    let body = json!({"limits": {"premium": 10, "fast": null}}).to_string();
     let (s, _) = app
-        .request(
-            reqwest::Method::PUT,
+        .put(
             "/admin/v1/plans/free",
-            Some(body),
-            None,
+            &json!({"limits": {"premium": 10, "fast": null}}),
         )
         .await;
     assert_eq!(s, 200);
@@ -158,13 +155,10 @@ async fn usage_of_an_unknown_user_is_zero_on_the_default_plan() {
 #[tokio::test]
 async fn concurrent_http_consumes_reach_the_database_exactly() {
     let app = spawn_app().await;
-    let body = json!({"limits": {"premium": null, "fast": null}}).to_string();
     let (s, _) = app
-        .request(
-            reqwest::Method::PUT,
+        .put(
             "/admin/v1/plans/free",
-            Some(body),
-            None,
+            &json!({"limits": {"premium": null, "fast": null}}),
         )
         .await;
     assert_eq!(s, 200);

@@ -80,6 +80,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, Some(body.to_string()), None)
+            .await
+    }
+
     pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value) {
         self.request(reqwest::Method::POST, path, Some(body), None)
             .await

@@ -153,3 +153,75 @@ async fn migrate_creates_the_schema() {
         0
     );
 }
+
+#[tokio::test]
+async fn admin_plan_and_user_changes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let put = |path: String, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            client
+                .put(path)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        put(
+            format!("{}/admin/v1/plans/free", bin.address),
+            json!({"limits": {"premium": 1, "fast": 2}})
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        put(
+            format!("{}/admin/v1/users/v", bin.address),
+            json!({"limits": {"fast": 7}})
+        )
+        .await,
+        200
+    );
+    bin.signal("TERM");
+    assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
+
+    let bin = Binary::start(dir.path(), &[]).await;
+    let usage: serde_json::Value = client
+        .get(format!("{}/v1/users/v/usage", bin.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The stored plan overrides the configured one; the user's override stays.
+    assert_eq!(
+        (
+            usage["kinds"]["premium"]["limit"].clone(),
+            usage["kinds"]["fast"]["limit"].clone()
+        ),
+        (json!(1), json!(7))
+    );
+    let consume = |n: u64| {
+        let client = client.clone();
+        let url = format!("{}/v1/consume", bin.address);
+        async move {
+            client
+                .post(url)
+                .body(json!({"user_id": "v", "kind": "fast", "amount": n}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(consume(7).await, 200);
+    assert_eq!(consume(1).await, 429);
+}

@@ -916,7 +916,7 @@ mod tests {
             trigger: Trigger::Check,
             deltas: vec![Delta {
                 user: user.clone(),
-                kind: fast.clone(),
+                kind: *fast,
                 period_start: Timestamp(10),
                 delta: -3,
             }],

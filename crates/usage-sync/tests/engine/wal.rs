@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use usage_sync::{Engine, SyncConfig, SystemClock};
-use usage_sync_core::{RequestId, Units, UserId, default_catalogue};
+use usage_sync_core::{RequestId, Units, UserId};
 use usage_sync_store::wal::list_segments;
-use usage_sync_store::{Durability, FaultyStore, SqliteStore, Store, WalConfig};
+use usage_sync_store::{Durability, Store, WalConfig};
 
 use super::{Faulty, quiet};
 
@@ -26,18 +26,7 @@ fn wal_config(dir: &Path, durability: Durability) -> SyncConfig {
 }
 
 async fn open(dir: &Path, config: SyncConfig) -> Node {
-    let store = FaultyStore::new(SqliteStore::open(&dir.join("usage-sync.db")).unwrap());
-    let (kinds, plans) = default_catalogue();
-    let engine = Engine::open(
-        Arc::new(store.clone()) as Arc<dyn Store>,
-        kinds,
-        plans,
-        config,
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
-    engine.start();
+    let (engine, store) = super::open_engine(dir, config, Arc::new(SystemClock)).await;
     Node { engine, store }
 }
 
@@ -257,12 +246,8 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
     std::fs::write(&seg, &bad).unwrap();
-    let store = FaultyStore::new(SqliteStore::open(&dir.path().join("usage-sync.db")).unwrap());
-    let (kinds, plans) = default_catalogue();
-    let err = Engine::open(
-        Arc::new(store) as Arc<dyn Store>,
-        kinds,
-        plans,
+    let err = super::try_open_engine(
+        dir.path(),
         wal_config(dir.path(), Durability::Fsync),
         Arc::new(SystemClock),
     )
