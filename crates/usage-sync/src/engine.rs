@@ -328,14 +328,10 @@ impl Engine {
 
     /// Reads a user's profile and persisted counters from the store,
     /// mapping kind names to the configured kinds (unknown kinds skipped).
-    pub(crate) async fn read_user_for_recovery(
+    pub(crate) async fn read_user(
         &self,
         user: &UserId,
     ) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
-        self.read_user(user).await
-    }
-
-    async fn read_user(&self, user: &UserId) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
         let state = self
             .inner
             .store

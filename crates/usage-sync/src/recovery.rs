@@ -116,7 +116,7 @@ impl Engine {
         for (user, slots) in per_user {
             let user = UserId::parse(&user)
                 .map_err(|e| Error::Invalid(format!("log holds an invalid user id: {e}")))?;
-            let (profile, rows) = self.read_user_for_recovery(&user).await?;
+            let (profile, rows) = self.read_user(&user).await?;
             inner
                 .ledger
                 .recover_user(&user, profile, &rows, &slots, now);
