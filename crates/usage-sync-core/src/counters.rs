@@ -112,6 +112,16 @@ pub struct ConsumeOutcome {
     pub lsn: Option<Lsn>,
 }
 
+/// One counter's quota as this instance sees it (see [`Ledger::quota`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: Limit,
+    /// Persisted plus this instance's pending units.
+    pub used: u64,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+}
+
 /// Result of [`Ledger::refund`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefundOutcome {
@@ -630,9 +640,54 @@ impl Ledger {
         request_id: Option<&RequestId>,
         now: Timestamp,
     ) -> Result<ConsumeOutcome, CoreError> {
+        self.consume_with(user, kind, amount, request_id, now, false)
+    }
+
+    /// Counts units a shared tier (Redis) has already admitted: no local
+    /// limit check, because the decision was made across all instances and
+    /// this instance's view of the limit is only partial. Everything else
+    /// (request-id record, log record, due-structures) is as in
+    /// [`Ledger::consume`].
+    pub fn consume_granted(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+        now: Timestamp,
+    ) -> Result<ConsumeOutcome, CoreError> {
+        self.consume_with(user, kind, amount, request_id, now, true)
+    }
+
+    /// The quota of one counter as this instance sees it: the limit and
+    /// period from the user's plan, and the units it knows of (persisted
+    /// plus its own pending). The shared tier seeds its counter from this.
+    pub fn quota(&self, user: &str, kind: &Kind, now: Timestamp) -> Result<Quota, CoreError> {
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut shard = self.shard(user);
+        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        e.refresh(&self.plans, version, now);
+        let s = &e.current[kind.index()];
+        Ok(Quota {
+            limit: s.limit(),
+            used: s.used().max(0) as u64,
+            period_start: e.period_start,
+            period_end: e.period_end,
+        })
+    }
+
+    fn consume_with(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+        now: Timestamp,
+        granted: bool,
+    ) -> Result<ConsumeOutcome, CoreError> {
         let _gate = self.gate();
         let Some(rid) = request_id else {
-            return self.consume_locked(user, kind, amount, None, now);
+            return self.consume_locked(user, kind, amount, None, now, granted);
         };
         // Lock order: dedup shard, then user shard (refund uses the same
         // order). Holding the dedup shard across the consume is what makes
@@ -651,7 +706,7 @@ impl Ledger {
                 lsn: rec.lsn,
             });
         }
-        let out = self.consume_locked(user, kind, amount, Some(rid), now)?;
+        let out = self.consume_locked(user, kind, amount, Some(rid), now, granted)?;
         dedup.expire(now, self.dedup_window_ms);
         dedup.map.insert(
             rid.clone(),
@@ -677,6 +732,7 @@ impl Ledger {
         amount: Units,
         request_id: Option<&RequestId>,
         now: Timestamp,
+        granted: bool,
     ) -> Result<ConsumeOutcome, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
         let mut guard = self.shard(user);
@@ -688,10 +744,11 @@ impl Ledger {
         let amount = amount.get() as i64;
         let used = e.current[k].used();
         let next = used.checked_add(amount).ok_or(CoreError::Overflow)?;
-        let allowed = match e.current[k].limit() {
-            Some(limit) => next <= limit as i64,
-            None => true,
-        };
+        let allowed = granted
+            || match e.current[k].limit() {
+                Some(limit) => next <= limit as i64,
+                None => true,
+            };
         let mut threshold_reached = false;
         if allowed {
             let slot = &mut e.current[k];
@@ -826,6 +883,62 @@ impl Ledger {
             user: rec.user.clone(),
             kind: rec.kind,
             refunded,
+            lsn,
+        })
+    }
+
+    /// Gives back units that a shared tier (Redis) has refunded for a
+    /// request this instance may never have seen: the consume was counted
+    /// (and is flushed) by whichever instance admitted it, so the refund is
+    /// a negative delta on the same counter, which adds up in the store.
+    /// Marks the local request record refunded if there is one.
+    pub fn refund_remote(
+        &self,
+        request_id: &str,
+        user: &UserId,
+        kind: &Kind,
+        period_start: Timestamp,
+        amount: u64,
+        now: Timestamp,
+    ) -> Result<RefundOutcome, CoreError> {
+        let _gate = self.gate();
+        let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
+        let version = self.plans_version.load(Ordering::Acquire);
+        let mut guard = self.shard(user.as_str());
+        let shard = &mut *guard;
+        let e = shard
+            .users
+            .get_mut(user.as_str())
+            .ok_or(CoreError::NotResident)?;
+        e.refresh(&self.plans, version, now);
+        let k = kind.index();
+        match e.slot_mut(k, period_start) {
+            Some(slot) => slot.pending -= amount as i64,
+            None => {
+                let mut slot = Slot::new(period_start, 0, None);
+                slot.pending = -(amount as i64);
+                e.stale.push((k as u16, slot));
+            }
+        }
+        e.last_activity = now;
+        Shard::mark_dirty(&mut shard.dirty, e, now);
+        let lsn = self.journal().map(|j| {
+            j.append(Record::Refund {
+                request_id,
+                user,
+                kind,
+                period_start,
+                amount,
+                at: now,
+            })
+        });
+        if let Some(rec) = dedup.map.get_mut(request_id) {
+            rec.refunded = true;
+        }
+        Ok(RefundOutcome {
+            user: user.clone(),
+            kind: *kind,
+            refunded: amount,
             lsn,
         })
     }

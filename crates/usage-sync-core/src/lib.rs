@@ -25,7 +25,7 @@ pub mod time;
 
 pub use counters::{
     ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
-    LoadEpoch, PersistedRow, RecoveredSlot, RefundOutcome, Snapshot, UserUsage,
+    LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, Snapshot, UserUsage,
 };
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use usage_sync::SyncConfig;
+use usage_sync::{RedisFallback, SharingConfig, SharingMode, SyncConfig};
 use usage_sync_core::{Kinds, Limit, PeriodKind, Plan, Plans};
 use usage_sync_store::{Durability, WalConfig};
 
@@ -141,6 +141,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub db_pool_size: usize,
+    /// The shared tier; `None` is the single-instance mode.
+    pub sharing: Option<SharingConfig>,
+    pub redis_url: Option<Secret>,
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
     pub admin_token: Option<Secret>,
@@ -248,6 +251,14 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
     ("data_dir", &["USAGE_SYNC_DATA_DIR"], Ty::Text),
     ("database_url", &["DATABASE_URL"], Ty::SecretText),
     ("db_pool_size", &["USAGE_SYNC_DB_POOL_SIZE"], Ty::Count),
+    ("sharing", &["USAGE_SYNC_SHARING"], Ty::Text),
+    ("redis_url", &["REDIS_URL"], Ty::SecretText),
+    ("redis_cluster", &["USAGE_SYNC_REDIS_CLUSTER"], Ty::Bool),
+    ("redis_fallback", &["USAGE_SYNC_REDIS_FALLBACK"], Ty::Text),
+    ("redis_timeout", &["USAGE_SYNC_REDIS_TIMEOUT"], Ty::Duration),
+    ("redis_prefix", &["USAGE_SYNC_REDIS_PREFIX"], Ty::Text),
+    ("lease_size", &["USAGE_SYNC_LEASE_SIZE"], Ty::Count),
+    ("lease_ttl", &["USAGE_SYNC_LEASE_TTL"], Ty::Duration),
     ("listen", &["USAGE_SYNC_LISTEN"], Ty::Text),
     ("api_token", &["USAGE_SYNC_API_TOKEN"], Ty::SecretText),
     ("admin_token", &["USAGE_SYNC_ADMIN_TOKEN"], Ty::SecretText),
@@ -344,6 +355,12 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("performance_mode", "standard"),
         ("data_dir", "./data"),
         ("db_pool_size", "10"),
+        ("redis_cluster", "false"),
+        ("redis_fallback", "local"),
+        ("redis_timeout", "500ms"),
+        ("redis_prefix", "usage-sync"),
+        ("lease_size", "10"),
+        ("lease_ttl", "2s"),
         ("alert_sync_latency", "5s"),
         ("alert_error_rate_percent", "5"),
         ("alert_cpu_percent", "80"),
@@ -783,6 +800,81 @@ fn build(
         Some(_) => Some(count("fault_crash_after_commit", 1, u64::MAX)?),
         None => None,
     };
+    let redis_url = secret("redis_url");
+    let mode = match get("sharing").map(|(v, _)| v.trim()) {
+        None | Some("") => redis_url.as_ref().map(|_| SharingMode::Redis),
+        Some("none") => None,
+        Some("redis") => Some(SharingMode::Redis),
+        Some("lease") => Some(SharingMode::Lease),
+        Some(other) => {
+            return Err(invalid(
+                "sharing",
+                format!("'{other}' is not a sharing mode (use none, redis or lease)"),
+            ));
+        }
+    };
+    let fallback = match text("redis_fallback").trim() {
+        "local" => RedisFallback::Local,
+        "deny" => RedisFallback::Deny,
+        other => {
+            return Err(invalid(
+                "redis_fallback",
+                format!("'{other}' is not a fallback (use local or deny)"),
+            ));
+        }
+    };
+    let sharing = match (mode, &redis_url) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "sharing",
+                "the redis and lease modes need REDIS_URL".into(),
+            ));
+        }
+        (Some(mode), Some(url)) => {
+            let urls: Vec<String> = url
+                .expose()
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty()
+                || urls
+                    .iter()
+                    .any(|u| !u.starts_with("redis://") && !u.starts_with("rediss://"))
+            {
+                return Err(invalid(
+                    "redis_url",
+                    "use redis://host:6379 (several comma-separated nodes for a cluster)".into(),
+                ));
+            }
+            let cluster = boolean("redis_cluster")?;
+            if urls.len() > 1 && !cluster {
+                return Err(invalid(
+                    "redis_url",
+                    "several nodes are only meaningful with USAGE_SYNC_REDIS_CLUSTER=true".into(),
+                ));
+            }
+            let prefix = text("redis_prefix");
+            if prefix.is_empty() || prefix.contains(['{', '}']) {
+                return Err(invalid(
+                    "redis_prefix",
+                    "must be non-empty and without braces".into(),
+                ));
+            }
+            Some(SharingConfig {
+                mode,
+                urls,
+                cluster,
+                fallback,
+                lease_size: count("lease_size", 1, 1_000_000)?,
+                lease_ttl: dur("lease_ttl")?,
+                timeout: dur("redis_timeout")?,
+                key_prefix: prefix,
+                probe_interval: Duration::from_millis(500),
+            })
+        }
+    };
     let kinds: Vec<String> = text("kinds")
         .split(',')
         .map(|s| s.trim().to_owned())
@@ -809,6 +901,8 @@ fn build(
         data_dir,
         database_url,
         db_pool_size: count("db_pool_size", 1, 1000)? as usize,
+        sharing,
+        redis_url,
         listen,
         api_token: secret("api_token"),
         admin_token: secret("admin_token"),
@@ -911,6 +1005,7 @@ impl Settings {
             }),
             crash_after_commit: self.fault_crash_after_commit,
             crash_in_recovery: self.fault_crash_in_recovery,
+            sharing: self.sharing.clone(),
             ..SyncConfig::default()
         }
     }
@@ -987,6 +1082,63 @@ impl Settings {
             ("data_dir", self.data_dir.display().to_string()),
             ("database_url", redact_url(&self.database_url)),
             ("db_pool_size", self.db_pool_size.to_string()),
+            (
+                "sharing",
+                self.sharing
+                    .as_ref()
+                    .map_or("none", |s| s.mode.as_str())
+                    .to_owned(),
+            ),
+            (
+                "redis_url",
+                self.redis_url.as_ref().map_or("<not set>".to_owned(), |u| {
+                    u.expose()
+                        .split(',')
+                        .map(redact_url)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            ),
+            (
+                "redis_cluster",
+                self.sharing.as_ref().is_some_and(|s| s.cluster).to_string(),
+            ),
+            (
+                "redis_fallback",
+                self.sharing
+                    .as_ref()
+                    .map_or("local", |s| s.fallback.as_str())
+                    .to_owned(),
+            ),
+            (
+                "redis_timeout",
+                format_duration(
+                    self.sharing
+                        .as_ref()
+                        .map_or(Duration::from_millis(500), |s| s.timeout),
+                ),
+            ),
+            (
+                "redis_prefix",
+                self.sharing
+                    .as_ref()
+                    .map_or("usage-sync".to_owned(), |s| s.key_prefix.clone()),
+            ),
+            (
+                "lease_size",
+                self.sharing
+                    .as_ref()
+                    .map_or(10, |s| s.lease_size)
+                    .to_string(),
+            ),
+            (
+                "lease_ttl",
+                format_duration(
+                    self.sharing
+                        .as_ref()
+                        .map_or(Duration::from_secs(2), |s| s.lease_ttl),
+                ),
+            ),
             ("listen", self.listen.to_string()),
             ("api_token", secret(&self.api_token)),
             ("admin_token", secret(&self.admin_token)),

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use usage_sync_store::WalConfig;
 
+use crate::sharing::SharingConfig;
+
 /// How the sync engine decides when to write to the store.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
@@ -56,6 +58,8 @@ pub struct SyncConfig {
     /// after the recovered state is installed in memory and before it is
     /// checkpointed. Never set this in production.
     pub crash_in_recovery: bool,
+    /// The shared tier for several instances; `None` is single-instance.
+    pub sharing: Option<SharingConfig>,
 }
 
 impl Default for SyncConfig {
@@ -81,6 +85,7 @@ impl Default for SyncConfig {
             wal: None,
             crash_after_commit: None,
             crash_in_recovery: false,
+            sharing: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::config::SyncConfig;
 use crate::error::Error;
 use crate::metrics::RequestMetrics;
 use crate::recovery::RecoveryReport;
+use crate::sharing::SharedTier;
 use crate::stats::SyncStats;
 use crate::sync::FlushQueue;
 
@@ -50,6 +51,8 @@ pub(crate) struct Inner {
     /// Successful commits, for the crash-after-commit fault hook.
     pub(crate) commits: AtomicU64,
     pub(crate) requests: RequestMetrics,
+    /// The shared tier (Redis), when several instances share quotas.
+    pub(crate) shared: Option<Arc<SharedTier>>,
 }
 
 /// Result of a refund.
@@ -107,6 +110,7 @@ impl Engine {
             },
         );
         let started_at = clock.now();
+        let shared = config.sharing.clone().map(|c| Arc::new(SharedTier::new(c)));
         let (wal, recovered) = match &config.wal {
             Some(cfg) => {
                 let (wal, rec) = Wal::open(cfg.clone())?;
@@ -129,8 +133,10 @@ impl Engine {
                 recovery: OnceLock::new(),
                 commits: AtomicU64::new(0),
                 requests: RequestMetrics::default(),
+                shared,
             }),
         };
+        engine.open_shared().await;
         if let (Some(wal), Some(rec)) = (wal, recovered) {
             match engine.recover(&wal, rec).await {
                 Ok(report) => {
@@ -164,7 +170,7 @@ impl Engine {
 
     /// Waits until a log record is as durable as the configured mode
     /// promises; only then may the operation be acknowledged.
-    async fn durable(&self, lsn: Option<usage_sync_core::Lsn>) -> Result<(), Error> {
+    pub(crate) async fn durable(&self, lsn: Option<usage_sync_core::Lsn>) -> Result<(), Error> {
         if let (Some(wal), Some(lsn)) = (&self.inner.wal, lsn) {
             wal.wait(lsn).await.map_err(|e| {
                 Error::Unavailable(format!("the write-ahead log cannot make this durable: {e}"))
@@ -231,12 +237,12 @@ impl Engine {
     ) -> Result<ConsumeOutcome, Error> {
         self.ensure_accepting()?;
         let started = std::time::Instant::now();
-        let ledger = &self.inner.ledger;
-        let out = loop {
-            match ledger.consume(user.as_str(), kind, amount, request_id, self.now()) {
-                Err(CoreError::NotResident) => self.make_resident(user).await?,
-                other => break other?,
+        let out = match &self.inner.shared {
+            Some(t) => {
+                self.consume_shared(t, user, kind, amount, request_id)
+                    .await?
             }
+            None => self.consume_local(user, kind, amount, request_id).await?,
         };
         if out.threshold_reached {
             self.inner.threshold_wake.notify_one();
@@ -252,6 +258,26 @@ impl Engine {
         Ok(out)
     }
 
+    /// The consume decision from this instance's own counts.
+    pub(crate) async fn consume_local(
+        &self,
+        user: &UserId,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+    ) -> Result<ConsumeOutcome, Error> {
+        loop {
+            match self
+                .inner
+                .ledger
+                .consume(user.as_str(), kind, amount, request_id, self.now())
+            {
+                Err(CoreError::NotResident) => self.make_resident(user).await?,
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// Answers the consume question without counting.
     pub async fn check(
         &self,
@@ -260,6 +286,9 @@ impl Engine {
         amount: Units,
     ) -> Result<Decision, Error> {
         self.ensure_accepting()?;
+        if let Some(t) = &self.inner.shared {
+            return self.check_shared(t, user, kind, amount).await;
+        }
         loop {
             match self
                 .inner
@@ -275,6 +304,14 @@ impl Engine {
     /// Reverses the consume made under `request_id`, once.
     pub async fn refund(&self, request_id: &str) -> Result<Refund, Error> {
         self.ensure_accepting()?;
+        match &self.inner.shared {
+            Some(t) => self.refund_shared(t, request_id).await,
+            None => self.refund_local(request_id).await,
+        }
+    }
+
+    /// A refund from this instance's own request records.
+    pub(crate) async fn refund_local(&self, request_id: &str) -> Result<Refund, Error> {
         let ledger = &self.inner.ledger;
         loop {
             let owner = ledger
@@ -359,7 +396,7 @@ impl Engine {
     /// Loads a user into memory. Retries if an eviction or admin change
     /// raced with the read (the ledger detects it through the load epoch),
     /// so a stale read can never become the in-memory truth.
-    async fn make_resident(&self, user: &UserId) -> Result<(), Error> {
+    pub(crate) async fn make_resident(&self, user: &UserId) -> Result<(), Error> {
         for _ in 0..8 {
             let epoch = self.inner.ledger.load_epoch(user.as_str());
             let (profile, rows) = self.read_user(user).await?;
@@ -404,6 +441,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Reloads the plans saved by admins (a change made on another
+    /// instance).
+    pub(crate) async fn reload_plans(&self) -> Result<(), Error> {
+        for stored in self.inner.store.load_plans().await? {
+            let kinds = self.kinds();
+            let limits: Vec<(&str, Limit)> = stored
+                .limits
+                .iter()
+                .filter(|(k, _)| kinds.get(k).is_ok())
+                .map(|(k, l)| (k.as_str(), *l))
+                .collect();
+            let plan = Plan::from_named_limits(&stored.name, stored.period, kinds, limits)?;
+            self.inner.ledger.set_plan(plan);
+        }
+        Ok(())
+    }
+
     /// Creates or replaces a plan. Applies to every user's next request.
     pub async fn set_plan(
         &self,
@@ -427,6 +481,7 @@ impl Engine {
             })
             .await?;
         self.inner.ledger.set_plan(plan.clone());
+        self.publish_plans_change().await?;
         Ok(plan)
     }
 
@@ -464,6 +519,7 @@ impl Engine {
             profile.overrides = o;
         }
         self.save_profile(user, profile).await?;
+        self.publish_user_change(user).await?;
         self.usage(user).await
     }
 
@@ -473,6 +529,7 @@ impl Engine {
         let mut profile = self.profile(user).await?;
         profile.reset_at = Some(self.now());
         self.save_profile(user, profile).await?;
+        self.publish_user_change(user).await?;
         self.usage(user).await
     }
 }

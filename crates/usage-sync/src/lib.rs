@@ -28,6 +28,8 @@
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
 //! - [`recovery`]: start-up recovery from the write-ahead log.
+//! - [`sharing`]: the shared tier (Redis) that makes one quota decision
+//!   across several instances: strict and lease modes, fallback.
 //! - [`metrics`]: request-path counters and latency (striped per thread).
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
@@ -38,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod recovery;
+pub mod sharing;
 pub mod stats;
 pub mod sync;
 
@@ -46,6 +49,7 @@ pub use config::SyncConfig;
 pub use engine::{Engine, Refund, SyncAllReport};
 pub use error::Error;
 pub use recovery::RecoveryReport;
+pub use sharing::{RedisFallback, SharingConfig, SharingMode, SharingStatus};
 pub use stats::{SyncStatsSnapshot, TriggerStats};
 pub use sync::ShutdownReport;
 pub use usage_sync_core as core;

@@ -550,6 +550,7 @@ impl Engine {
     /// Starts the sync engine's triggers. Idempotent. When sync is disabled
     /// (`enabled = false`) nothing is started and a warning is logged.
     pub fn start(&self) {
+        self.start_shared();
         if !self.inner.config.enabled {
             warn!(target: "flush", "usage sync is DISABLED (ENABLE_USAGE_SYNC=false): counts stay in memory and are never written to the store");
             return;
@@ -661,6 +662,9 @@ impl Engine {
             let _ = stop.send(());
             let _ = handle.await;
         }
+        // Unspent lease units go back to Redis so other instances can use
+        // them at once instead of after the lease expires.
+        self.stop_shared().await;
         let end = Instant::now() + deadline;
         let mut flushed = 0;
         if inner.config.enabled {

@@ -10,3 +10,4 @@ mod helpers;
 mod operate;
 mod postgres;
 mod process;
+mod sharing;

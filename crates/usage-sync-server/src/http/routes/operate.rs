@@ -251,6 +251,45 @@ pub fn render(engine: &Engine) -> String {
         "Users with units not yet in the store.",
     );
     let _ = writeln!(o, "usage_sync_users_active {}", t.users_with_pending);
+    if let Some(sh) = engine.sharing() {
+        metric(
+            &mut o,
+            "redis_up",
+            "gauge",
+            "1 while the shared tier (Redis) answers; 0 while degraded to the fallback.",
+        );
+        let _ = writeln!(o, "usage_sync_redis_up {}", u8::from(sh.up));
+        for (name, help, v) in [
+            (
+                "redis_operations_total",
+                "Redis commands and scripts sent.",
+                sh.redis_operations,
+            ),
+            (
+                "redis_errors_total",
+                "Redis calls that failed or timed out.",
+                sh.redis_errors,
+            ),
+            (
+                "redis_fallback_decisions_total",
+                "Consume decisions made without Redis while degraded.",
+                sh.fallback_decisions,
+            ),
+            (
+                "lease_units_granted_total",
+                "Units taken from Redis as leases.",
+                sh.lease_units_granted,
+            ),
+            (
+                "lease_units_returned_total",
+                "Unspent lease units given back to Redis.",
+                sh.lease_units_returned,
+            ),
+        ] {
+            metric(&mut o, name, "counter", help);
+            let _ = writeln!(o, "usage_sync_{name} {v}");
+        }
+    }
     let (retry_batches, retry_units) = engine.retry_backlog();
     metric(
         &mut o,
@@ -403,6 +442,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "profile": state.info.profile,
         "preset": state.info.preset,
         "durability": state.info.durability,
+        "sharing": sharing_json(engine),
         "store": {"backend": engine.store().backend(), "reachable": store_ok, "pool": engine.store().pool_status().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))},
         "sync": {
             "enabled": c.enabled,
@@ -466,6 +506,7 @@ pub async fn diagnose(
                 "used": k.used,
                 "limit": k.limit,
                 "next_flush": next,
+                "lease": engine.lease_of(&user, &k.kind).map(|(units, expires_in_ms)| json!({"units": units, "expires_in_ms": expires_in_ms})),
             }),
         );
         if k.limit.is_some_and(|l| k.used >= l) {
@@ -490,6 +531,27 @@ pub async fn diagnose(
     doc["guarantee_ms"] = json!(c.max_sync_interval.as_millis() as u64);
     doc["recommendations"] = json!(advice);
     Ok(Json(doc))
+}
+
+/// The shared tier as status shows it (`null` in single-instance mode).
+fn sharing_json(engine: &Engine) -> Value {
+    let Some(s) = engine.sharing() else {
+        return json!({"mode": "none"});
+    };
+    json!({
+        "mode": s.mode.as_str(),
+        "fallback": s.fallback.as_str(),
+        "redis_reachable": s.up,
+        "degraded": !s.up,
+        "redis_operations": s.redis_operations,
+        "redis_errors": s.redis_errors,
+        "fallback_decisions": s.fallback_decisions,
+        "outages": s.outages,
+        "leases_held": s.leases_held,
+        "lease_units_held": s.lease_units_held,
+        "lease_units_returned": s.lease_units_returned,
+        "units_to_reconcile": s.debt_units,
+    })
 }
 
 pub async fn alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
