@@ -71,6 +71,12 @@ pub struct LedgerConfig {
     pub dedup_window_ms: i64,
     /// Random bits that make flush ids unique across processes.
     pub instance_nonce: u64,
+    /// When set, a counter whose usage reached this percentage of its
+    /// limit is due at once, whatever its pending units: the database (and
+    /// anything reading it) learns promptly that a user is about to run
+    /// out, and a crash-restart reloads a near-exact figure. The optimized
+    /// performance mode sets 90.
+    pub near_limit_percent: Option<u8>,
 }
 
 impl Default for LedgerConfig {
@@ -80,6 +86,7 @@ impl Default for LedgerConfig {
             threshold: 5,
             dedup_window_ms: 24 * 3600 * 1000,
             instance_nonce: 0,
+            near_limit_percent: None,
         }
     }
 }
@@ -409,6 +416,7 @@ pub struct Ledger {
     /// Mirror of `plans.version`, read on every consume without locking.
     plans_version: AtomicU64,
     threshold: u64,
+    near_limit_percent: Option<u8>,
     dedup_window_ms: i64,
     shard_hasher: RandomState,
     shard_mask: usize,
@@ -471,6 +479,7 @@ impl Ledger {
             plans: RwLock::new(Arc::new(plans)),
             plans_version: AtomicU64::new(version),
             threshold: config.threshold.max(1),
+            near_limit_percent: config.near_limit_percent,
             dedup_window_ms: config.dedup_window_ms,
             shard_hasher: RandomState::default(),
             shard_mask: n - 1,
@@ -753,7 +762,12 @@ impl Ledger {
         if allowed {
             let slot = &mut e.current[k];
             slot.pending += amount;
-            if slot.pending >= self.threshold as i64 && !e.threshold_queued {
+            let near_limit = self.near_limit_percent.is_some_and(|p| {
+                slot.limit().is_some_and(|l| {
+                    l > 0 && (slot.used().max(0) as u128) * 100 >= l as u128 * p as u128
+                })
+            });
+            if (slot.pending >= self.threshold as i64 || near_limit) && !e.threshold_queued {
                 e.threshold_queued = true;
                 shard.threshold.push(e.id.clone());
                 threshold_reached = true;

@@ -509,3 +509,42 @@ proptest! {
         prop_assert_eq!(l.totals().pending + l.totals().in_flight, 0);
     }
 }
+
+#[test]
+fn near_limit_counters_are_due_at_once_when_enabled() {
+    let (kinds, plans) = default_catalogue();
+    let l = Ledger::new(
+        kinds,
+        plans,
+        LedgerConfig {
+            shards: 8,
+            threshold: 1000,
+            near_limit_percent: Some(90),
+            ..LedgerConfig::default()
+        },
+    );
+    // free plan: fast = 50. 45 is 90 %.
+    let rows = [PersistedRow {
+        kind: kind(&l, "fast").index(),
+        period_start: T0.start_of_month(),
+        used: 40,
+    }];
+    warm(&l, "u", UserProfile::default(), &rows, T0);
+    for _ in 0..4 {
+        assert!(!consume(&l, "u", "fast", 1, T0).threshold_reached);
+    }
+    assert!(
+        consume(&l, "u", "fast", 1, T0).threshold_reached,
+        "45 of 50"
+    );
+    assert_eq!(
+        l.take_threshold(100).iter().map(|b| b.units()).sum::<i64>(),
+        5
+    );
+    // Without the setting, the same consumes wait for the threshold.
+    let plain = ledger(1000);
+    warm(&plain, "u", UserProfile::default(), &rows, T0);
+    for _ in 0..5 {
+        assert!(!consume(&plain, "u", "fast", 1, T0).threshold_reached);
+    }
+}

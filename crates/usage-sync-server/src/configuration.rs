@@ -1006,6 +1006,9 @@ impl Settings {
             crash_after_commit: self.fault_crash_after_commit,
             crash_in_recovery: self.fault_crash_in_recovery,
             sharing: self.sharing.clone(),
+            // Users about to run out are flushed at once in optimized mode.
+            near_limit_flush_percent: (self.performance_mode == PerformanceMode::Optimized)
+                .then_some(90),
             ..SyncConfig::default()
         }
     }

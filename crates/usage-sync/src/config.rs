@@ -60,6 +60,10 @@ pub struct SyncConfig {
     pub crash_in_recovery: bool,
     /// The shared tier for several instances; `None` is single-instance.
     pub sharing: Option<SharingConfig>,
+    /// Flush a counter as soon as its usage reaches this percentage of its
+    /// limit (the optimized performance mode sets 90); `None` waits for
+    /// the usual triggers.
+    pub near_limit_flush_percent: Option<u8>,
 }
 
 impl Default for SyncConfig {
@@ -86,6 +90,7 @@ impl Default for SyncConfig {
             crash_after_commit: None,
             crash_in_recovery: false,
             sharing: None,
+            near_limit_flush_percent: None,
         }
     }
 }

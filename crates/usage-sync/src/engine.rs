@@ -107,6 +107,7 @@ impl Engine {
                 threshold: config.force_sync_threshold,
                 dedup_window_ms: config.dedup_window.as_millis() as i64,
                 instance_nonce: fastrand::u64(..),
+                near_limit_percent: config.near_limit_flush_percent,
             },
         );
         let started_at = clock.now();

@@ -71,7 +71,7 @@ impl Leases {
             return None;
         }
         lease.left -= amount;
-        Some(lease.redis_used - lease.left)
+        Some(lease.redis_used.saturating_sub(lease.left))
     }
 
     /// Adds a fresh grant (minus what the triggering consume spends). A

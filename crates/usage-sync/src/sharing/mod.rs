@@ -720,7 +720,7 @@ impl Engine {
                 t.stats
                     .lease_units_granted
                     .fetch_add(units, Ordering::Relaxed);
-                let left = units - amount.get();
+                let left = units.saturating_sub(amount.get());
                 let stale = t.leases.add(
                     user,
                     k,
@@ -731,7 +731,7 @@ impl Engine {
                 );
                 t.queue_returns(stale, self.kinds());
                 let mut out = self.count_granted(user, kind, amount, None).await?;
-                out.decision = decision_at(q, true, used - left);
+                out.decision = decision_at(q, true, used.saturating_sub(left));
                 Ok(Some(out))
             }
         }
