@@ -69,6 +69,6 @@ print("|---|---|---|---|---|---|---|---|")
 base = st.median(r["rps"] for r in runs["none"])
 for m in ["none", "redis", "lease"]:
     r = runs[m]; rps = st.median(x["rps"] for x in r); req = sum(x["req"] for x in r)
-    print(f"| {m} | {rps:,.0f} | {' / '.join(f'{x['rps']:,.0f}' for x in r)} | {rps / base:.2f}× | {st.median(x['p50'] for x in r):.2f} | "
+    print(f"| {m} | {rps:,.0f} | {' / '.join(format(x['rps'], ',.0f') for x in r)} | {rps / base:.2f}× | {st.median(x['p50'] for x in r):.2f} | "
           f"{st.median(x['p99'] for x in r):.2f} | {sum(x['errors'] for x in r)} | {sum(x['own'] for x in r) / req:.3f} / {sum(x['cmds'] for x in r) / req:.3f} |")
 PY
