@@ -1334,6 +1334,51 @@ impl Ledger {
         out
     }
 
+    /// Ids of every resident user. Walks every shard: for the admin user
+    /// list, never for triggers.
+    pub fn resident_ids(&self) -> Vec<UserId> {
+        let mut out = Vec::with_capacity(self.resident_users());
+        for s in self.shards.iter() {
+            out.extend(lock(&s.0).users.keys().cloned());
+        }
+        out
+    }
+
+    /// Evicts every resident user idle for at least `idle_ms` whose
+    /// counters hold nothing pending or in flight; a user with units not
+    /// yet in the store is never evicted. Returns (evicted, kept because
+    /// they still hold units). The user is reloaded from the store on its
+    /// next request.
+    pub fn evict_idle(&self, idle_ms: i64, now: Timestamp) -> (usize, usize) {
+        let _gate = self.gate();
+        let cutoff = now.saturating_sub_ms(idle_ms);
+        let (mut evicted, mut kept) = (0, 0);
+        for s in self.shards.iter() {
+            let mut guard = lock(&s.0);
+            let shard = &mut *guard;
+            let before = shard.users.len();
+            shard.users.retain(|_, e| {
+                if e.last_activity > cutoff {
+                    return true;
+                }
+                if !e.is_clean() {
+                    kept += 1;
+                    return true;
+                }
+                false
+            });
+            let n = before - shard.users.len();
+            if n > 0 {
+                // Stale queue entries for removed users are skipped when
+                // met; the epoch bump refuses cold loads that raced us.
+                shard.epoch += 1;
+                self.resident.fetch_sub(n, Ordering::Relaxed);
+                evicted += n;
+            }
+        }
+        (evicted, kept)
+    }
+
     /// Totals over all resident users: (pending units, in-flight units,
     /// users with pending units, time the oldest pending unit was counted).
     /// Walks every user: for diagnostics and tests, not for triggers.

@@ -548,3 +548,30 @@ fn near_limit_counters_are_due_at_once_when_enabled() {
         assert!(!consume(&plain, "u", "fast", 1, T0).threshold_reached);
     }
 }
+
+#[test]
+fn evict_idle_never_drops_pending_units() {
+    let l = ledger(1000);
+    for u in ["clean", "dirty", "recent"] {
+        warm(&l, u, UserProfile::default(), &[], T0);
+    }
+    consume(&l, "dirty", "fast", 2, T0);
+    let later = T0.saturating_add_ms(60_000);
+    consume(&l, "recent", "fast", 1, later);
+    let (batches, _) = l.take_all(100, Trigger::Manual);
+    for b in &batches {
+        if b.deltas.iter().any(|d| d.user.as_str() == "recent") {
+            l.complete(b, &vec![1; b.deltas.len()], later);
+        }
+    }
+    // "dirty" is in flight (taken, not completed): it must stay.
+    assert_eq!(l.evict_idle(30_000, later), (1, 1));
+    assert!(!l.is_resident("clean"));
+    assert!(l.is_resident("dirty"));
+    assert!(l.is_resident("recent"), "active within the idle window");
+    assert_eq!(
+        l.usage("dirty", later).unwrap().kinds[kind(&l, "fast").index()].pending,
+        2
+    );
+    assert_eq!(l.resident_ids().len(), 2);
+}

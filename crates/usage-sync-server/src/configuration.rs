@@ -163,6 +163,8 @@ pub struct Settings {
     pub fault_crash_after_commit: Option<u64>,
     /// Test-only fault injection (see `SyncConfig::crash_in_recovery`).
     pub fault_crash_in_recovery: bool,
+    /// `POST /admin/v1/users/{id}/simulate` is enabled (never in production).
+    pub enable_simulation: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub kinds: Vec<String>,
@@ -320,6 +322,11 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
         &["USAGE_SYNC_FAULT_CRASH_IN_RECOVERY"],
         Ty::Bool,
     ),
+    (
+        "enable_simulation",
+        &["USAGE_SYNC_ENABLE_SIMULATION"],
+        Ty::Bool,
+    ),
     ("log_format", &["USAGE_SYNC_LOG_FORMAT"], Ty::Text),
     ("log_level", &["USAGE_SYNC_LOG_LEVEL"], Ty::Text),
     ("kinds", &["USAGE_SYNC_KINDS"], Ty::List),
@@ -373,6 +380,7 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("durability", durability),
         ("fsync_interval", "10ms"),
         ("fault_crash_in_recovery", "false"),
+        ("enable_simulation", "false"),
         ("log_format", fmt),
         ("log_level", "info"),
         ("kinds", "premium,fast"),
@@ -920,6 +928,7 @@ fn build(
         fsync_interval: dur("fsync_interval")?,
         fault_crash_after_commit,
         fault_crash_in_recovery: boolean("fault_crash_in_recovery")?,
+        enable_simulation: boolean("enable_simulation")?,
         log_format,
         log_level: text("log_level"),
         kinds,
@@ -953,6 +962,11 @@ impl Settings {
         {
             return Err(ConfigError::Rule(
                 "USAGE_SYNC_FAULT_* settings are test-only fault injection and are refused in the production profile".into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.enable_simulation {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_ENABLE_SIMULATION consumes units for made-up requests and is refused in the production profile".into(),
             ));
         }
         if !self.plans.contains_key(&self.default_plan) {
@@ -1175,6 +1189,7 @@ impl Settings {
                 "fault_crash_in_recovery",
                 self.fault_crash_in_recovery.to_string(),
             ),
+            ("enable_simulation", self.enable_simulation.to_string()),
             (
                 "log_format",
                 match self.log_format {
@@ -1226,6 +1241,60 @@ mod tests {
             s.sources["heartbeat_interval"],
             Source::Default(Profile::Development)
         );
+    }
+
+    #[test]
+    fn sharing_and_simulation_settings() {
+        let s = load_from(None, &env(&[])).unwrap();
+        assert!(s.sharing.is_none(), "none without REDIS_URL");
+        let s = load_from(None, &env(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap();
+        let c = s.sharing.unwrap();
+        assert_eq!(
+            (c.mode, c.fallback, c.lease_size),
+            (SharingMode::Redis, RedisFallback::Local, 10)
+        );
+        assert_eq!(c.lease_ttl, Duration::from_secs(2));
+        let s = load_from(
+            None,
+            &env(&[
+                ("REDIS_URL", "redis://a:1,redis://b:2"),
+                ("USAGE_SYNC_REDIS_CLUSTER", "true"),
+                ("USAGE_SYNC_SHARING", "lease"),
+                ("USAGE_SYNC_REDIS_FALLBACK", "deny"),
+                ("USAGE_SYNC_LEASE_SIZE", "25"),
+            ]),
+        )
+        .unwrap();
+        let c = s.sharing.unwrap();
+        assert_eq!(c.urls, ["redis://a:1", "redis://b:2"]);
+        assert_eq!(
+            (c.mode, c.fallback, c.lease_size, c.cluster),
+            (SharingMode::Lease, RedisFallback::Deny, 25, true)
+        );
+        for bad in [
+            vec![("USAGE_SYNC_SHARING", "redis")],
+            vec![("USAGE_SYNC_SHARING", "gossip"), ("REDIS_URL", "redis://x")],
+            vec![("REDIS_URL", "http://x")],
+            vec![("REDIS_URL", "redis://a,redis://b")],
+            vec![
+                ("REDIS_URL", "redis://x"),
+                ("USAGE_SYNC_REDIS_FALLBACK", "maybe"),
+            ],
+            vec![("REDIS_URL", "redis://x"), ("USAGE_SYNC_LEASE_SIZE", "0")],
+        ] {
+            assert!(load_from(None, &env(&bad)).is_err(), "{bad:?}");
+        }
+        let e = load_from(
+            None,
+            &env(&[
+                ("NODE_ENV", "production"),
+                ("USAGE_SYNC_API_TOKEN", "a"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "b"),
+                ("USAGE_SYNC_ENABLE_SIMULATION", "true"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SIMULATION"), "{e}");
     }
 
     #[test]

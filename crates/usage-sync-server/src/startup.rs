@@ -103,6 +103,7 @@ impl Application {
             profile: self.settings.profile.as_str().to_owned(),
             preset: self.settings.preset.map(|p| p.as_str().to_owned()),
             durability: self.settings.durability.as_str().to_owned(),
+            simulation: self.settings.enable_simulation,
         };
         let state = AppState::new(self.engine.clone(), self.settings.verbose_logging, info);
         let alerts = state.alerts.clone();

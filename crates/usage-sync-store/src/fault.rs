@@ -162,4 +162,11 @@ impl<S: Store> Store for Arc<FaultyStore<S>> {
         // Tests read totals through this even while the store is "down".
         self.inner.all_usage()
     }
+
+    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.all_profiles().await
+        })
+    }
 }

@@ -133,6 +133,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every counter, for tests, exports and the load-test totals.
     fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>>;
 
+    /// Every user with a saved profile (plan, overrides, reset), by id.
+    /// For the admin user list; reads the whole table.
+    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>>;
+
     /// Connection pool (size, in use), for backends that have one.
     fn pool_status(&self) -> Option<(usize, usize)> {
         None

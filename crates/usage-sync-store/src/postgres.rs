@@ -398,4 +398,32 @@ impl Store for PostgresStore {
                 .collect())
         })
     }
+
+    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    &format!(
+                        "SELECT user_id, plan, limits::text, {} FROM users ORDER BY user_id",
+                        ms("period_reset_at")
+                    ),
+                    &[],
+                )
+                .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok((
+                        r.get(0),
+                        StoredUser {
+                            plan: r.get(1),
+                            overrides: limits_from_json(r.get(2))?,
+                            reset_at: r.get::<_, Option<i64>>(3).map(Timestamp),
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
 }

@@ -435,4 +435,33 @@ impl Store for SqliteStore {
             Ok(out)
         })
     }
+
+    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, plan, limits, period_reset_at FROM users ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user_id, plan, limits, reset) = row?;
+                out.push((
+                    user_id,
+                    StoredUser {
+                        plan,
+                        overrides: limits_from_json(&limits)?,
+                        reset_at: reset.as_deref().map(parse_ts).transpose()?,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+    }
 }

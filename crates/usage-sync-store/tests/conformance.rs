@@ -132,7 +132,17 @@ pub async fn plans_and_users_round_trip(store: &dyn Store) {
     };
     store.save_user("e".into(), user.clone()).await.unwrap();
     let state = store.load_user("e".into(), NOV).await.unwrap();
-    assert_eq!(state.profile, Some(user));
+    assert_eq!(state.profile, Some(user.clone()));
+    let plain = StoredUser {
+        plan: None,
+        overrides: vec![],
+        reset_at: None,
+    };
+    store.save_user("d".into(), plain.clone()).await.unwrap();
+    assert_eq!(
+        store.all_profiles().await.unwrap(),
+        vec![("d".to_owned(), plain), ("e".to_owned(), user)]
+    );
 }
 
 pub async fn prune_forgets_old_flush_ids(store: &dyn Store) {

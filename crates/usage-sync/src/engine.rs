@@ -550,7 +550,7 @@ fn validate_plan_name(name: &str) -> Result<(), Error> {
     }
 }
 
-fn profile_from_stored(kinds: &Kinds, p: StoredUser) -> UserProfile {
+pub(crate) fn profile_from_stored(kinds: &Kinds, p: StoredUser) -> UserProfile {
     UserProfile {
         plan: p.plan,
         overrides: p

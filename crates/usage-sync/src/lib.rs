@@ -21,6 +21,8 @@
 //! ```
 //!
 //! Modules:
+//! - [`admin`]: admin views over all users (list with totals, eviction,
+//!   simulation).
 //! - [`engine`]: the [`Engine`] handle: consume, check, refund, usage and
 //!   admin changes; loads users from the store on first touch.
 //! - [`sync`]: the sync engine's triggers, flush pool and retries; start,
@@ -34,6 +36,7 @@
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod engine;
@@ -44,6 +47,7 @@ pub mod sharing;
 pub mod stats;
 pub mod sync;
 
+pub use admin::{EvictReport, KindTotal, SortKey, UserList, UserListQuery};
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use config::SyncConfig;
 pub use engine::{Engine, Refund, SyncAllReport};

@@ -18,7 +18,7 @@ use usage_sync::Engine;
 
 use self::error::{ApiError, Code};
 use self::extract::MAX_BODY_BYTES;
-use self::routes::{admin, health, operate, usage};
+use self::routes::{admin, dashboard, health, operate, usage};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -41,6 +41,8 @@ pub struct ServiceInfo {
     pub profile: String,
     pub preset: Option<String>,
     pub durability: String,
+    /// `POST /admin/v1/users/{id}/simulate` is enabled.
+    pub simulation: bool,
 }
 
 impl AppState {
@@ -86,6 +88,9 @@ pub fn router(
         .route("/v1/users/{user_id}/usage", get(usage::usage));
     let admin = Router::new()
         .route("/admin/v1/plans/{plan}", put(admin::put_plan))
+        .route("/admin/v1/users", get(admin::list_users))
+        .route("/admin/v1/cache/evict", post(admin::evict))
+        .route("/admin/v1/users/{user_id}/simulate", post(admin::simulate))
         .route("/admin/v1/users/{user_id}", put(admin::put_user))
         .route("/admin/v1/users/{user_id}/reset", post(admin::reset_user))
         .route("/admin/v1/users/{user_id}/sync", post(admin::sync_user))
@@ -94,12 +99,27 @@ pub fn router(
         .route("/admin/v1/alerts", get(operate::alerts))
         .route("/admin/v1/users/{user_id}/diagnose", get(operate::diagnose))
         .route("/admin/v1/stats/reset", post(operate::reset_stats));
+    let dashboard_page = {
+        let token = admin_token.clone();
+        Router::new()
+            .route("/dashboard", get(dashboard::page))
+            .route_layer(middleware::from_fn(move |req: Request, next: Next| {
+                let token = token.clone();
+                async move { dashboard::require_admin(token, req, next).await }
+            }))
+    };
+    let dashboard_assets = Router::new()
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/uPlot.iife.min.js", get(dashboard::uplot_js))
+        .route("/dashboard/uPlot.min.css", get(dashboard::uplot_css));
     // Scrapers expect no token; USAGE_SYNC_METRICS_TOKEN makes one required.
     let metrics = Router::new().route("/metrics", get(operate::metrics));
     Router::new()
         .merge(guarded(api, api_token))
         .merge(guarded(admin, admin_token))
         .merge(guarded(metrics, metrics_token))
+        .merge(dashboard_page)
+        .merge(dashboard_assets)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async {

@@ -54,6 +54,15 @@ async fn tokens_guard_their_routes() {
         (Method::GET, "/admin/v1/status", json!(null)),
         (Method::GET, "/admin/v1/users/u/diagnose", json!(null)),
         (Method::POST, "/admin/v1/stats/reset", json!({})),
+        (Method::GET, "/admin/v1/users?page=1", json!(null)),
+        (Method::POST, "/admin/v1/cache/evict", json!(null)),
+        (
+            Method::POST,
+            "/admin/v1/users/u/simulate",
+            json!({"kind": "fast", "count": 2}),
+        ),
+        (Method::GET, "/dashboard", json!(null)),
+        (Method::GET, "/dashboard?token=wrong", json!(null)),
     ];
     for (m, path, body) in &admin_routes {
         for token in [None, Some("api-secret"), Some("wrong")] {
@@ -81,6 +90,18 @@ async fn tokens_guard_their_routes() {
         )
         .await;
     assert_eq!(s, 200);
+    // The dashboard page takes the admin token as a header or ?token=
+    // (a browser cannot send a header when it navigates); its assets hold
+    // no data and need none.
+    let (s, _) = app
+        .request(Method::GET, "/dashboard?token=admin-secret", None, None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app
+        .request(Method::GET, "/dashboard", None, Some("admin-secret"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(app.get("/dashboard/uPlot.iife.min.js").await.0, 200);
     // Probes need no token.
     assert_eq!(app.get("/healthz").await.0, 200);
     let (s, v) = app.get("/readyz").await;

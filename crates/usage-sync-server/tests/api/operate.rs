@@ -425,3 +425,106 @@ async fn high_cpu_usage_stretches_check_and_heartbeat() {
     assert_eq!(status["cadence"]["multiplier"], json!(8));
     load.abort();
 }
+
+/// The dashboard in a real browser: the real binary under load, the page in
+/// headless Chromium (Debian's, driven by playwright-core from
+/// `tests/browser`), charts holding data, a user lookup, a screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_headless_chromium() {
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !(node_ok
+        && std::path::Path::new(&chromium).exists()
+        && browser_dir.join("node_modules/playwright-core").exists())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the browser test needs node, {chromium} and `npm ci` in {}",
+            browser_dir.display()
+        );
+        eprintln!("SKIPPED: node, chromium or tests/browser/node_modules missing; run .ci/run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = crate::helpers::Binary::start(
+        dir.path(),
+        &[
+            ("USAGE_SYNC_ADMIN_TOKEN", "dash-token"),
+            ("USAGE_SYNC_THRESHOLD", "5"),
+        ],
+    )
+    .await;
+    // Load while the page polls: consumes for ten users, flushes by
+    // threshold.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), format!("{}/v1/consume", bin.address));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"user_id": format!("dash-{}", i % 10), "kind": "fast"});
+                let _ = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            i
+        })
+    };
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let (address, dir_b, shot_s) = (
+        bin.address.clone(),
+        browser_dir.clone(),
+        shot.display().to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(&dir_b)
+            .env("CHROMIUM", &chromium)
+            .args(["dashboard.mjs", &address, "dash-token", "dash-3", &shot_s])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["status"], json!(200), "{v}");
+    assert!(v["points"]["consumes"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v["points"]["flushes"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v["max_allowed_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["canvases"], json!(4), "one canvas per chart: {v}");
+    assert_eq!(v["banner"], json!("No alerts firing"), "{v}");
+    assert_eq!(v["lookup_status"], json!(200), "{v}");
+    assert_eq!(v["lookup"]["user_id"], json!("dash-3"), "{v}");
+    assert!(
+        v["lookup"]["kinds"]["fast"]["used"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert_eq!(
+        v["external_requests"],
+        json!([]),
+        "no network beyond the service: {v}"
+    );
+    assert_eq!(v["page_errors"], json!(null), "{v}");
+    assert!(sent > 0);
+    let png = std::fs::metadata(&shot).unwrap().len();
+    assert!(png > 10_000, "screenshot of {png} bytes");
+    eprintln!("dashboard screenshot: {}", shot.display());
+}

@@ -3,13 +3,16 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use usage_sync::{SortKey, UserListQuery};
 use usage_sync_core::{Limit, PeriodKind};
 
 use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Code};
 use crate::http::extract::{JsonBody, PlanPath, UserPath};
 use crate::http::routes::usage::usage_json;
 
@@ -92,5 +95,156 @@ pub async fn sync_all(State(state): State<AppState>) -> Result<Json<Value>, ApiE
         "checked": r.checked,
         "flushed_users": r.flushed_users,
         "flushed_units": r.flushed_units,
+    })))
+}
+
+/// Query of `GET /admin/v1/users`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default)]
+    page: Option<u64>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    search: Option<String>,
+    #[serde(default)]
+    sort: Option<String>,
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+/// `GET /admin/v1/users?page=&limit=&search=&sort=&order=&plan=`: users
+/// with usage including pending units, and totals over all users. Sorts by
+/// `user_id` (default), `used`, `pending`, `last_activity` or a kind name.
+pub async fn list_users(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let engine = state.engine()?;
+    let page = p.page.unwrap_or(1);
+    if !(1..=1_000_000).contains(&page) {
+        return Err(ApiError::invalid("page must be 1..=1000000"));
+    }
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1..=1000"));
+    }
+    let sort = match p.sort.as_deref().unwrap_or("user_id") {
+        "user_id" => SortKey::UserId,
+        "used" => SortKey::Used,
+        "pending" => SortKey::Pending,
+        "last_activity" => SortKey::LastActivity,
+        other => match engine.kinds().get(other) {
+            Ok(k) => SortKey::UsedOf(*k),
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "sort must be user_id, used, pending, last_activity or a kind name",
+                ));
+            }
+        },
+    };
+    let descending = match p.order.as_deref().unwrap_or("asc") {
+        "asc" => false,
+        "desc" => true,
+        _ => return Err(ApiError::invalid("order must be asc or desc")),
+    };
+    let q = UserListQuery {
+        page: page as usize,
+        limit: limit as usize,
+        search: p.search.filter(|s| !s.is_empty()),
+        plan: p.plan.filter(|s| !s.is_empty()),
+        sort,
+        descending,
+    };
+    let list = engine.list_users(&q).await?;
+    let mut per_kind = Map::new();
+    for t in &list.per_kind {
+        per_kind.insert(
+            t.kind.name().to_owned(),
+            json!({"used": t.used, "pending": t.pending}),
+        );
+    }
+    Ok(Json(json!({
+        "page": page,
+        "limit": limit,
+        "matched": list.matched,
+        "users": list.users.iter().map(usage_json).collect::<Vec<_>>(),
+        "totals": {
+            "users": list.total_users,
+            "usage": per_kind,
+            "users_per_plan": list.per_plan,
+        },
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvictParams {
+    #[serde(default)]
+    idle_seconds: Option<u64>,
+}
+
+/// `POST /admin/v1/cache/evict[?idle_seconds=N]`: flushes everything, then
+/// evicts users idle for at least N seconds (default 0: every idle user)
+/// whose counters are clean. Never drops pending units.
+pub async fn evict(
+    State(state): State<AppState>,
+    params: Result<Query<EvictParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let idle = p.idle_seconds.unwrap_or(0);
+    if idle > 365 * 86_400 {
+        return Err(ApiError::invalid("idle_seconds must be at most one year"));
+    }
+    let r = state.engine()?.evict_idle(idle as i64 * 1000).await?;
+    tracing::info!(target: "admin", evicted = r.evicted, kept = r.kept, "cache eviction");
+    Ok(Json(json!({
+        "flushed_units": r.flushed_units,
+        "evicted": r.evicted,
+        "kept_with_pending": r.kept,
+        "resident_users": r.resident_after,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateBody {
+    kind: String,
+    #[serde(default)]
+    count: Option<i64>,
+}
+
+/// `POST /admin/v1/users/{user_id}/simulate {"kind", "count"}`: consumes
+/// `count` single units as requests would, to watch the triggers react.
+/// Only with `USAGE_SYNC_ENABLE_SIMULATION=true` (refused in production).
+pub async fn simulate(
+    State(state): State<AppState>,
+    UserPath(user): UserPath,
+    JsonBody(body): JsonBody<SimulateBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.info.simulation {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            "simulation is disabled; USAGE_SYNC_ENABLE_SIMULATION=true enables it outside production",
+        ));
+    }
+    let count = body.count.unwrap_or(1);
+    if !(1..=10_000).contains(&count) {
+        return Err(ApiError::invalid("count must be 1..=10000"));
+    }
+    let engine = state.engine()?;
+    let kind = engine.kind(&body.kind)?;
+    let (allowed, denied) = engine.simulate(&user, &kind, count as u32).await?;
+    tracing::info!(target: "admin", user_id = %user, kind = kind.name(), allowed, denied, "simulated consumes");
+    let usage = engine.usage(&user).await?;
+    Ok(Json(json!({
+        "allowed": allowed,
+        "denied": denied,
+        "usage": usage_json(&usage),
     })))
 }

@@ -465,6 +465,11 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
                 "guarantee": c.max_sync_interval.as_millis() as u64,
             },
         },
+        "consumes": {
+            "allowed": engine.request_metrics().allowed.get(),
+            "denied": engine.request_metrics().denied.get(),
+            "deduplicated": engine.request_metrics().deduplicated.get(),
+        },
         "users_tracked": engine.ledger().resident_users(),
         "users_active": t.users_with_pending,
         "pending_units": t.pending + t.in_flight,

@@ -1,0 +1,43 @@
+// Drives GET /dashboard in headless Chromium (Debian's /usr/bin/chromium,
+// through playwright-core): waits until the charts hold data, looks a user
+// up, saves a screenshot, and prints one JSON line with what it saw.
+// Run by the Rust test `operate::the_dashboard_works_in_headless_chromium`:
+//   node dashboard.mjs BASE_URL TOKEN USER SCREENSHOT_PATH
+import { chromium } from "playwright-core";
+
+const [base, token, user, shot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+const out = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const requests = [];
+  page.on("request", r => requests.push(r.url()));
+  const resp = await page.goto(`${base}/dashboard?token=${encodeURIComponent(token)}`);
+  out.status = resp.status();
+  // The charts hold data once two polls have produced a rate; wait for a
+  // point where consumes were allowed (the test drives load meanwhile).
+  await page.waitForFunction(() => {
+    const c = window.dashboard && window.dashboard.charts.consumes.data;
+    return c && c[0].length >= 2 && c[1].some(v => v > 0);
+  }, null, { timeout: 20000 });
+  out.points = await page.evaluate(() => Object.fromEntries(
+    Object.entries(window.dashboard.charts).map(([k, c]) => [k, c.data[0].length])));
+  out.max_allowed_per_s = await page.evaluate(() => Math.max(...window.dashboard.charts.consumes.data[1]));
+  out.banner = await page.textContent("#banner");
+  out.top_rows = await page.locator("#top tbody tr").count();
+  out.canvases = await page.locator("canvas").count();
+  await page.fill("#user", user);
+  await page.click("#lookup button");
+  await page.waitForFunction(() => document.getElementById("diagnose").dataset.status, null, { timeout: 10000 });
+  out.lookup_status = Number(await page.getAttribute("#diagnose", "data-status"));
+  out.lookup = JSON.parse(await page.textContent("#diagnose"));
+  out.external_requests = requests.filter(u => !u.startsWith(base));
+  await page.screenshot({ path: shot, fullPage: true });
+  out.page_errors = await page.evaluate(() => window.dashboard.lastError);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));
