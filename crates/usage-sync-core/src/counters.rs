@@ -161,6 +161,8 @@ pub struct UserUsage {
     pub period_start: Timestamp,
     pub kinds: Vec<KindUsage>,
     pub last_sync_at: Option<Timestamp>,
+    /// The trigger of the flush that last landed for this user.
+    pub last_sync_trigger: Option<Trigger>,
     pub last_activity_at: Option<Timestamp>,
     pub resident: bool,
 }
@@ -263,6 +265,7 @@ struct UserEntry {
     stale: Vec<(u16, Slot)>,
     last_activity: Timestamp,
     last_sync_at: Option<Timestamp>,
+    last_sync_trigger: Option<Trigger>,
     /// `Some` iff a valid entry for this user (same `dirty_gen`) is in the
     /// shard's dirty FIFO.
     dirty_since: Option<Timestamp>,
@@ -604,6 +607,7 @@ impl Ledger {
             stale: Vec::new(),
             last_activity: now,
             last_sync_at: None,
+            last_sync_trigger: None,
             dirty_since: None,
             dirty_gen: 0,
             threshold_queued: false,
@@ -986,6 +990,7 @@ impl Ledger {
             period_start: e.period_start,
             kinds,
             last_sync_at: e.last_sync_at,
+            last_sync_trigger: e.last_sync_trigger,
             last_activity_at: Some(e.last_activity),
             resident: true,
         })
@@ -1027,6 +1032,7 @@ impl Ledger {
             period_start: r.period_start,
             kinds,
             last_sync_at: None,
+            last_sync_trigger: None,
             last_activity_at: None,
             resident: false,
         }
@@ -1265,6 +1271,7 @@ impl Ledger {
             }
             e.stale.retain(|(_, s)| !s.is_clean());
             e.last_sync_at = Some(now);
+            e.last_sync_trigger = Some(batch.trigger);
         }
         due
     }
@@ -1332,6 +1339,21 @@ impl Ledger {
         }
         out.session_end = self.log_intents(b.finish());
         out
+    }
+
+    /// Request ids remembered for one user. Walks every remembered id: for
+    /// diagnostics only.
+    pub fn dedup_entries_of(&self, user: &str) -> usize {
+        self.dedup
+            .iter()
+            .map(|d| {
+                lock(&d.0)
+                    .map
+                    .values()
+                    .filter(|r| r.user.as_str() == user)
+                    .count()
+            })
+            .sum()
     }
 
     /// Ids of every resident user. Walks every shard: for the admin user

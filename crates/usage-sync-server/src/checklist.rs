@@ -64,6 +64,9 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
     );
     checks.push(data_dir_writable(s));
     checks.push(database(s).await);
+    if let Some(c) = &s.sharing {
+        checks.push(redis(c).await);
+    }
     checks.push(pool(s));
     checks.push(match s.durability {
         usage_sync_store::Durability::Fsync => pass(
@@ -176,6 +179,30 @@ async fn database(s: &Settings) -> Check {
             "database",
             format!("{url} did not answer within 5 s"),
             "check the network path to the database",
+        ),
+    }
+}
+
+async fn redis(c: &usage_sync::SharingConfig) -> Check {
+    let where_ = c
+        .urls
+        .iter()
+        .map(|u| crate::configuration::redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    match usage_sync::sharing::ping(c).await {
+        Ok(()) => pass(
+            "redis",
+            format!(
+                "{where_} reachable ({} mode, fallback {})",
+                c.mode.as_str(),
+                c.fallback.as_str()
+            ),
+        ),
+        Err(e) => fail(
+            "redis",
+            format!("{where_} unreachable: {e}"),
+            "start Redis or fix REDIS_URL (USAGE_SYNC_SHARING=none runs without it)",
         ),
     }
 }

@@ -370,11 +370,13 @@ impl Engine {
         &self,
         user: &UserId,
     ) -> Result<(UserProfile, Vec<PersistedRow>), Error> {
+        let started = std::time::Instant::now();
         let state = self
             .inner
             .store
             .load_user(user.to_string(), self.load_since())
             .await?;
+        self.inner.requests.store_load.observe(started.elapsed());
         let kinds = self.kinds();
         let profile = state
             .profile

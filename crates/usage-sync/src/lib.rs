@@ -55,6 +55,6 @@ pub use error::Error;
 pub use recovery::RecoveryReport;
 pub use sharing::{RedisFallback, SharingConfig, SharingMode, SharingStatus};
 pub use stats::{SyncStatsSnapshot, TriggerStats};
-pub use sync::ShutdownReport;
+pub use sync::{NextRuns, ShutdownReport};
 pub use usage_sync_core as core;
 pub use usage_sync_store as store;

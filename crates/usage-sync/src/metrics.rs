@@ -119,6 +119,8 @@ pub struct RequestMetrics {
     pub denied: StripedCounter,
     pub deduplicated: StripedCounter,
     pub latency: Histogram,
+    /// Store reads that make a user resident (`load_user`).
+    pub store_load: Histogram,
 }
 
 impl Default for RequestMetrics {
@@ -128,6 +130,7 @@ impl Default for RequestMetrics {
             denied: StripedCounter::default(),
             deduplicated: StripedCounter::default(),
             latency: Histogram::new(&LATENCY_BUCKETS),
+            store_load: Histogram::new(&crate::stats::FLUSH_BUCKETS),
         }
     }
 }

@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use usage_sync_core::{Timestamp, Trigger};
 
+/// Upper bounds (seconds) of the flush-duration histogram buckets.
+pub const FLUSH_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Per-trigger totals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TriggerStats {
@@ -34,6 +39,9 @@ pub struct SyncStatsSnapshot {
     pub max_flush_time: Duration,
     pub last_flush_at: Option<Timestamp>,
     pub last_error: Option<String>,
+    /// Successful flushes per [`FLUSH_BUCKETS`] bucket (not cumulative);
+    /// the last entry counts flushes slower than the largest bound.
+    pub flush_buckets: [u64; FLUSH_BUCKETS.len() + 1],
 }
 
 impl SyncStatsSnapshot {
@@ -52,6 +60,25 @@ impl SyncStatsSnapshot {
         } else {
             self.failures as f64 / attempts as f64
         }
+    }
+
+    /// The flush time below which a fraction `q` of flushes finished, as
+    /// the upper bound of the histogram bucket it falls in (so an upper
+    /// estimate); `None` before the first flush or beyond the last bound.
+    pub fn flush_percentile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.flush_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.flush_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return FLUSH_BUCKETS.get(i).map(|b| b * 1000.0);
+            }
+        }
+        None
     }
 
     pub fn trigger(&self, t: Trigger) -> &TriggerStats {
@@ -102,6 +129,12 @@ impl SyncStats {
             s.already_applied += already_applied as u64;
             s.total_flush_time += took;
             s.max_flush_time = s.max_flush_time.max(took);
+            let secs = took.as_secs_f64();
+            let i = FLUSH_BUCKETS
+                .iter()
+                .position(|&b| secs <= b)
+                .unwrap_or(FLUSH_BUCKETS.len());
+            s.flush_buckets[i] += 1;
             s.last_flush_at = Some(now);
         })
     }
@@ -121,5 +154,32 @@ impl SyncStats {
 
     pub(crate) fn reset(&self) {
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = SyncStats::new().snapshot();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_percentiles_are_bucket_upper_bounds() {
+        let s = SyncStats::new();
+        assert_eq!(s.snapshot().flush_percentile_ms(0.5), None);
+        for ms in [2, 2, 2, 40, 40, 40, 40, 40, 40, 700] {
+            s.success(
+                Trigger::Check,
+                Duration::from_millis(ms),
+                1,
+                1,
+                false,
+                Timestamp::EPOCH,
+            );
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.flush_percentile_ms(0.3), Some(2.5));
+        assert_eq!(snap.flush_percentile_ms(0.5), Some(50.0));
+        assert_eq!(snap.flush_percentile_ms(0.99), Some(1000.0));
+        s.reset();
+        assert_eq!(s.snapshot().flush_buckets.iter().sum::<u64>(), 0);
     }
 }

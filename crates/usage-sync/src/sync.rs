@@ -59,6 +59,19 @@ pub(crate) struct FlushQueue {
     round: tokio::sync::Mutex<()>,
     /// Stop signals and handles of the scheduler and the threshold loop.
     scheduler: Mutex<Option<[Worker; 2]>>,
+    /// When the timed triggers fire next (check, heartbeat, guarantee), as
+    /// the scheduler last set them; `None` until it starts.
+    next_runs: Mutex<Option<[Instant; 3]>>,
+}
+
+/// Time until each timed trigger fires next (see [`Engine::next_runs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextRuns {
+    pub check: Duration,
+    pub heartbeat: Duration,
+    pub guarantee: Duration,
+    /// The earliest retry of a failed batch, if any.
+    pub retry: Option<Duration>,
 }
 
 impl FlushQueue {
@@ -68,6 +81,7 @@ impl FlushQueue {
             concurrency: std::sync::atomic::AtomicUsize::new(max_concurrent.max(1)),
             cadence: tokio::sync::watch::channel((1, "as configured".to_owned())).0,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
+            next_runs: Mutex::new(None),
             retries: Mutex::new(Vec::new()),
             retry_wake: Notify::new(),
             round: tokio::sync::Mutex::new(()),
@@ -427,7 +441,16 @@ impl Inner {
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let mut last_prune = None;
+        // With MissedTickBehavior::Delay each tick is one period after the
+        // previous one fired, which is what these track.
+        let mut next = [start + ci, start + hi, start + c.max_sync_interval];
+        let mut periods = [ci, hi, c.max_sync_interval];
         loop {
+            *self
+                .flushes
+                .next_runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(next);
             let next_retry = self.flushes.next_retry_at();
             let retry_due = async move {
                 match next_retry {
@@ -439,6 +462,7 @@ impl Inner {
                 biased;
                 _ = &mut stop => break,
                 _ = guarantee.tick() => {
+                    next[2] = Instant::now() + periods[2];
                     let (batches, users) = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
                     let flights = self.guard_new(batches);
                     if users > 0 {
@@ -447,6 +471,7 @@ impl Inner {
                     self.spawn_batches(flights, Trigger::Guarantee).await;
                 }
                 _ = check.tick() => {
+                    next[0] = Instant::now() + periods[0];
                     let (batches, users) = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
                     let flights = self.guard_new(batches);
                     if users > 0 {
@@ -454,7 +479,10 @@ impl Inner {
                     }
                     self.spawn_batches(flights, Trigger::Check).await;
                 }
-                _ = heartbeat.tick() => self.heartbeat(&mut last_prune).await,
+                _ = heartbeat.tick() => {
+                    next[1] = Instant::now() + periods[1];
+                    self.heartbeat(&mut last_prune).await
+                }
                 _ = wal_full(&self.wal) => self.checkpoint(),
                 _ = retry_due => {
                     let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
@@ -470,6 +498,10 @@ impl Inner {
                     heartbeat = interval_at(now + stretched(c.heartbeat_interval, m), stretched(c.heartbeat_interval, m));
                     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
                     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    periods[0] = stretched(c.check_interval, m);
+                    periods[1] = stretched(c.heartbeat_interval, m);
+                    next[0] = now + periods[0];
+                    next[1] = now + periods[1];
                 }
             }
             // Reap finished flush tasks so the set does not grow.
@@ -753,6 +785,28 @@ impl Engine {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// When each timed trigger fires next; `None` before [`Engine::start`]
+    /// (or with sync disabled).
+    pub fn next_runs(&self) -> Option<NextRuns> {
+        let now = Instant::now();
+        let runs = (*self
+            .inner
+            .flushes
+            .next_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))?;
+        Some(NextRuns {
+            check: runs[0].saturating_duration_since(now),
+            heartbeat: runs[1].saturating_duration_since(now),
+            guarantee: runs[2].saturating_duration_since(now),
+            retry: self
+                .inner
+                .flushes
+                .next_retry_at()
+                .map(|t| t.saturating_duration_since(now)),
+        })
     }
 
     /// Statistics of the sync engine since start (or the last reset).

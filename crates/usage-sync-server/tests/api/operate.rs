@@ -96,6 +96,32 @@ async fn every_metric_family_is_exported_and_moves_under_load() {
     );
     assert_eq!(sample(&after, "usage_sync_flushed_units_total"), 10.0);
     assert_eq!(sample(&after, "usage_sync_rows_written_total"), 1.0);
+    assert_eq!(
+        sample(&after, "usage_sync_flush_duration_seconds_count"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "usage_sync_flush_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "usage_sync_flush_duration_seconds_bucket{le=\"60\"}"
+        ),
+        1.0
+    );
+    // The user was loaded from the store once, on its first consume.
+    assert_eq!(
+        sample(
+            &after,
+            "usage_sync_store_query_duration_seconds_count{op=\"load_user\"}"
+        ),
+        1.0
+    );
     assert_eq!(sample(&after, "usage_sync_pending_units"), 0.0);
     assert_eq!(
         sample(&after, "usage_sync_flush_errors_total{kind=\"permanent\"}"),
@@ -148,6 +174,19 @@ async fn status_diagnose_and_stats_reset() {
     assert_eq!(d["kinds"]["fast"]["in_flight"], json!(0));
     assert_eq!(d["kinds"]["premium"]["used"], json!(10));
     assert_eq!(d["resident"], json!(true));
+    // Below the threshold: the next check takes it, the guarantee at the
+    // latest; the quiet test instance runs both hourly or slower.
+    let next = &d["kinds"]["fast"]["next_flush"];
+    assert_eq!(next["trigger"], json!("check"), "{d}");
+    assert!(next["in_ms"].as_u64().unwrap() <= 3_600_000, "{d}");
+    assert_eq!(next["at_latest"]["trigger"], json!("guarantee"), "{d}");
+    assert_eq!(d["last_flush"], json!({"at": null, "trigger": null}));
+    assert_eq!(d["request_ids_remembered"], json!(0));
+    let runs = &v["next_runs_ms"];
+    assert!(runs["check"].as_u64().unwrap() <= 3_600_000, "{v}");
+    assert!(runs["heartbeat"].as_u64().unwrap() <= 3_600_000, "{v}");
+    assert!(runs["guarantee"].as_u64().unwrap() <= 7_200_000, "{v}");
+    assert_eq!(runs["retry"], json!(null));
     let advice = d["recommendations"].as_array().unwrap();
     assert!(
         advice
@@ -157,9 +196,20 @@ async fn status_diagnose_and_stats_reset() {
     );
 
     app.sync_all().await;
+    let (s, _) = app
+        .post(
+            "/v1/consume",
+            &json!({"user_id": "b", "kind": "fast", "request_id": "diag-1"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, d) = app.get("/admin/v1/users/b/diagnose").await;
+    assert_eq!(d["last_flush"]["trigger"], json!("manual"), "{d}");
+    assert_eq!(d["request_ids_remembered"], json!(1), "{d}");
+    app.sync_all().await;
     let (_, v) = app.get("/admin/v1/status").await;
-    assert_eq!(v["sync"]["by_trigger"]["manual"]["units"], json!(20));
-    assert_eq!(v["sync"]["write_amplification"], json!(20.0 / 3.0));
+    assert_eq!(v["sync"]["by_trigger"]["manual"]["units"], json!(21));
+    assert_eq!(v["sync"]["write_amplification"], json!(21.0 / 4.0));
     let (s, _) = app.post("/admin/v1/stats/reset", &json!({})).await;
     assert_eq!(s, 200);
     let (_, v) = app.get("/admin/v1/status").await;

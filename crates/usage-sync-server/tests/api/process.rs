@@ -110,6 +110,21 @@ async fn check_config_reports_valid_and_invalid_settings() {
         "{text}"
     );
     assert!(text.contains("✗ 1 of 10 checks failed"), "{text}");
+    // Redis, when configured, is checked too; an unreachable one fails.
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("USAGE_SYNC_REDIS_TIMEOUT", "300ms")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ redis") && text.contains("fix: start Redis"),
+        "{text}"
+    );
+    assert!(text.contains("✗ 1 of 11 checks failed"), "{text}");
     let out = std::process::Command::new(bin)
         .arg("check-config")
         .env("USAGE_SYNC_CHECK_INTERVAL", "often")

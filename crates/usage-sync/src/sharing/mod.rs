@@ -346,6 +346,19 @@ impl SharedTier {
     }
 }
 
+/// Connects to the configured Redis and pings it once (for
+/// `usage-sync check-config`).
+pub async fn ping(config: &SharingConfig) -> Result<(), String> {
+    let r = Redis::new(
+        config.urls.clone(),
+        config.cluster,
+        config.timeout,
+        config.key_prefix.clone(),
+    );
+    r.connect().await.map_err(|e| e.to_string())?;
+    r.ping().await.map_err(|e| e.to_string())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -193,14 +193,59 @@ pub fn render(engine: &Engine) -> String {
     );
     metric(
         &mut o,
-        "flush_duration_seconds_sum",
-        "counter",
-        "Total time spent in successful flushes.",
+        "flush_duration_seconds",
+        "histogram",
+        "Time of successful flushes (one transaction each).",
+    );
+    let mut cumulative = 0;
+    for (b, n) in usage_sync::stats::FLUSH_BUCKETS
+        .iter()
+        .zip(&s.flush_buckets)
+    {
+        cumulative += n;
+        let _ = writeln!(
+            o,
+            "usage_sync_flush_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "usage_sync_flush_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        s.flushes
     );
     let _ = writeln!(
         o,
         "usage_sync_flush_duration_seconds_sum {}",
         s.total_flush_time.as_secs_f64()
+    );
+    let _ = writeln!(o, "usage_sync_flush_duration_seconds_count {}", s.flushes);
+    let h = r.store_load.snapshot();
+    metric(
+        &mut o,
+        "store_query_duration_seconds",
+        "histogram",
+        "Store queries on the request path: loading a user who is not in memory (flushes are in flush_duration_seconds).",
+    );
+    for (b, n) in &h.buckets {
+        let _ = writeln!(
+            o,
+            "usage_sync_store_query_duration_seconds_bucket{{op=\"load_user\",le=\"{b}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "usage_sync_store_query_duration_seconds_bucket{{op=\"load_user\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_store_query_duration_seconds_sum{{op=\"load_user\"}} {}",
+        h.sum_seconds
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_store_query_duration_seconds_count{{op=\"load_user\"}} {}",
+        h.count
     );
     metric(
         &mut o,
@@ -450,6 +495,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             "failures": s.failures,
             "error_rate": s.error_rate(),
             "avg_flush_ms": s.avg_flush_ms(),
+            "p50_flush_ms": s.flush_percentile_ms(0.5),
+            "p99_flush_ms": s.flush_percentile_ms(0.99),
             "max_flush_ms": s.max_flush_time.as_secs_f64() * 1000.0,
             "flushes_per_hour": if uptime_s > 0.0 { s.flushes as f64 * 3600.0 / uptime_s } else { 0.0 },
             "units_flushed": s.units_flushed,
@@ -475,6 +522,12 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "pending_units": t.pending + t.in_flight,
         "oldest_pending_age_seconds": t.oldest_pending.map_or(0.0, |o| now.since(o) as f64 / 1000.0),
         "retry_backlog_units": engine.retry_backlog().1,
+        "next_runs_ms": engine.next_runs().map(|r| json!({
+            "check": r.check.as_millis() as u64,
+            "heartbeat": r.heartbeat.as_millis() as u64,
+            "guarantee": r.guarantee.as_millis() as u64,
+            "retry": r.retry.map(|d| d.as_millis() as u64),
+        })),
         "top_pending_users": top,
         "request_ids_remembered": engine.ledger().dedup_entries(),
     })))
@@ -491,16 +544,27 @@ pub async fn diagnose(
     let mut doc = usage_json(&u);
     let mut kinds = serde_json::Map::new();
     let mut advice = Vec::new();
+    let runs = engine.next_runs();
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
     for k in &u.kinds {
         let waiting = k.pending - k.in_flight;
         let next = if k.in_flight != 0 {
-            "a flush of this counter is in progress or waiting for a retry"
+            json!({
+                "trigger": "retry",
+                "in_ms": ms(runs.and_then(|r| r.retry)),
+                "why": "a flush of this counter is in progress or waiting for a retry (same flush id)",
+            })
         } else if waiting >= threshold {
-            "due now by threshold"
+            json!({"trigger": "threshold", "in_ms": 0, "why": "due now by threshold"})
         } else if waiting != 0 {
-            "waits for the next check (oldest first) or, at the latest, the guarantee pass"
+            json!({
+                "trigger": "check",
+                "in_ms": ms(runs.map(|r| r.check)),
+                "at_latest": {"trigger": "guarantee", "in_ms": ms(runs.map(|r| r.guarantee))},
+                "why": "the next check flushes the oldest pending users first (up to max_active_users_check); the guarantee pass flushes everything",
+            })
         } else {
-            "nothing to flush"
+            json!({"trigger": null, "in_ms": null, "why": "nothing to flush"})
         };
         kinds.insert(
             k.kind.name().to_owned(),
@@ -531,6 +595,11 @@ pub async fn diagnose(
         );
     }
     doc["resident"] = json!(u.resident);
+    doc["last_flush"] = json!({
+        "at": u.last_sync_at.map(|t| t.to_rfc3339()),
+        "trigger": u.last_sync_trigger.map(|t| t.as_str()),
+    });
+    doc["request_ids_remembered"] = json!(engine.ledger().dedup_entries_of(user.as_str()));
     doc["kinds"] = Value::Object(kinds);
     doc["force_sync_threshold"] = json!(threshold);
     doc["guarantee_ms"] = json!(c.max_sync_interval.as_millis() as u64);
