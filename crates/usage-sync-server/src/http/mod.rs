@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::{Arc, OnceLock};
@@ -120,6 +121,7 @@ pub fn router(
         .merge(guarded(metrics, metrics_token))
         .merge(dashboard_page)
         .merge(dashboard_assets)
+        .route("/openapi.json", get(openapi::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async {

@@ -7,6 +7,7 @@ mod bad_input;
 mod consume;
 mod durability;
 mod helpers;
+mod openapi;
 mod operate;
 mod postgres;
 mod process;

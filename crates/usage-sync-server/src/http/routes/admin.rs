@@ -18,6 +18,7 @@ use crate::http::routes::usage::usage_json;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PlanBody {
     /// Kind → limit; `null` is unlimited; kinds not listed get 0.
     limits: BTreeMap<String, Limit>,
@@ -27,6 +28,7 @@ pub struct PlanBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct UserBody {
     #[serde(default)]
     plan: Option<String>,
@@ -99,8 +101,9 @@ pub async fn sync_all(State(state): State<AppState>) -> Result<Json<Value>, ApiE
 }
 
 /// Query of `GET /admin/v1/users`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     #[serde(default)]
     page: Option<u64>,
@@ -212,6 +215,7 @@ pub async fn evict(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct SimulateBody {
     kind: String,
     #[serde(default)]

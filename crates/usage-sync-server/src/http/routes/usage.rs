@@ -14,7 +14,7 @@ use crate::http::extract::{JsonBody, UserPath};
 
 /// Body of `POST /v1/consume` and `POST /v1/check`. Unknown fields are
 /// rejected: a misspelt `"ammount": 5` must not silently consume 1.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeBody {
     user_id: String,
@@ -25,7 +25,7 @@ pub struct ConsumeBody {
     request_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     user_id: String,
@@ -34,14 +34,15 @@ pub struct CheckBody {
     amount: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     request_id: String,
 }
 
 /// The decision as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DecisionBody<'a> {
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +55,7 @@ pub struct DecisionBody<'a> {
     remaining: Option<u64>,
     period_start: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::ErrorDetail>)]
     error: Option<Value>,
 }
 
