@@ -240,3 +240,50 @@ async fn admin_plan_and_user_changes_survive_a_restart() {
     assert_eq!(consume(7).await, 200);
     assert_eq!(consume(1).await, 429);
 }
+
+/// The TypeScript client's own tests (Node's test runner) against this
+/// build of the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_client_passes_its_tests_against_the_real_binary() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/typescript");
+    let node_major = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok())
+        });
+    if !node_major.is_some_and(|m| m >= 18) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Node 18+ is required in CI"
+        );
+        eprintln!("SKIPPED: Node 18+ not found");
+        return;
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(&dir)
+            .env("USAGE_SYNC_BIN", env!("CARGO_BIN_EXE_usage-sync"))
+            .args(["--test", "test/"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node --test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# pass 8") && stdout.contains("# fail 0"),
+        "{stdout}"
+    );
+}
