@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod consume;
+mod deploy;
 mod durability;
 mod helpers;
 mod openapi;
