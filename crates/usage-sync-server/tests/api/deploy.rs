@@ -49,7 +49,8 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         .args(&files)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("passed").count(), 6, "{text}");
 
@@ -98,7 +99,10 @@ fn kubernetes_manifests_are_valid_and_consistent() {
             && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')
             && !k.is_empty()
         {
-            assert!(doc.contains(&format!("`{k}`")), "{k} is not a documented setting");
+            assert!(
+                doc.contains(&format!("`{k}`")),
+                "{k} is not a documented setting"
+            );
         }
     }
 }
@@ -128,8 +132,11 @@ fn the_systemd_unit_is_hardened_and_verifies() {
     let copy = dir.path().join("usage-sync.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/usage-sync", env!("CARGO_BIN_EXE_usage-sync"))
-            .replace("EnvironmentFile=/etc", "EnvironmentFile=-/etc"),
+        unit.replace(
+            "/usr/local/bin/usage-sync",
+            env!("CARGO_BIN_EXE_usage-sync"),
+        )
+        .replace("EnvironmentFile=/etc", "EnvironmentFile=-/etc"),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

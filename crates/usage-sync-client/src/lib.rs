@@ -1,0 +1,494 @@
+//! An HTTP client for usage-sync, for Rust services that do not embed the
+//! engine.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), usage_sync_client::Error> {
+//! use usage_sync_client::Client;
+//!
+//! let usage = Client::builder("http://127.0.0.1:8080")
+//!     .api_token("secret")
+//!     .build()?;
+//! let d = usage.consume("u1", "premium", 1, None).await?;
+//! if !d.allowed {
+//!     // over the limit: nothing was counted
+//! }
+//! // The work failed: give the unit back (safe to retry).
+//! usage.refund(&d.request_id).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Retries: connection errors, timeouts and 503 answers are retried with
+//! exponential backoff and jitter. A consume always carries a request id
+//! (generated when the caller gives none) and every retry reuses it, so if
+//! an earlier attempt was counted and only its answer was lost, the service
+//! answers the retry from its record (`deduplicated: Some(true)`) and
+//! nothing is counted twice. Client errors (4xx) are never retried.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The service answered with an error (its stable `code`).
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The service could not be reached (after the retries).
+    #[error("usage-sync unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the per-attempt timeout (after the retries).
+    #[error("usage-sync did not answer in time")]
+    Timeout,
+    /// The answer was not what the API describes.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The service's error code, if it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A consume or check decision.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `Some(true)`: a repeated request id; nothing was counted and this is
+    /// the original decision. Absent on `check`.
+    #[serde(default)]
+    pub deduplicated: Option<bool>,
+    pub user_id: String,
+    pub kind: String,
+    pub amount: u64,
+    pub used: u64,
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub period_start: String,
+    /// The request id the consume was sent under (empty for `check`).
+    #[serde(default)]
+    pub request_id: String,
+}
+
+/// Usage of one kind.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct KindUsage {
+    pub persisted: u64,
+    pub pending: i64,
+    pub used: u64,
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+}
+
+/// The usage document of one user.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    pub user_id: String,
+    pub plan: String,
+    pub period_start: String,
+    pub kinds: BTreeMap<String, KindUsage>,
+    pub last_sync_at: Option<String>,
+    pub last_activity_at: Option<String>,
+}
+
+/// The answer to a refund.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Refunded {
+    pub request_id: String,
+    /// Units given back; `None` when a retry found the refund already done
+    /// by an earlier attempt whose answer was lost.
+    pub refunded: Option<u64>,
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub used: u64,
+}
+
+/// `POST /admin/v1/sync`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct SyncReport {
+    pub checked: u64,
+    pub flushed_users: u64,
+    pub flushed_units: i64,
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    base_url: String,
+    api_token: Option<String>,
+    admin_token: Option<String>,
+    timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl ClientBuilder {
+    pub fn api_token(mut self, t: impl Into<String>) -> Self {
+        self.api_token = Some(t.into());
+        self
+    }
+    pub fn admin_token(mut self, t: impl Into<String>) -> Self {
+        self.admin_token = Some(t.into());
+        self
+    }
+    /// Per attempt (default 2 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+    /// Attempts after the first (default 3).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+    /// First retry delay; doubles each attempt, with jitter (default 100 ms).
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.backoff = d;
+        self
+    }
+    pub fn build(self) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: self.base_url.trim_end_matches('/').to_owned(),
+            api_token: self.api_token,
+            admin_token: self.admin_token,
+            retries: self.retries,
+            backoff: self.backoff,
+        })
+    }
+}
+
+/// A usage-sync client. Cheap to clone (one connection pool).
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    api_token: Option<String>,
+    admin_token: Option<String>,
+    retries: u32,
+    backoff: Duration,
+}
+
+/// A fresh request id: 128 random bits as hex.
+pub fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn path_segment(s: &str) -> String {
+    // Percent-encode everything but unreserved characters.
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.into(),
+            api_token: None,
+            admin_token: None,
+            timeout: Duration::from_secs(2),
+            retries: 3,
+            backoff: Duration::from_millis(100),
+        }
+    }
+
+    /// One call with retries. Returns the status and the JSON body of an
+    /// answer whose status is in `ok`.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        admin: bool,
+        ok: &[u16],
+        ambiguous: &mut bool,
+    ) -> Result<(u16, Value), Error> {
+        let token = if admin {
+            &self.admin_token
+        } else {
+            &self.api_token
+        };
+        let mut last = Error::Unreachable("no attempt made".into());
+        for attempt in 0..=self.retries {
+            if attempt > 0 {
+                let base = self.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                let jitter = base.mul_f64(fastrand::f64() / 2.0);
+                tokio::time::sleep(base / 2 + jitter).await;
+            }
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The request may have reached the service.
+                    *ambiguous = true;
+                    last = if e.is_timeout() {
+                        Error::Timeout
+                    } else {
+                        Error::Unreachable(e.to_string())
+                    };
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let text = match resp.text().await {
+                Ok(t) => t,
+                Err(e) => {
+                    *ambiguous = true;
+                    last = Error::Unreachable(e.to_string());
+                    continue;
+                }
+            };
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if ok.contains(&status) {
+                return Ok((status, json));
+            }
+            last = Error::Api {
+                status,
+                code: json["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unexpected")
+                    .to_owned(),
+                message: json["error"]["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| text.chars().take(200).collect()),
+            };
+            if status != 503 {
+                return Err(last);
+            }
+        }
+        Err(last)
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        admin: bool,
+    ) -> Result<T, Error> {
+        let (_, v) = self
+            .call(method, path, body, admin, &[200], &mut false)
+            .await?;
+        serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// May `user` spend `amount` of `kind`? Counted if allowed. A 429 from
+    /// the service is the answer `allowed: false`, not an error.
+    pub async fn consume(
+        &self,
+        user: &str,
+        kind: &str,
+        amount: u64,
+        request_id: Option<&str>,
+    ) -> Result<Decision, Error> {
+        let rid = request_id.map_or_else(new_request_id, str::to_owned);
+        let body = json!({"user_id": user, "kind": kind, "amount": amount, "request_id": rid});
+        let (_, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/consume",
+                Some(&body),
+                false,
+                &[200, 429],
+                &mut false,
+            )
+            .await?;
+        let mut d: Decision =
+            serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))?;
+        d.request_id = rid;
+        Ok(d)
+    }
+
+    /// The same question without counting.
+    pub async fn check(&self, user: &str, kind: &str, amount: u64) -> Result<Decision, Error> {
+        let body = json!({"user_id": user, "kind": kind, "amount": amount});
+        self.json(reqwest::Method::POST, "/v1/check", Some(&body), false)
+            .await
+    }
+
+    /// Gives back the units of a consume, once.
+    pub async fn refund(&self, request_id: &str) -> Result<Refunded, Error> {
+        let body = json!({"request_id": request_id});
+        let mut ambiguous = false;
+        match self
+            .call(
+                reqwest::Method::POST,
+                "/v1/refund",
+                Some(&body),
+                false,
+                &[200],
+                &mut ambiguous,
+            )
+            .await
+        {
+            Ok((_, v)) => serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string())),
+            // An earlier attempt landed before its answer was lost.
+            Err(e) if ambiguous && e.code() == Some("already_refunded") => Ok(Refunded {
+                request_id: request_id.to_owned(),
+                refunded: None,
+                user_id: String::new(),
+                kind: String::new(),
+                used: 0,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn usage(&self, user: &str) -> Result<Usage, Error> {
+        let path = format!("/v1/users/{}/usage", path_segment(user));
+        self.json(reqwest::Method::GET, &path, None, false).await
+    }
+
+    // ---- admin (admin token) ---------------------------------------------
+
+    /// Creates or replaces a plan; `None` limits are unlimited.
+    pub async fn put_plan(
+        &self,
+        name: &str,
+        period: &str,
+        limits: &BTreeMap<String, Option<u64>>,
+    ) -> Result<Value, Error> {
+        let path = format!("/admin/v1/plans/{}", path_segment(name));
+        let body = json!({"limits": limits, "period": period});
+        self.json(reqwest::Method::PUT, &path, Some(&body), true)
+            .await
+    }
+
+    /// Assigns a plan and/or per-kind limit overrides.
+    pub async fn put_user(
+        &self,
+        user: &str,
+        plan: Option<&str>,
+        limits: Option<&BTreeMap<String, Option<u64>>>,
+    ) -> Result<Usage, Error> {
+        let path = format!("/admin/v1/users/{}", path_segment(user));
+        let mut body = serde_json::Map::new();
+        if let Some(p) = plan {
+            body.insert("plan".into(), json!(p));
+        }
+        if let Some(l) = limits {
+            body.insert("limits".into(), json!(l));
+        }
+        self.json(
+            reqwest::Method::PUT,
+            &path,
+            Some(&Value::Object(body)),
+            true,
+        )
+        .await
+    }
+
+    pub async fn reset_user(&self, user: &str) -> Result<Usage, Error> {
+        let path = format!("/admin/v1/users/{}/reset", path_segment(user));
+        self.json(reqwest::Method::POST, &path, None, true).await
+    }
+
+    /// Flushes one user now; returns the units written.
+    pub async fn sync_user(&self, user: &str) -> Result<i64, Error> {
+        let path = format!("/admin/v1/users/{}/sync", path_segment(user));
+        let v: Value = self.json(reqwest::Method::POST, &path, None, true).await?;
+        v["flushed_units"]
+            .as_i64()
+            .ok_or_else(|| Error::Decode(v.to_string()))
+    }
+
+    pub async fn sync_all(&self) -> Result<SyncReport, Error> {
+        self.json(reqwest::Method::POST, "/admin/v1/sync", None, true)
+            .await
+    }
+
+    /// `GET /admin/v1/users` with the given query pairs (page, limit,
+    /// search, sort, order, plan).
+    pub async fn list_users(&self, query: &[(&str, &str)]) -> Result<Value, Error> {
+        let q: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", path_segment(v)))
+            .collect();
+        let path = if q.is_empty() {
+            "/admin/v1/users".to_owned()
+        } else {
+            format!("/admin/v1/users?{}", q.join("&"))
+        };
+        self.json(reqwest::Method::GET, &path, None, true).await
+    }
+
+    /// Flushes, then evicts users idle at least `idle_seconds`.
+    pub async fn evict(&self, idle_seconds: u64) -> Result<Value, Error> {
+        let path = format!("/admin/v1/cache/evict?idle_seconds={idle_seconds}");
+        self.json(reqwest::Method::POST, &path, None, true).await
+    }
+
+    pub async fn status(&self) -> Result<Value, Error> {
+        self.json(reqwest::Method::GET, "/admin/v1/status", None, true)
+            .await
+    }
+
+    pub async fn alerts(&self) -> Result<Value, Error> {
+        self.json(reqwest::Method::GET, "/admin/v1/alerts", None, true)
+            .await
+    }
+
+    pub async fn diagnose(&self, user: &str) -> Result<Value, Error> {
+        let path = format!("/admin/v1/users/{}/diagnose", path_segment(user));
+        self.json(reqwest::Method::GET, &path, None, true).await
+    }
+
+    pub async fn reset_stats(&self) -> Result<(), Error> {
+        let _: Value = self
+            .json(reqwest::Method::POST, "/admin/v1/stats/reset", None, true)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_paths() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(path_segment("user-1_x.y~"), "user-1_x.y~");
+    }
+}

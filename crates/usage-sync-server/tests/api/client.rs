@@ -1,0 +1,168 @@
+//! The Rust client (`usage-sync-client`) against the real binary, including
+//! a retry after a lost answer, made by a proxy that forwards the first
+//! request and drops its response.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use usage_sync_client::{Client, Error};
+
+use crate::helpers::Binary;
+
+async fn server() -> (Binary, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(
+        dir.path(),
+        &[
+            ("USAGE_SYNC_API_TOKEN", "api-t"),
+            ("USAGE_SYNC_ADMIN_TOKEN", "admin-t"),
+        ],
+    )
+    .await;
+    (bin, dir)
+}
+
+fn client(base: &str) -> Client {
+    Client::builder(base)
+        .api_token("api-t")
+        .admin_token("admin-t")
+        .backoff(Duration::from_millis(10))
+        .build()
+        .unwrap()
+}
+
+/// Forwards connections to `upstream`; for the first `lose` connections it
+/// delivers the request but closes the client's side instead of answering.
+async fn lossy_proxy(upstream: String, lose: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut out = TcpStream::connect(upstream).await.unwrap();
+                if n < lose {
+                    // Read the whole request, deliver it, wait for the
+                    // answer, and drop it.
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let k = inbound.read(&mut buf).await.unwrap();
+                    out.write_all(&buf[..k]).await.unwrap();
+                    let _ = out.read(&mut buf).await;
+                    drop(inbound);
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_covers_the_api_and_retries_without_counting_twice() {
+    let (bin, _dir) = server().await;
+    let c = client(&bin.address);
+
+    // consume: generated id, dedup, 429 as allowed: false
+    let d = c.consume("rc-1", "premium", 9, None).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!((d.used, d.request_id.len()), (9, 32));
+    let again = c
+        .consume("rc-1", "premium", 9, Some(&d.request_id))
+        .await
+        .unwrap();
+    assert_eq!((again.deduplicated, again.used), (Some(true), 9));
+    let over = c.consume("rc-1", "premium", 2, None).await.unwrap();
+    assert_eq!((over.allowed, over.remaining), (false, Some(1)));
+
+    // check, refund, usage
+    let chk = c.check("rc-2", "fast", 50).await.unwrap();
+    assert_eq!((chk.allowed, chk.used), (true, 0));
+    let r = c.consume("rc-2", "fast", 4, Some("rc-2-a")).await.unwrap();
+    let back = c.refund(&r.request_id).await.unwrap();
+    assert_eq!(back.refunded, Some(4));
+    let e = c.refund("rc-2-a").await.unwrap_err();
+    assert_eq!(e.code(), Some("already_refunded"));
+    assert_eq!(
+        c.refund("never").await.unwrap_err().code(),
+        Some("unknown_request")
+    );
+    assert_eq!(c.usage("rc-2").await.unwrap().kinds["fast"].used, 0);
+
+    // client mistakes are errors, not retried
+    match c.consume("rc-3", "nope", 1, None).await.unwrap_err() {
+        Error::Api { status, code, .. } => {
+            assert_eq!((status, code.as_str()), (400, "unknown_kind"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong = Client::builder(&bin.address)
+        .api_token("x")
+        .build()
+        .unwrap();
+    assert_eq!(
+        wrong.usage("a").await.unwrap_err().code(),
+        Some("unauthorized")
+    );
+
+    // admin calls
+    let limits: BTreeMap<String, Option<u64>> =
+        [("premium".to_owned(), Some(3)), ("fast".to_owned(), None)].into();
+    let plan = c.put_plan("rc-team", "monthly", &limits).await.unwrap();
+    assert_eq!(plan["limits"]["premium"], 3);
+    let u = c.put_user("rc-4", Some("rc-team"), None).await.unwrap();
+    assert_eq!(u.plan, "rc-team");
+    c.consume("rc-4", "premium", 2, None).await.unwrap();
+    assert_eq!(c.sync_user("rc-4").await.unwrap(), 2);
+    c.consume("rc-4", "fast", 5, None).await.unwrap();
+    assert!(c.sync_all().await.unwrap().flushed_units >= 5);
+    let diag = c.diagnose("rc-4").await.unwrap();
+    assert_eq!(diag["kinds"]["premium"]["persisted"], 2);
+    let list = c.list_users(&[("search", "rc-4")]).await.unwrap();
+    assert_eq!(list["matched"], 1);
+    assert_eq!(c.reset_user("rc-4").await.unwrap().kinds["premium"].used, 0);
+    assert_eq!(c.status().await.unwrap()["running"], true);
+    assert!(c.alerts().await.unwrap()["firing"].is_array());
+    c.reset_stats().await.unwrap();
+    assert!(c.evict(0).await.unwrap()["evicted"].is_u64());
+
+    // A lost answer: the first attempt is counted, its answer never
+    // arrives; the retry under the same id is deduplicated.
+    let upstream = bin.address.trim_start_matches("http://").to_owned();
+    let (proxy, seen) = lossy_proxy(upstream.clone(), 1).await;
+    let via = client(&proxy);
+    let d = via.consume("rc-5", "fast", 3, None).await.unwrap();
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "one lost attempt, one retry"
+    );
+    assert_eq!((d.allowed, d.deduplicated, d.used), (true, Some(true), 3));
+    assert_eq!(c.usage("rc-5").await.unwrap().kinds["fast"].used, 3);
+    // The same for a refund: the retry finds it done and reports success.
+    let (proxy, _) = lossy_proxy(upstream, 1).await;
+    let back = client(&proxy).refund(&d.request_id).await.unwrap();
+    assert_eq!(back.refunded, None, "done by the lost attempt");
+    assert_eq!(c.usage("rc-5").await.unwrap().kinds["fast"].used, 0);
+
+    // Unreachable after the retries.
+    let down = Client::builder("http://127.0.0.1:1")
+        .retries(1)
+        .backoff(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        down.check("a", "fast", 1).await.unwrap_err(),
+        Error::Unreachable(_)
+    ));
+}
