@@ -114,6 +114,19 @@ export class UsageSyncClient {
     }
   }
 
+  /**
+   * Up to 1000 events in one call, decided in order (each as by consume).
+   * Events without a request id get one, so the whole batch can be retried
+   * safely. Returns one result per event (`status` 200, 429 or an error).
+   */
+  async consumeBatch(events) {
+    const withIds = events.map(e => ({
+      user_id: e.userId, kind: e.kind, amount: e.amount ?? 1, request_id: e.requestId ?? newRequestId(),
+    }));
+    const { body } = await this.request("POST", "/v1/consume/batch", { body: { events: withIds } });
+    return body.results.map((r, i) => ({ ...r, request_id: withIds[i].request_id }));
+  }
+
   /** The same question without counting. */
   async check({ userId, kind, amount = 1 }) {
     try {

@@ -5,6 +5,42 @@ export interface AlertsDoc {
   firing: Array<Record<string, unknown>>;
 }
 
+/** Body of `POST /v1/consume/batch`. */
+export interface BatchBody {
+  /** 1 to 1000 events, decided in order. */
+  events: Array<BatchEvent>;
+}
+
+/** One event of a batch: the fields of `POST /v1/consume`. */
+export interface BatchEvent {
+  amount?: number | null;
+  kind: string;
+  request_id?: string | null;
+  user_id: string;
+}
+
+/** The result of one event of a batch, in the event's position: the
+decision as `/v1/consume` gives it (with the status it would have
+answered, 200 or 429), or `status` and `error` for an invalid event. */
+export interface BatchItemDoc {
+  allowed?: boolean | null;
+  amount?: number | null;
+  deduplicated?: boolean | null;
+  error?: null | ErrorDetail;
+  kind?: string | null;
+  limit?: number | null;
+  period_start?: string | null;
+  remaining?: number | null;
+  /** 200 allowed, 429 over the limit, 4xx/503 error. */
+  status: number;
+  used?: number | null;
+  user_id?: string | null;
+}
+
+export interface BatchResultDoc {
+  results: Array<BatchItemDoc>;
+}
+
 export interface CheckBody {
   amount?: number | null;
   kind: string;

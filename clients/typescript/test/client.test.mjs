@@ -95,6 +95,23 @@ test("503s are retried under the same request id", async () => {
   assert.equal(r.used, 1);
 });
 
+test("a batch is decided in order and can be retried without counting twice", async () => {
+  let calls = 0;
+  const lossy = async (url, init) => {
+    const res = await fetch(url, init);
+    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
+    return res;
+  };
+  const r = await client({ fetch: lossy }).consumeBatch([
+    { userId: "ts-b", kind: "premium", amount: 6 },
+    { userId: "ts-b", kind: "premium", amount: 6 },
+    { userId: "ts-b", kind: "nope" },
+  ]);
+  assert.deepEqual(r.map(x => x.status), [200, 429, 400]);
+  assert.equal(r[0].deduplicated, true, "the retried batch reused its ids");
+  assert.equal((await client().usage("ts-b")).kinds.premium.used, 6);
+});
+
 test("check, refund and usage", async () => {
   const c = client();
   const chk = await c.check({ userId: "ts-4", kind: "fast", amount: 50 });

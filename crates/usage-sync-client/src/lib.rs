@@ -337,6 +337,41 @@ impl Client {
         Ok(d)
     }
 
+    /// Up to 1000 events in one call, decided in order as by
+    /// [`Client::consume`]. Events without a request id get one, so a
+    /// retried batch counts nothing twice. One result per event: the JSON
+    /// object of the API (`status` 200 or 429 with the decision, or an
+    /// `error`), with `request_id` set.
+    pub async fn consume_batch(
+        &self,
+        events: &[(&str, &str, u64, Option<&str>)],
+    ) -> Result<Vec<Value>, Error> {
+        let events: Vec<Value> = events
+            .iter()
+            .map(|(u, k, a, r)| {
+                json!({"user_id": u, "kind": k, "amount": a,
+                       "request_id": r.map_or_else(new_request_id, str::to_owned)})
+            })
+            .collect();
+        let body = json!({ "events": events });
+        let v: Value = self
+            .json(
+                reqwest::Method::POST,
+                "/v1/consume/batch",
+                Some(&body),
+                false,
+            )
+            .await?;
+        let mut results = match v.get("results") {
+            Some(Value::Array(r)) if r.len() == events.len() => r.clone(),
+            _ => return Err(Error::Decode(v.to_string())),
+        };
+        for (r, e) in results.iter_mut().zip(&events) {
+            r["request_id"] = e["request_id"].clone();
+        }
+        Ok(results)
+    }
+
     /// The same question without counting.
     pub async fn check(&self, user: &str, kind: &str, amount: u64) -> Result<Decision, Error> {
         let body = json!({"user_id": user, "kind": kind, "amount": amount});

@@ -259,6 +259,60 @@ impl Engine {
         Ok(out)
     }
 
+    /// Consumes a batch of events in order, each decided and counted as by
+    /// [`Engine::consume`], with one durability wait for the whole batch
+    /// (the log makes the batch durable together). Events are independent:
+    /// one refused or failing event does not stop the others. If the log
+    /// cannot make the batch durable, every event that counted reports
+    /// `Unavailable` (nothing of it was acknowledged).
+    pub async fn consume_batch(
+        &self,
+        events: &[(UserId, Kind, Units, Option<RequestId>)],
+    ) -> Result<Vec<Result<ConsumeOutcome, Error>>, Error> {
+        self.ensure_accepting()?;
+        let started = std::time::Instant::now();
+        let mut out = Vec::with_capacity(events.len());
+        let mut last_lsn = None;
+        let mut wake = false;
+        for (user, kind, amount, rid) in events {
+            let r = match &self.inner.shared {
+                Some(t) => {
+                    self.consume_shared(t, user, kind, *amount, rid.as_ref())
+                        .await
+                }
+                None => self.consume_local(user, kind, *amount, rid.as_ref()).await,
+            };
+            if let Ok(o) = &r {
+                wake |= o.threshold_reached;
+                last_lsn = last_lsn.max(o.lsn);
+            }
+            out.push(r);
+        }
+        if wake {
+            self.inner.threshold_wake.notify_one();
+        }
+        // Log records are appended in order: waiting for the last one
+        // covers every earlier one.
+        if let Err(e) = self.durable(last_lsn).await {
+            let msg = e.to_string();
+            for r in &mut out {
+                if r.as_ref().is_ok_and(|o| o.lsn.is_some()) {
+                    *r = Err(Error::Unavailable(msg.clone()));
+                }
+            }
+        }
+        let m = &self.inner.requests;
+        for r in out.iter().flatten() {
+            match (r.deduplicated, r.decision.allowed) {
+                (true, _) => m.deduplicated.add(1),
+                (false, true) => m.allowed.add(1),
+                (false, false) => m.denied.add(1),
+            }
+        }
+        m.latency.observe(started.elapsed());
+        Ok(out)
+    }
+
     /// The consume decision from this instance's own counts.
     pub(crate) async fn consume_local(
         &self,

@@ -13,12 +13,16 @@ use super::error::{ApiError, Code};
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Largest accepted body of `POST /v1/consume/batch` (1000 events with
+/// 128-byte ids fit with room to spare).
+pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
+
 /// A JSON body. Unlike `axum::Json` it does not insist on a content type,
 /// and maps size, syntax and type errors to `payload_too_large` and
 /// `invalid_request`.
-pub struct JsonBody<T>(pub T);
+pub struct JsonBody<T, const MAX: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S, T> FromRequest<S> for JsonBody<T>
+impl<S, T, const MAX: usize> FromRequest<S> for JsonBody<T, MAX>
 where
     S: Send + Sync,
     T: DeserializeOwned,
@@ -31,17 +35,17 @@ where
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Code::PayloadTooLarge,
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                    format!("request body exceeds {MAX} bytes"),
                 )
             } else {
                 ApiError::invalid(format!("cannot read request body: {r}"))
             }
         })?;
-        if bytes.len() > MAX_BODY_BYTES {
+        if bytes.len() > MAX {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 Code::PayloadTooLarge,
-                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                format!("request body exceeds {MAX} bytes"),
             ));
         }
         serde_json::from_slice(&bytes)

@@ -84,6 +84,11 @@ pub fn router(
 ) -> Router {
     let api = Router::new()
         .route("/v1/consume", post(usage::consume))
+        .route(
+            "/v1/consume/batch",
+            post(usage::consume_batch)
+                .layer(DefaultBodyLimit::max(self::extract::MAX_BATCH_BODY_BYTES)),
+        )
         .route("/v1/check", post(usage::check))
         .route("/v1/refund", post(usage::refund))
         .route("/v1/users/{user_id}/usage", get(usage::usage));

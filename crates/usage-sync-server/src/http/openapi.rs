@@ -16,7 +16,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::routes::admin::{ListParams, PlanBody, SimulateBody, UserBody};
-use crate::http::routes::usage::{CheckBody, ConsumeBody, DecisionBody, RefundBody};
+use crate::http::routes::usage::{
+    BatchBody, BatchEvent, CheckBody, ConsumeBody, DecisionBody, RefundBody,
+};
 
 /// The error shape of every route.
 #[derive(Serialize, ToSchema)]
@@ -47,6 +49,32 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Unavailable,
     Internal,
+}
+
+/// The result of one event of a batch, in the event's position: the
+/// decision as `/v1/consume` gives it (with the status it would have
+/// answered, 200 or 429), or `status` and `error` for an invalid event.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItemDoc {
+    /// 200 allowed, 429 over the limit, 4xx/503 error.
+    pub status: u16,
+    pub allowed: Option<bool>,
+    pub deduplicated: Option<bool>,
+    pub user_id: Option<String>,
+    pub kind: Option<String>,
+    pub amount: Option<u64>,
+    pub used: Option<u64>,
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub period_start: Option<String>,
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResultDoc {
+    pub results: Vec<BatchItemDoc>,
 }
 
 /// Usage of one kind in the current period.
@@ -253,12 +281,12 @@ impl Modify for Security {
         license(name = "Apache-2.0")
     ),
     paths(
-        consume, check, refund, usage, put_plan, put_user, reset_user, sync_user, sync_all,
+        consume, consume_batch, check, refund, usage, put_plan, put_user, reset_user, sync_user, sync_all,
         list_users, evict, simulate, status, alerts, diagnose, reset_stats, metrics, healthz,
         readyz, openapi_json, dashboard
     ),
     components(schemas(
-        ConsumeBody, CheckBody, RefundBody, DecisionBody, PlanBody, UserBody, SimulateBody,
+        ConsumeBody, BatchBody, BatchEvent, BatchItemDoc, BatchResultDoc, CheckBody, RefundBody, DecisionBody, PlanBody, UserBody, SimulateBody,
         ErrorBody, ErrorDetail, ErrorCode, KindUsageDoc, UsageDoc, RefundDoc, PlanDoc,
         SyncReportDoc, UserSyncDoc, UserListDoc, UserTotalsDoc, KindTotalDoc, EvictDoc,
         SimulateDoc, ResetDoc, HealthDoc, ReadyDoc, StatusDoc, DiagnoseDoc, AlertsDoc
@@ -297,6 +325,18 @@ pub async fn openapi() -> Json<Value> {
     ))]
 #[allow(dead_code)]
 fn consume() {}
+
+#[utoipa::path(post, path = "/v1/consume/batch", tag = "metering",
+    request_body = BatchBody,
+    security(("api_token" = [])),
+    responses(
+        (status = 200, description = "One result per event, in order; each event decided and counted as by /v1/consume, made durable together", body = BatchResultDoc),
+        (status = 400, description = "Malformed envelope, or not 1 to 1000 events; nothing counted", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn consume_batch() {}
 
 #[utoipa::path(post, path = "/v1/check", tag = "metering",
     request_body = CheckBody,

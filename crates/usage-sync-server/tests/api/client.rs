@@ -99,6 +99,19 @@ async fn the_rust_client_covers_the_api_and_retries_without_counting_twice() {
     );
     assert_eq!(c.usage("rc-2").await.unwrap().kinds["fast"].used, 0);
 
+    // batch
+    let b = c
+        .consume_batch(&[
+            ("rc-b", "premium", 6, None),
+            ("rc-b", "premium", 6, None),
+            ("rc-b", "nope", 1, None),
+        ])
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = b.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 429, 400]);
+    assert_eq!(b[0]["request_id"].as_str().unwrap().len(), 32);
+
     // client mistakes are errors, not retried
     match c.consume("rc-3", "nope", 1, None).await.unwrap_err() {
         Error::Api { status, code, .. } => {

@@ -241,3 +241,114 @@ async fn graceful_stop_flushes_everything() {
     assert_eq!((report.flushed_units, report.remaining_units), (60, 0));
     assert_eq!(crate::helpers::db_total(&db, "u29", "fast").await, 2);
 }
+
+#[tokio::test]
+async fn a_batch_decides_each_event_in_order() {
+    let app = crate::helpers::spawn_app().await;
+    // free plan: premium 10.
+    let (s, v) = app
+        .post(
+            "/v1/consume/batch",
+            &json!({"events": [
+                {"user_id": "b1", "kind": "premium", "amount": 9, "request_id": "e1"},
+                {"user_id": "b1", "kind": "premium", "amount": 2},
+                {"user_id": "b1", "kind": "nope"},
+                {"user_id": "b1", "kind": "premium", "amount": 9, "request_id": "e1"},
+                {"user_id": "b1", "kind": "premium", "amount": 0},
+                {"user_id": "b2", "kind": "fast"},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = v["results"].as_array().unwrap();
+    let statuses: Vec<u64> = r.iter().map(|x| x["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 429, 400, 200, 400, 200]);
+    assert_eq!(r[0]["used"], json!(9));
+    assert_eq!(
+        (r[1]["allowed"].clone(), r[1]["remaining"].clone()),
+        (json!(false), json!(1))
+    );
+    assert_eq!(r[2]["error"]["code"], json!("unknown_kind"));
+    assert_eq!(
+        (r[3]["deduplicated"].clone(), r[3]["used"].clone()),
+        (json!(true), json!(9))
+    );
+    assert_eq!(r[4]["error"]["code"], json!("invalid_request"));
+    assert_eq!(r[5]["user_id"], json!("b2"));
+    app.sync_all().await;
+    assert_eq!(app.db("b1", "premium").await, 9);
+    assert_eq!(app.db("b2", "fast").await, 1);
+}
+
+#[tokio::test]
+async fn a_full_batch_counts_exactly_and_bad_envelopes_count_nothing() {
+    let app = crate::helpers::spawn_app().await;
+    let (s, _) = app
+        .put(
+            "/admin/v1/plans/free",
+            &json!({"limits": {"premium": 10, "fast": null}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let events: Vec<_> = (0..1000)
+        .map(|i| json!({"user_id": format!("f{}", i % 7), "kind": "fast", "amount": 2}))
+        .collect();
+    let (s, v) = app
+        .post("/v1/consume/batch", &json!({"events": events}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["results"].as_array().unwrap().len(), 1000);
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == json!(200))
+    );
+    app.sync_all().await;
+    let mut total = 0;
+    for u in 0..7 {
+        total += app.db(&format!("f{u}"), "fast").await;
+    }
+    assert_eq!(total, 2000);
+
+    let too_many: Vec<_> = (0..1001)
+        .map(|_| json!({"user_id": "x", "kind": "fast"}))
+        .collect();
+    for (body, status, code) in [
+        (json!({"events": []}), 400, "invalid_request"),
+        (json!({"events": too_many}), 400, "invalid_request"),
+        (json!({"events": "nope"}), 400, "invalid_request"),
+        (
+            json!([{"user_id": "x", "kind": "fast"}]),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"events": [{"user_id": "x", "kind": "fast", "colour": 1}]}),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let (s, v) = app.post("/v1/consume/batch", &body).await;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (status, json!(code)),
+            "{body}"
+        );
+    }
+    let huge = format!(
+        "{{\"events\": [{{\"user_id\": \"{}\", \"kind\": \"fast\"}}]}}",
+        "x".repeat(1024 * 1024)
+    );
+    let (s, v) = app.post_raw("/v1/consume/batch", huge).await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (413, json!("payload_too_large"))
+    );
+    assert_eq!(
+        app.usage("x").await["kinds"]["fast"]["used"],
+        json!(0),
+        "nothing counted"
+    );
+}

@@ -229,6 +229,22 @@ async fn real_responses_of_every_operation_match_their_schemas() {
         ),
         (Method::POST, "/admin/v1/sync", "/admin/v1/sync", None, 200),
         (
+            Method::POST,
+            "/v1/consume/batch",
+            "/v1/consume/batch",
+            Some(
+                json!({"events": [{"user_id": "o", "kind": "fast"}, {"user_id": "o", "kind": "nope"}]}),
+            ),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/consume/batch",
+            "/v1/consume/batch",
+            Some(json!({"events": []})),
+            400,
+        ),
+        (
             Method::GET,
             "/admin/v1/users?sort=used&order=desc",
             "/admin/v1/users",

@@ -219,3 +219,97 @@ pub async fn usage(
     let u = state.engine()?.usage(&user).await?;
     Ok(Json(usage_json(&u)))
 }
+
+/// Body of `POST /v1/consume/batch`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// 1 to 1000 events, decided in order.
+    events: Vec<BatchEvent>,
+}
+
+/// One event of a batch: the fields of `POST /v1/consume`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEvent {
+    user_id: String,
+    kind: String,
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// `POST /v1/consume/batch {"events": [...]}`: each event decided and
+/// counted as by `/v1/consume`, in order, with one durability wait for the
+/// batch. 200 with one result per event: the decision (with `status` 200
+/// or 429, as `/v1/consume` would answer) or `{"status", "error"}` for an
+/// event that is invalid. A malformed envelope (not an object, no events,
+/// over 1000 events) is a 400 and counts nothing.
+pub async fn consume_batch(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<BatchBody, { crate::http::extract::MAX_BATCH_BODY_BYTES }>,
+) -> Result<Json<Value>, ApiError> {
+    let n = body.events.len();
+    if n == 0 || n > MAX_BATCH_EVENTS {
+        return Err(ApiError::invalid(format!(
+            "events must hold 1 to {MAX_BATCH_EVENTS} events (got {n})"
+        )));
+    }
+    let engine = state.engine()?;
+    // Parse every event first; invalid ones get their error in place and
+    // are not sent to the engine.
+    let mut parsed = Vec::with_capacity(n);
+    let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(n);
+    for e in &body.events {
+        let p = parse(&state, &e.user_id, &e.kind, e.amount).and_then(|p| {
+            let rid = e.request_id.as_deref().map(RequestId::parse).transpose()?;
+            Ok((p.user, p.kind, p.amount, rid))
+        });
+        slots.push(p.map(|p| {
+            parsed.push(p);
+            parsed.len() - 1
+        }));
+    }
+    let mut decided = engine.consume_batch(&parsed).await?.into_iter();
+    let mut results = Vec::with_capacity(n);
+    let mut allowed = 0u64;
+    for slot in slots {
+        let r = match slot {
+            Err(e) => Err(e),
+            Ok(_) => decided
+                .next()
+                .expect("one decision per parsed event")
+                .map_err(ApiError::from),
+        };
+        results.push(match r {
+            Ok(out) => {
+                allowed += u64::from(out.decision.allowed && !out.deduplicated);
+                let d = &out.decision;
+                let status = if d.allowed { 200 } else { 429 };
+                json!({
+                    "status": status,
+                    "allowed": d.allowed,
+                    "deduplicated": out.deduplicated,
+                    "user_id": out.user.as_str(),
+                    "kind": out.kind.name(),
+                    "amount": out.amount,
+                    "used": d.used,
+                    "limit": d.limit,
+                    "remaining": d.remaining,
+                    "period_start": d.period_start.to_rfc3339(),
+                })
+            }
+            Err(e) => {
+                json!({"status": e.status.as_u16(), "error": ApiError::body(e.code, &e.message)})
+            }
+        });
+    }
+    if state.verbose {
+        tracing::debug!(target: "consume", events = n, allowed, "consume batch");
+    }
+    Ok(Json(json!({"results": results})))
+}
