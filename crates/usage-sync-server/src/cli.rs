@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `migrate`.
+//! The command line: `serve`, `check-config`, `migrate`, `status`, `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test a running instance with POST /v1/consume over keep-alive
+    /// connections; print throughput, latency percentiles and the sync
+    /// statistics before and after.
+    Bench {
+        /// Base URL of the instance [default: http:// + USAGE_SYNC_LISTEN].
+        #[arg(long)]
+        url: Option<String>,
+        /// API token [default: USAGE_SYNC_API_TOKEN].
+        #[arg(long)]
+        token: Option<String>,
+        /// Admin token, for the sync statistics [default: USAGE_SYNC_ADMIN_TOKEN].
+        #[arg(long)]
+        admin_token: Option<String>,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to run: 10s, 1m, or milliseconds.
+        #[arg(long, default_value = "10s", value_parser = parse_bench_duration)]
+        duration: std::time::Duration,
+        /// Distinct users, chosen at random per request.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Kinds, comma-separated, chosen at random per request.
+        #[arg(long, default_value = "fast", value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Send a fresh request_id with every consume.
+        #[arg(long)]
+        request_ids: bool,
+        /// Print the grade (A, B, C) and recommendations.
+        #[arg(long)]
+        grade: bool,
+        /// Print one JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_bench_duration(s: &str) -> Result<std::time::Duration, String> {
+    configuration::parse_duration(s)
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -53,6 +92,46 @@ pub fn run() -> ExitCode {
         // one must not stop an operator from looking at a remote instance.
         let settings = configuration::load(cli.config.as_deref()).ok();
         return crate::status::run(settings.as_ref(), url.clone(), token.clone(), *json);
+    }
+    if let Command::Bench {
+        url,
+        token,
+        admin_token,
+        connections,
+        duration,
+        users,
+        kinds,
+        request_ids,
+        grade,
+        json,
+    } = &cli.command
+    {
+        let settings = configuration::load(cli.config.as_deref()).ok();
+        let secret = |s: Option<&configuration::Secret>| s.map(|t| t.expose().to_owned());
+        let url = url
+            .clone()
+            .or_else(|| settings.as_ref().map(|s| format!("http://{}", s.listen)))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        if *connections == 0 || *users == 0 || kinds.is_empty() {
+            eprintln!("✗ --connections, --users and --kinds must not be zero or empty");
+            return ExitCode::from(2);
+        }
+        return crate::bench::run(crate::bench::BenchArgs {
+            url: url.trim_end_matches('/').to_owned(),
+            api_token: token
+                .clone()
+                .or_else(|| secret(settings.as_ref().and_then(|s| s.api_token.as_ref()))),
+            admin_token: admin_token
+                .clone()
+                .or_else(|| secret(settings.as_ref().and_then(|s| s.admin_token.as_ref()))),
+            connections: *connections,
+            duration: *duration,
+            users: *users,
+            kinds: kinds.clone(),
+            request_ids: *request_ids,
+            grade: *grade,
+            json: *json,
+        });
     }
     let settings = match configuration::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -92,7 +171,7 @@ pub fn run() -> ExitCode {
             );
             Ok(())
         }),
-        Command::Status { .. } => unreachable!("handled above"),
+        Command::Status { .. } | Command::Bench { .. } => unreachable!("handled above"),
         Command::Serve => runtime(|| async {
             telemetry::init(&settings);
             telemetry::warn_about(&settings);

@@ -14,6 +14,7 @@
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
 pub mod alerts;
+pub mod bench;
 pub mod cadence;
 pub mod checklist;
 pub mod cli;

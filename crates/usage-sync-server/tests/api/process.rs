@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{Binary, db_total};
 
@@ -286,4 +286,91 @@ async fn the_typescript_client_passes_its_tests_against_the_real_binary() {
         stdout.contains("# pass 9") && stdout.contains("# fail 0"),
         "{stdout}"
     );
+}
+
+/// `usage-sync bench` against the real binary: it drives load, reads the
+/// sync statistics, and grades the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_command_loads_an_instance_and_grades_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::Binary::start(
+        dir.path(),
+        &[
+            ("USAGE_SYNC_ADMIN_TOKEN", "adm"),
+            ("USAGE_SYNC_THRESHOLD", "5"),
+        ],
+    )
+    .await;
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let address = server.address.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args([
+                "bench",
+                "--url",
+                &address,
+                "--admin-token",
+                "adm",
+                "--connections",
+                "4",
+                "--duration",
+                "1500ms",
+                "--users",
+                "20",
+                "--kinds",
+                "fast,premium",
+                "--request-ids",
+                "--grade",
+                "--json",
+            ])
+            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let requests = v["requests"].as_u64().unwrap();
+    assert!(requests > 20, "{v}");
+    assert_eq!(v["errors"], json!(0), "{v}");
+    assert_eq!(
+        v["allowed"].as_u64().unwrap() + v["denied"].as_u64().unwrap(),
+        requests
+    );
+    // 20 users × (50 fast + 10 premium) of the free plan bound what can
+    // be allowed.
+    assert!(v["allowed"].as_u64().unwrap() <= 20 * 60, "{v}");
+    assert_eq!(v["success_percent"], json!(100.0));
+    assert!(v["latency_ms"]["p99"].as_f64().unwrap() >= v["latency_ms"]["p50"].as_f64().unwrap());
+    assert_eq!(v["grade"], json!("A"), "{v}");
+    assert!(
+        v["sync_after"]["flushes"].as_u64().unwrap() >= 1,
+        "threshold flushes ran: {v}"
+    );
+    // The instance counted exactly what the bench saw allowed.
+    let client = reqwest::Client::new();
+    let st: Value = client
+        .get(format!("{}/admin/v1/status", server.address))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["consumes"]["allowed"], v["allowed"]);
+    assert_eq!(st["consumes"]["denied"], v["denied"]);
+
+    // An unreachable instance is exit code 2.
+    let out = std::process::Command::new(bin)
+        .args(["bench", "--url", "http://127.0.0.1:1", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
