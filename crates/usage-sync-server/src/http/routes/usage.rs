@@ -252,7 +252,7 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 pub async fn consume_batch(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<BatchBody, { crate::http::extract::MAX_BATCH_BODY_BYTES }>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let n = body.events.len();
     if n == 0 || n > MAX_BATCH_EVENTS {
         return Err(ApiError::invalid(format!(
@@ -274,42 +274,81 @@ pub async fn consume_batch(
             parsed.len() - 1
         }));
     }
-    let mut decided = engine.consume_batch(&parsed).await?.into_iter();
+    let decided: Vec<Result<_, ApiError>> = engine
+        .consume_batch(&parsed)
+        .await?
+        .into_iter()
+        .map(|r| r.map_err(ApiError::from))
+        .collect();
+    let mut decided = decided.iter();
     let mut results = Vec::with_capacity(n);
     let mut allowed = 0u64;
-    for slot in slots {
+    for slot in &slots {
         let r = match slot {
             Err(e) => Err(e),
             Ok(_) => decided
                 .next()
                 .expect("one decision per parsed event")
-                .map_err(ApiError::from),
+                .as_ref(),
         };
         results.push(match r {
             Ok(out) => {
                 allowed += u64::from(out.decision.allowed && !out.deduplicated);
                 let d = &out.decision;
-                let status = if d.allowed { 200 } else { 429 };
-                json!({
-                    "status": status,
-                    "allowed": d.allowed,
-                    "deduplicated": out.deduplicated,
-                    "user_id": out.user.as_str(),
-                    "kind": out.kind.name(),
-                    "amount": out.amount,
-                    "used": d.used,
-                    "limit": d.limit,
-                    "remaining": d.remaining,
-                    "period_start": d.period_start.to_rfc3339(),
-                })
+                BatchItem {
+                    status: if d.allowed { 200 } else { 429 },
+                    allowed: Some(d.allowed),
+                    deduplicated: Some(out.deduplicated),
+                    user_id: Some(out.user.as_str()),
+                    kind: Some(out.kind.name()),
+                    amount: Some(out.amount),
+                    used: Some(d.used),
+                    limit: d.limit,
+                    remaining: d.remaining,
+                    period_start: Some(d.period_start.to_rfc3339()),
+                    error: None,
+                }
             }
-            Err(e) => {
-                json!({"status": e.status.as_u16(), "error": ApiError::body(e.code, &e.message)})
-            }
+            Err(e) => BatchItem {
+                status: e.status.as_u16(),
+                error: Some(ApiError::body(e.code, &e.message)),
+                ..BatchItem::default()
+            },
         });
     }
     if state.verbose {
         tracing::debug!(target: "consume", events = n, allowed, "consume batch");
     }
-    Ok(Json(json!({"results": results})))
+    Ok(Json(BatchResults { results }).into_response())
+}
+
+/// One result of a batch, as the API shows it (see `BatchItemDoc`).
+#[derive(Serialize, Default)]
+struct BatchItem<'a> {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deduplicated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct BatchResults<'a> {
+    results: Vec<BatchItem<'a>>,
 }
