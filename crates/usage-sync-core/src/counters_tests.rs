@@ -558,13 +558,13 @@ fn evict_idle_never_drops_pending_units() {
     consume(&l, "dirty", "fast", 2, T0);
     let later = T0.saturating_add_ms(60_000);
     consume(&l, "recent", "fast", 1, later);
-    let (batches, _) = l.take_all(100, Trigger::Manual);
-    for b in &batches {
-        if b.deltas.iter().any(|d| d.user.as_str() == "recent") {
-            l.complete(b, &vec![1; b.deltas.len()], later);
-        }
+    // "dirty" goes in flight (taken, not completed); "recent" is flushed.
+    let in_flight = l.take_user("dirty", 100);
+    assert_eq!(in_flight.len(), 1);
+    for b in l.take_user("recent", 100) {
+        l.complete(&b, &vec![1; b.deltas.len()], later);
     }
-    // "dirty" is in flight (taken, not completed): it must stay.
+    // "dirty" still holds units not in the store: it must stay.
     assert_eq!(l.evict_idle(30_000, later), (1, 1));
     assert!(!l.is_resident("clean"));
     assert!(l.is_resident("dirty"));
