@@ -88,16 +88,7 @@ impl Engine {
         store.migrate().await?;
         let mut plans = plans;
         for stored in store.load_plans().await? {
-            // A stored plan naming a kind that is no longer configured keeps
-            // its other limits; the unknown kind is ignored.
-            let limits: Vec<(&str, Limit)> = stored
-                .limits
-                .iter()
-                .filter(|(k, _)| kinds.get(k).is_ok())
-                .map(|(k, l)| (k.as_str(), *l))
-                .collect();
-            let plan = Plan::from_named_limits(&stored.name, stored.period, &kinds, limits)?;
-            plans = plans.with_plan(plan);
+            plans = plans.with_plan(plan_from_stored(&kinds, &stored)?);
         }
         let ledger = Ledger::new(
             kinds,
@@ -238,13 +229,7 @@ impl Engine {
     ) -> Result<ConsumeOutcome, Error> {
         self.ensure_accepting()?;
         let started = std::time::Instant::now();
-        let out = match &self.inner.shared {
-            Some(t) => {
-                self.consume_shared(t, user, kind, amount, request_id)
-                    .await?
-            }
-            None => self.consume_local(user, kind, amount, request_id).await?,
-        };
+        let out = self.decide(user, kind, amount, request_id).await?;
         if out.threshold_reached {
             self.inner.threshold_wake.notify_one();
         }
@@ -261,7 +246,8 @@ impl Engine {
 
     /// Consumes a batch of events in order, each decided and counted as by
     /// [`Engine::consume`], with one durability wait for the whole batch
-    /// (the log makes the batch durable together). Events are independent:
+    /// (the log makes the batch durable together). In a shared mode each
+    /// event is still one Redis decision, made one after the other. Events are independent:
     /// one refused or failing event does not stop the others. If the log
     /// cannot make the batch durable, every event that counted reports
     /// `Unavailable` (nothing of it was acknowledged).
@@ -275,13 +261,7 @@ impl Engine {
         let mut last_lsn = None;
         let mut wake = false;
         for (user, kind, amount, rid) in events {
-            let r = match &self.inner.shared {
-                Some(t) => {
-                    self.consume_shared(t, user, kind, *amount, rid.as_ref())
-                        .await
-                }
-                None => self.consume_local(user, kind, *amount, rid.as_ref()).await,
-            };
+            let r = self.decide(user, kind, *amount, rid.as_ref()).await;
             if let Ok(o) = &r {
                 wake |= o.threshold_reached;
                 last_lsn = last_lsn.max(o.lsn);
@@ -311,6 +291,21 @@ impl Engine {
         }
         m.latency.observe(started.elapsed());
         Ok(out)
+    }
+
+    /// Decides and counts one consume: through the shared tier when one is
+    /// configured, else from this instance's own counts.
+    async fn decide(
+        &self,
+        user: &UserId,
+        kind: &Kind,
+        amount: Units,
+        request_id: Option<&RequestId>,
+    ) -> Result<ConsumeOutcome, Error> {
+        match &self.inner.shared {
+            Some(t) => self.consume_shared(t, user, kind, amount, request_id).await,
+            None => self.consume_local(user, kind, amount, request_id).await,
+        }
     }
 
     /// The consume decision from this instance's own counts.
@@ -502,15 +497,9 @@ impl Engine {
     /// instance).
     pub(crate) async fn reload_plans(&self) -> Result<(), Error> {
         for stored in self.inner.store.load_plans().await? {
-            let kinds = self.kinds();
-            let limits: Vec<(&str, Limit)> = stored
-                .limits
-                .iter()
-                .filter(|(k, _)| kinds.get(k).is_ok())
-                .map(|(k, l)| (k.as_str(), *l))
-                .collect();
-            let plan = Plan::from_named_limits(&stored.name, stored.period, kinds, limits)?;
-            self.inner.ledger.set_plan(plan);
+            self.inner
+                .ledger
+                .set_plan(plan_from_stored(self.kinds(), &stored)?);
         }
         Ok(())
     }
@@ -604,6 +593,24 @@ fn validate_plan_name(name: &str) -> Result<(), Error> {
             "plan names are 1-64 of A-Z, a-z, 0-9, '_', '-' and '.'".into(),
         ))
     }
+}
+
+/// A plan saved by an admin, as a core plan. A stored plan naming a kind
+/// that is no longer configured keeps its other limits; the unknown kind
+/// is ignored.
+fn plan_from_stored(kinds: &Kinds, stored: &StoredPlan) -> Result<Plan, Error> {
+    let limits: Vec<(&str, Limit)> = stored
+        .limits
+        .iter()
+        .filter(|(k, _)| kinds.get(k).is_ok())
+        .map(|(k, l)| (k.as_str(), *l))
+        .collect();
+    Ok(Plan::from_named_limits(
+        &stored.name,
+        stored.period,
+        kinds,
+        limits,
+    )?)
 }
 
 pub(crate) fn profile_from_stored(kinds: &Kinds, p: StoredUser) -> UserProfile {
