@@ -85,6 +85,8 @@ export interface ErrorBody {
   error: ErrorDetail;
 }
 
+/** Stable error codes. Clients switch on these; never rename one. (The
+OpenAPI document lists them from this enum.) */
 export type ErrorCode = "invalid_request" | "unknown_kind" | "limit_exceeded" | "unauthorized" | "not_found" | "unknown_request" | "already_refunded" | "payload_too_large" | "unavailable" | "internal";
 
 export interface ErrorDetail {

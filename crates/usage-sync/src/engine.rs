@@ -235,11 +235,7 @@ impl Engine {
         }
         self.durable(out.lsn).await?;
         let m = &self.inner.requests;
-        match (out.deduplicated, out.decision.allowed) {
-            (true, _) => m.deduplicated.add(1),
-            (false, true) => m.allowed.add(1),
-            (false, false) => m.denied.add(1),
-        }
+        m.record(out.deduplicated, out.decision.allowed);
         m.latency.observe(started.elapsed());
         Ok(out)
     }
@@ -283,11 +279,7 @@ impl Engine {
         }
         let m = &self.inner.requests;
         for r in out.iter().flatten() {
-            match (r.deduplicated, r.decision.allowed) {
-                (true, _) => m.deduplicated.add(1),
-                (false, true) => m.allowed.add(1),
-                (false, false) => m.denied.add(1),
-            }
+            m.record(r.deduplicated, r.decision.allowed);
         }
         m.latency.observe(started.elapsed());
         Ok(out)
@@ -308,6 +300,22 @@ impl Engine {
         }
     }
 
+    /// Runs a ledger operation on `user`, loading the user from the store
+    /// first if it is not in memory (and again if it was evicted in
+    /// between): the one place that turns `NotResident` into a load.
+    pub(crate) async fn resident<T>(
+        &self,
+        user: &UserId,
+        mut op: impl FnMut(&Ledger, Timestamp) -> Result<T, CoreError>,
+    ) -> Result<T, Error> {
+        loop {
+            match op(&self.inner.ledger, self.now()) {
+                Err(CoreError::NotResident) => self.make_resident(user).await?,
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// The consume decision from this instance's own counts.
     pub(crate) async fn consume_local(
         &self,
@@ -316,16 +324,10 @@ impl Engine {
         amount: Units,
         request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
-        loop {
-            match self
-                .inner
-                .ledger
-                .consume(user.as_str(), kind, amount, request_id, self.now())
-            {
-                Err(CoreError::NotResident) => self.make_resident(user).await?,
-                other => return Ok(other?),
-            }
-        }
+        self.resident(user, |l, now| {
+            l.consume(user.as_str(), kind, amount, request_id, now)
+        })
+        .await
     }
 
     /// Answers the consume question without counting.
@@ -339,16 +341,8 @@ impl Engine {
         if let Some(t) = &self.inner.shared {
             return self.check_shared(t, user, kind, amount).await;
         }
-        loop {
-            match self
-                .inner
-                .ledger
-                .check(user.as_str(), kind, amount, self.now())
-            {
-                Err(CoreError::NotResident) => self.make_resident(user).await?,
-                other => return Ok(other?),
-            }
-        }
+        self.resident(user, |l, now| l.check(user.as_str(), kind, amount, now))
+            .await
     }
 
     /// Reverses the consume made under `request_id`, once.

@@ -123,6 +123,17 @@ pub struct RequestMetrics {
     pub store_load: Histogram,
 }
 
+impl RequestMetrics {
+    /// Counts one decision by result.
+    pub fn record(&self, deduplicated: bool, allowed: bool) {
+        match (deduplicated, allowed) {
+            (true, _) => self.deduplicated.add(1),
+            (false, true) => self.allowed.add(1),
+            (false, false) => self.denied.add(1),
+        }
+    }
+}
+
 impl Default for RequestMetrics {
     fn default() -> Self {
         RequestMetrics {

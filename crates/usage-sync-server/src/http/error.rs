@@ -8,8 +8,11 @@ use serde_json::json;
 use usage_sync::Error as EngineError;
 use usage_sync_core::CoreError;
 
-/// Stable error codes. Clients switch on these; never rename one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Stable error codes. Clients switch on these; never rename one. (The
+/// OpenAPI document lists them from this enum.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ErrorCode)]
 pub enum Code {
     InvalidRequest,
     UnknownKind,

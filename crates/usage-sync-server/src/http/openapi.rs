@@ -15,6 +15,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::http::error::Code;
 use crate::http::routes::admin::{ListParams, PlanBody, SimulateBody, UserBody};
 use crate::http::routes::usage::{
     BatchBody, BatchEvent, CheckBody, ConsumeBody, DecisionBody, RefundBody,
@@ -31,24 +32,9 @@ pub struct ErrorBody {
 #[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
     /// Stable machine-readable code.
-    pub code: ErrorCode,
+    pub code: Code,
     /// For humans; may change between versions.
     pub message: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    InvalidRequest,
-    UnknownKind,
-    LimitExceeded,
-    Unauthorized,
-    NotFound,
-    UnknownRequest,
-    AlreadyRefunded,
-    PayloadTooLarge,
-    Unavailable,
-    Internal,
 }
 
 /// The result of one event of a batch, in the event's position: the
@@ -287,7 +273,7 @@ impl Modify for Security {
     ),
     components(schemas(
         ConsumeBody, BatchBody, BatchEvent, BatchItemDoc, BatchResultDoc, CheckBody, RefundBody, DecisionBody, PlanBody, UserBody, SimulateBody,
-        ErrorBody, ErrorDetail, ErrorCode, KindUsageDoc, UsageDoc, RefundDoc, PlanDoc,
+        ErrorBody, ErrorDetail, Code, KindUsageDoc, UsageDoc, RefundDoc, PlanDoc,
         SyncReportDoc, UserSyncDoc, UserListDoc, UserTotalsDoc, KindTotalDoc, EvictDoc,
         SimulateDoc, ResetDoc, HealthDoc, ReadyDoc, StatusDoc, DiagnoseDoc, AlertsDoc
     )),

@@ -496,12 +496,8 @@ impl Engine {
 
     /// Loads the user if needed and returns its quota for `kind`.
     async fn quota(&self, user: &UserId, kind: &Kind) -> Result<Quota, Error> {
-        loop {
-            match self.inner.ledger.quota(user.as_str(), kind, self.now()) {
-                Err(CoreError::NotResident) => self.make_resident(user).await?,
-                other => return Ok(other?),
-            }
-        }
+        self.resident(user, |l, now| l.quota(user.as_str(), kind, now))
+            .await
     }
 
     /// Counts units the shared tier admitted, loading the user if it was
@@ -513,18 +509,10 @@ impl Engine {
         amount: Units,
         request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
-        loop {
-            match self.inner.ledger.consume_granted(
-                user.as_str(),
-                kind,
-                amount,
-                request_id,
-                self.now(),
-            ) {
-                Err(CoreError::NotResident) => self.make_resident(user).await?,
-                other => return Ok(other?),
-            }
-        }
+        self.resident(user, |l, now| {
+            l.consume_granted(user.as_str(), kind, amount, request_id, now)
+        })
+        .await
     }
 
     /// An admin changed this user elsewhere: reload its profile from the
@@ -859,19 +847,11 @@ impl Engine {
             } => {
                 let kind = *self.kinds().get(&kind)?;
                 let period = Timestamp::from_millis(period_start_ms);
-                let r = loop {
-                    match self.inner.ledger.refund_remote(
-                        request_id,
-                        &owner,
-                        &kind,
-                        period,
-                        units,
-                        self.now(),
-                    ) {
-                        Err(CoreError::NotResident) => self.make_resident(&owner).await?,
-                        other => break other?,
-                    }
-                };
+                let r = self
+                    .resident(&owner, |l, now| {
+                        l.refund_remote(request_id, &owner, &kind, period, units, now)
+                    })
+                    .await?;
                 self.durable(r.lsn).await?;
                 let usage = self.usage(&owner).await?;
                 Ok(Refund {
