@@ -314,6 +314,9 @@ impl SharedTier {
     /// Adds the units admitted while degraded to the counters that survived.
     async fn pay_debts(&self) -> Result<(), RedisFailure> {
         let debts = std::mem::take(&mut *lock(&self.debts));
+        if debts.is_empty() {
+            return Ok(());
+        }
         let mut iter = debts.into_iter();
         while let Some((key, units)) = iter.next() {
             self.ops(1);
@@ -444,6 +447,13 @@ impl Engine {
                     && let Err(e) = t.try_recover().await
                 {
                     tracing::debug!(target: "consume", error = %e, "redis probe failed");
+                    continue;
+                }
+                // A fallback decision racing the recovery (it saw the tier
+                // down just before it came back) leaves a debt after the
+                // recovery paid the others: pay it on the next tick.
+                if let Err(e) = t.pay_debts().await {
+                    t.mark_down(&e);
                     continue;
                 }
                 let expired = t.leases.expire(Some(Instant::now()));
