@@ -851,51 +851,14 @@ impl Ledger {
             return Err(CoreError::AlreadyRefunded);
         }
         let refunded = if rec.decision.allowed { rec.amount } else { 0 };
-        let mut lsn = None;
-        if refunded > 0 {
-            let version = self.plans_version.load(Ordering::Acquire);
-            let mut guard = self.shard(rec.user.as_str());
-            let shard = &mut *guard;
-            let e = shard
-                .users
-                .get_mut(rec.user.as_str())
-                .ok_or(CoreError::NotResident)?;
-            e.refresh(&self.plans, version, now);
-            let k = rec.kind.index();
-            match e.slot_mut(k, rec.period_start) {
-                Some(slot) => slot.pending -= refunded as i64,
-                None => {
-                    // The period ended and its counters were flushed and
-                    // dropped: recreate it to carry the negative delta.
-                    let mut slot = Slot::new(rec.period_start, 0, None);
-                    slot.pending = -(refunded as i64);
-                    e.stale.push((k as u16, slot));
-                }
-            }
-            e.last_activity = now;
-            Shard::mark_dirty(&mut shard.dirty, e, now);
-            lsn = self.journal().map(|j| {
-                j.append(Record::Refund {
-                    request_id,
-                    user: &rec.user,
-                    kind: &rec.kind,
-                    period_start: rec.period_start,
-                    amount: refunded,
-                    at: now,
-                })
-            });
-        } else if let Some(j) = self.journal() {
-            // Nothing to give back, but "already refunded" must survive a
-            // restart too.
-            lsn = Some(j.append(Record::Refund {
-                request_id,
-                user: &rec.user,
-                kind: &rec.kind,
-                period_start: rec.period_start,
-                amount: 0,
-                at: now,
-            }));
-        }
+        let lsn = self.give_back(
+            request_id,
+            &rec.user,
+            &rec.kind,
+            rec.period_start,
+            refunded,
+            now,
+        )?;
         rec.refunded = true;
         Ok(RefundOutcome {
             user: rec.user.clone(),
@@ -903,6 +866,54 @@ impl Ledger {
             refunded,
             lsn,
         })
+    }
+
+    /// Takes `amount` units off `user`'s counter of `period_start` (as a
+    /// negative delta on a recreated counter if that period's counters
+    /// were flushed and dropped) and logs the refund under `request_id`.
+    /// With 0 units only the log record is written: "already refunded"
+    /// must survive a restart too. The caller holds the gate and the
+    /// request id's dedup shard (lock order: dedup, then user shard).
+    fn give_back(
+        &self,
+        request_id: &str,
+        user: &UserId,
+        kind: &Kind,
+        period_start: Timestamp,
+        amount: u64,
+        now: Timestamp,
+    ) -> Result<Option<Lsn>, CoreError> {
+        if amount > 0 {
+            let version = self.plans_version.load(Ordering::Acquire);
+            let mut guard = self.shard(user.as_str());
+            let shard = &mut *guard;
+            let e = shard
+                .users
+                .get_mut(user.as_str())
+                .ok_or(CoreError::NotResident)?;
+            e.refresh(&self.plans, version, now);
+            let k = kind.index();
+            match e.slot_mut(k, period_start) {
+                Some(slot) => slot.pending -= amount as i64,
+                None => {
+                    let mut slot = Slot::new(period_start, 0, None);
+                    slot.pending = -(amount as i64);
+                    e.stale.push((k as u16, slot));
+                }
+            }
+            e.last_activity = now;
+            Shard::mark_dirty(&mut shard.dirty, e, now);
+        }
+        Ok(self.journal().map(|j| {
+            j.append(Record::Refund {
+                request_id,
+                user,
+                kind,
+                period_start,
+                amount,
+                at: now,
+            })
+        }))
     }
 
     /// Gives back units that a shared tier (Redis) has refunded for a
@@ -921,35 +932,7 @@ impl Ledger {
     ) -> Result<RefundOutcome, CoreError> {
         let _gate = self.gate();
         let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
-        let version = self.plans_version.load(Ordering::Acquire);
-        let mut guard = self.shard(user.as_str());
-        let shard = &mut *guard;
-        let e = shard
-            .users
-            .get_mut(user.as_str())
-            .ok_or(CoreError::NotResident)?;
-        e.refresh(&self.plans, version, now);
-        let k = kind.index();
-        match e.slot_mut(k, period_start) {
-            Some(slot) => slot.pending -= amount as i64,
-            None => {
-                let mut slot = Slot::new(period_start, 0, None);
-                slot.pending = -(amount as i64);
-                e.stale.push((k as u16, slot));
-            }
-        }
-        e.last_activity = now;
-        Shard::mark_dirty(&mut shard.dirty, e, now);
-        let lsn = self.journal().map(|j| {
-            j.append(Record::Refund {
-                request_id,
-                user,
-                kind,
-                period_start,
-                amount,
-                at: now,
-            })
-        });
+        let lsn = self.give_back(request_id, user, kind, period_start, amount, now)?;
         if let Some(rec) = dedup.map.get_mut(request_id) {
             rec.refunded = true;
         }

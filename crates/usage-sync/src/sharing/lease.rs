@@ -35,10 +35,23 @@ pub(crate) struct Return {
     pub units: u64,
 }
 
-type Key = (UserId, u16);
+/// A user's leases, one per kind that has one (usually a single entry).
+type UserLeases = Vec<(u16, Lease)>;
+
+/// The unspent part of a lease, to give back.
+fn unspent(user: &UserId, kind: u16, l: &Lease) -> Option<Return> {
+    (l.left > 0).then(|| Return {
+        user: user.clone(),
+        kind,
+        period_start: l.period_start,
+        units: l.left,
+    })
+}
 
 pub(crate) struct Leases {
-    shards: Vec<Mutex<HashMap<Key, Lease>>>,
+    /// Keyed by user and looked up by `&str`, so spending from a lease
+    /// clones nothing.
+    shards: Vec<Mutex<HashMap<UserId, UserLeases>>>,
 }
 
 impl Leases {
@@ -48,7 +61,7 @@ impl Leases {
         }
     }
 
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<Key, Lease>> {
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<UserId, UserLeases>> {
         let h = foldhash::fast::FixedState::with_seed(7);
         let i = std::hash::BuildHasher::hash_one(&h, user) as usize % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
@@ -66,7 +79,10 @@ impl Leases {
         now: Instant,
     ) -> Option<u64> {
         let mut shard = self.shard(user.as_str());
-        let lease = shard.get_mut(&(user.clone(), kind))?;
+        let (_, lease) = shard
+            .get_mut(user.as_str())?
+            .iter_mut()
+            .find(|(k, _)| *k == kind)?;
         if lease.period_start != period_start || lease.expires_at <= now || lease.left < amount {
             return None;
         }
@@ -85,35 +101,26 @@ impl Leases {
         redis_used: u64,
         expires_at: Instant,
     ) -> Option<Return> {
+        let fresh = Lease {
+            period_start,
+            left,
+            redis_used,
+            expires_at,
+        };
         let mut shard = self.shard(user.as_str());
-        let key = (user.clone(), kind);
-        let mut stale = None;
-        match shard.get_mut(&key) {
-            Some(l) if l.period_start == period_start => {
-                l.left += left;
-                l.redis_used = l.redis_used.max(redis_used);
-                l.expires_at = expires_at;
-                return None;
-            }
-            Some(l) => {
-                stale = (l.left > 0).then(|| Return {
-                    user: user.clone(),
-                    kind,
-                    period_start: l.period_start,
-                    units: l.left,
-                });
-            }
-            None => {}
+        let leases = shard.entry(user.clone()).or_default();
+        let Some((_, l)) = leases.iter_mut().find(|(k, _)| *k == kind) else {
+            leases.push((kind, fresh));
+            return None;
+        };
+        if l.period_start == period_start {
+            l.left += left;
+            l.redis_used = l.redis_used.max(redis_used);
+            l.expires_at = expires_at;
+            return None;
         }
-        shard.insert(
-            key,
-            Lease {
-                period_start,
-                left,
-                redis_used,
-                expires_at,
-            },
-        );
+        let stale = unspent(user, kind, l);
+        *l = fresh;
         stale
     }
 
@@ -124,19 +131,15 @@ impl Leases {
         let mut out = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            shard.retain(|(user, kind), l| {
-                if now.is_some_and(|now| l.expires_at > now) {
-                    return true;
-                }
-                if l.left > 0 {
-                    out.push(Return {
-                        user: user.clone(),
-                        kind: *kind,
-                        period_start: l.period_start,
-                        units: l.left,
-                    });
-                }
-                false
+            shard.retain(|user, leases| {
+                leases.retain(|(kind, l)| {
+                    if now.is_some_and(|now| l.expires_at > now) {
+                        return true;
+                    }
+                    out.extend(unspent(user, *kind, l));
+                    false
+                });
+                !leases.is_empty()
             });
         }
         out
@@ -144,38 +147,31 @@ impl Leases {
 
     /// Drops one user's leases (an admin change), returning their units.
     pub(crate) fn drop_user(&self, user: &UserId) -> Vec<Return> {
-        let mut shard = self.shard(user.as_str());
-        let mut out = Vec::new();
-        shard.retain(|(u, kind), l| {
-            if u != user {
-                return true;
-            }
-            if l.left > 0 {
-                out.push(Return {
-                    user: u.clone(),
-                    kind: *kind,
-                    period_start: l.period_start,
-                    units: l.left,
-                });
-            }
-            false
-        });
-        out
+        self.shard(user.as_str())
+            .remove(user.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|(kind, l)| unspent(user, kind, &l))
+            .collect()
     }
 
     /// (leases held, units unspent in them), for status and diagnostics.
     pub(crate) fn held(&self) -> (usize, u64) {
         self.shards.iter().fold((0, 0), |(n, u), s| {
             let s = s.lock().unwrap_or_else(|e| e.into_inner());
-            (n + s.len(), u + s.values().map(|l| l.left).sum::<u64>())
+            s.values()
+                .flatten()
+                .fold((n, u), |(n, u), (_, l)| (n + 1, u + l.left))
         })
     }
 
     /// This user's lease of one kind: (period start, unspent, expires in).
     pub(crate) fn of(&self, user: &UserId, kind: u16) -> Option<(Timestamp, u64, Instant)> {
         self.shard(user.as_str())
-            .get(&(user.clone(), kind))
-            .map(|l| (l.period_start, l.left, l.expires_at))
+            .get(user.as_str())?
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, l)| (l.period_start, l.left, l.expires_at))
     }
 }
 
@@ -211,5 +207,19 @@ mod tests {
             now + Duration::from_secs(2),
         );
         assert_eq!(stale.map(|r| (r.period_start, r.units)), Some((p, 2)));
+        // An admin change drops all of a user's leases, returning what is
+        // unspent; other users keep theirs.
+        let v = UserId::parse("v").unwrap();
+        l.add(&u, 1, p, 3, 3, now + Duration::from_secs(2));
+        l.add(&v, 0, p, 4, 4, now + Duration::from_secs(2));
+        let mut back: Vec<_> = l
+            .drop_user(&u)
+            .into_iter()
+            .map(|r| (r.kind, r.units))
+            .collect();
+        back.sort();
+        assert_eq!(back, [(0, 1), (1, 3)]);
+        assert_eq!(l.held(), (1, 4));
+        assert_eq!(l.of(&v, 0).map(|(_, left, _)| left), Some(4));
     }
 }

@@ -265,6 +265,13 @@ impl SharedTier {
         }
     }
 
+    /// Records a failure (see [`SharedTier::mark_down`]) and turns it into
+    /// the `Unavailable` answer of a call that needed Redis.
+    fn unavailable(&self, e: &RedisFailure, what: &str) -> Error {
+        self.mark_down(e);
+        Error::Unavailable(format!("{what} ({e})"))
+    }
+
     /// Records a failure and enters the degraded state (logged once per
     /// outage; the probe leaves it).
     fn mark_down(&self, e: &RedisFailure) {
@@ -551,12 +558,10 @@ impl Engine {
                 t.queue_returns(t.leases.drop_user(user), self.kinds());
                 Ok(())
             }
-            Err(e) => {
-                t.mark_down(&e);
-                Err(Error::Unavailable(format!(
-                    "the change is saved but the other instances could not be told ({e}); repeat the request"
-                )))
-            }
+            Err(e) => Err(t.unavailable(
+                &e,
+                "the change is saved but the other instances could not be told; repeat the request",
+            )),
         }
     }
 
@@ -570,12 +575,10 @@ impl Engine {
                 t.plans_seen.store(v, Ordering::Release);
                 Ok(())
             }
-            Err(e) => {
-                t.mark_down(&e);
-                Err(Error::Unavailable(format!(
-                    "the plan is saved but the other instances could not be told ({e}); repeat the request"
-                )))
-            }
+            Err(e) => Err(t.unavailable(
+                &e,
+                "the plan is saved but the other instances could not be told; repeat the request",
+            )),
         }
     }
 
@@ -828,23 +831,22 @@ impl Engine {
                     Ok(Some(u)) => UserId::parse(&u).map_err(Error::Core)?,
                     Ok(None) => return Err(CoreError::UnknownRequest.into()),
                     Err(e) => {
-                        t.mark_down(&e);
-                        return Err(Error::Unavailable(format!(
-                            "the shared quota store is unreachable: {e}"
-                        )));
+                        return Err(t.unavailable(&e, "the shared quota store is unreachable"));
                     }
                 }
             }
         };
+        // Load the owner before Redis marks the refund done: once it is,
+        // the negative delta must be counted here, and a store outage
+        // while loading the user afterwards would leave the refund done in
+        // Redis but never in the database.
+        if !self.ledger().is_resident(owner.as_str()) {
+            self.make_resident(&owner).await?;
+        }
         t.ops(2);
         let reply = match t.redis.refund(owner.as_str(), request_id).await {
             Ok(r) => r,
-            Err(e) => {
-                t.mark_down(&e);
-                return Err(Error::Unavailable(format!(
-                    "the shared quota store is unreachable: {e}"
-                )));
-            }
+            Err(e) => return Err(t.unavailable(&e, "the shared quota store is unreachable")),
         };
         match reply {
             // Admitted locally while degraded: only this instance knows it.
