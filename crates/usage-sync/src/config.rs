@@ -34,10 +34,10 @@ pub struct SyncConfig {
     /// Soft bound on users held in memory; idle clean users are evicted
     /// first when it is exceeded.
     pub max_cached_users: usize,
-    /// How long the threshold trigger waits after a wake-up before taking
-    /// the due counters, so crossings that happen close together share one
-    /// transaction. Bounds threshold transactions to about 1/linger per
-    /// second under any load, at the cost of that much flush latency.
+    /// Least time between the starts of two threshold rounds, so that
+    /// crossings close together share one transaction. Bounds threshold
+    /// rounds to 1/linger per second under any load; a crossing after a
+    /// quiet spell is flushed at once, one under load waits at most this.
     pub threshold_linger: Duration,
     /// How long a request id is remembered.
     pub dedup_window: Duration,
@@ -81,7 +81,7 @@ impl Default for SyncConfig {
             max_concurrent_syncs: 3,
             batch_size: 500,
             max_cached_users: 1_000_000,
-            threshold_linger: Duration::from_millis(5),
+            threshold_linger: Duration::from_millis(100),
             dedup_window: Duration::from_secs(24 * 3600),
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),

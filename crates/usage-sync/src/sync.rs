@@ -516,17 +516,29 @@ impl Inner {
     /// Idle, a crossing is flushed at once; under heavy load batches grow
     /// instead of the number of transactions (like a group commit).
     async fn threshold_loop(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
+        // Rounds start at least `threshold_linger` apart. After a quiet
+        // spell a crossing is flushed at once; under load every crossing
+        // in the interval shares the next round's transaction, so the
+        // database sees a bounded number of transactions per second
+        // whatever the request rate (SQLite then writes each leaf page
+        // once per round instead of once per tiny batch).
+        let mut next_round = Instant::now();
         loop {
-            // Only the wait is cancelled by a stop; a round in progress
+            // Only the waits are cancelled by a stop; a round in progress
             // finishes (each batch is bounded by sync_timeout).
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
                 _ = self.threshold_wake.notified() => {}
             }
-            if !self.config.threshold_linger.is_zero() {
-                tokio::time::sleep(self.config.threshold_linger).await;
+            if Instant::now() < next_round {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    _ = sleep_until(next_round) => {}
+                }
             }
+            next_round = Instant::now() + self.config.threshold_linger;
             let _round = self.flushes.round.lock().await;
             let flights = self.guard_new(self.ledger.take_threshold(self.config.batch_size));
             if flights.is_empty() {
