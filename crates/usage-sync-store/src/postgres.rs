@@ -1,14 +1,20 @@
 //! The PostgreSQL backend, for production and for several instances
 //! sharing one database.
 //!
-//! A flush is one transaction: insert the flush id (if it is already there,
-//! apply nothing), then one multi-row upsert of all deltas built from
-//! `UNNEST` arrays, ordered by key. The ordering matters with several
-//! instances: two transactions that lock the same rows lock them in the
-//! same order, so they wait for each other instead of deadlocking.
-//! `statement_timeout` and `lock_timeout` are set per transaction, so a
-//! stuck lock fails the flush (and it is retried under the same id)
-//! instead of holding a pool connection forever.
+//! A flush is one statement, so one implicit transaction and one round
+//! trip: a data-modifying CTE inserts the flush id, and the multi-row
+//! upsert of all deltas (built from `UNNEST` arrays, ordered by key) runs
+//! only if that insert happened. An id already there applies nothing, and
+//! a second statement then reads the current values. The ordering matters
+//! with several instances: two flushes that lock the same rows lock them
+//! in the same order, so they wait for each other instead of deadlocking.
+//!
+//! `statement_timeout` and `lock_timeout` are set on every pooled
+//! connection when it is opened, so a stuck lock fails the flush (and it is
+//! retried under the same id) instead of holding a connection forever.
+//! The few statements that may legitimately run long (migrations, full
+//! scans for the admin listing, pruning old flush ids) lift them with
+//! `SET LOCAL` inside their own transaction.
 //!
 //! Times cross the wire as integer milliseconds and are converted in SQL
 //! (`'epoch' + n * interval '1 millisecond'`), exactly, without a date-time
@@ -18,7 +24,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use usage_sync_core::{FlushBatch, FlushId, Timestamp};
 
@@ -47,8 +55,10 @@ fn ms(col: &str) -> String {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
-    statement_timeout: Arc<Duration>,
 }
+
+/// Lifts the connection's timeouts for the rest of a transaction.
+const UNBOUNDED: &str = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0";
 
 impl PostgresStore {
     /// Builds the pool (connections are opened on first use).
@@ -66,7 +76,23 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let statement_timeout = Duration::from_secs(5);
+        let settings = format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}",
+            statement_timeout.as_millis(),
+            (statement_timeout.as_millis() / 2).max(1)
+        );
+        let hook = Hook::async_fn(move |client, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&settings)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        });
         let pool = Pool::builder(manager)
+            .post_create(hook)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(5)))
@@ -74,10 +100,7 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        Ok(PostgresStore {
-            pool,
-            statement_timeout: Arc::new(Duration::from_secs(5)),
-        })
+        Ok(PostgresStore { pool })
     }
 
     /// Pool size and connections currently checked out.
@@ -94,52 +117,56 @@ impl PostgresStore {
     }
 
     async fn apply(&self, batch: &FlushBatch) -> Result<FlushOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let timeout_ms = self.statement_timeout.as_millis();
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {}",
-            (timeout_ms / 2).max(1)
-        ))
-        .await?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO flushes (flush_id, rows, units) VALUES ($1, $2, $3) ON CONFLICT (flush_id) DO NOTHING",
-                &[&batch.id.to_string(), &(batch.rows() as i32), &batch.units()],
-            )
-            .await?;
+        let client = self.client().await?;
         let users: Vec<&str> = batch.deltas.iter().map(|d| d.user.as_str()).collect();
         let kinds: Vec<&str> = batch.deltas.iter().map(|d| d.kind.name()).collect();
         let periods: Vec<i64> = batch.deltas.iter().map(|d| d.period_start.0).collect();
-        let rows = if inserted == 0 {
-            // Applied by an earlier attempt: report the current values.
-            tx.query(
+        let deltas: Vec<i64> = batch.deltas.iter().map(|d| d.delta).collect();
+        let id = batch.id.to_string();
+        let (n_rows, units) = (batch.rows() as i32, batch.units());
+        // One statement: the upsert reads `f`, so it runs after the id
+        // insert and only if the id was new. A concurrent statement with
+        // the same id waits on the id's unique index, then finds it.
+        let applied = client
+            .query(
                 &format!(
-                    "SELECT u.user_id, u.kind, {}, u.used FROM usage u
-                     JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(user_id, kind, p)
-                       ON u.user_id = t.user_id AND u.kind = t.kind
-                      AND u.period_start = TIMESTAMPTZ 'epoch' + t.p * INTERVAL '1 millisecond'",
-                    ms("u.period_start")
-                ),
-                &[&users, &kinds, &periods],
-            )
-            .await?
-        } else {
-            let deltas: Vec<i64> = batch.deltas.iter().map(|d| d.delta).collect();
-            tx.query(
-                &format!(
-                    "INSERT INTO usage (user_id, kind, period_start, used)
+                    "WITH f AS (
+                       INSERT INTO flushes (flush_id, rows, units) VALUES ($5, $6, $7)
+                       ON CONFLICT (flush_id) DO NOTHING
+                       RETURNING 1
+                     )
+                     INSERT INTO usage (user_id, kind, period_start, used)
                      SELECT t.user_id, t.kind, TIMESTAMPTZ 'epoch' + t.p * INTERVAL '1 millisecond', t.d
                      FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS t(user_id, kind, p, d)
+                     WHERE EXISTS (SELECT 1 FROM f)
                      ORDER BY t.user_id, t.kind, t.p
                      ON CONFLICT (user_id, kind, period_start)
                      DO UPDATE SET used = usage.used + EXCLUDED.used, updated_at = now()
                      RETURNING user_id, kind, {}, used",
                     ms("period_start")
                 ),
-                &[&users, &kinds, &periods, &deltas],
+                &[&users, &kinds, &periods, &deltas, &id, &n_rows, &units],
             )
-            .await?
+            .await?;
+        // A batch always has rows, so no row back means the id was there:
+        // applied by an earlier attempt. Report the current values, read by
+        // a new statement (a new snapshot, after that attempt committed).
+        let already_applied = applied.is_empty() && !batch.deltas.is_empty();
+        let rows = if already_applied {
+            client
+                .query(
+                    &format!(
+                        "SELECT u.user_id, u.kind, {}, u.used FROM usage u
+                         JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(user_id, kind, p)
+                           ON u.user_id = t.user_id AND u.kind = t.kind
+                          AND u.period_start = TIMESTAMPTZ 'epoch' + t.p * INTERVAL '1 millisecond'",
+                        ms("u.period_start")
+                    ),
+                    &[&users, &kinds, &periods],
+                )
+                .await?
+        } else {
+            applied
         };
         let mut after: HashMap<(String, String, i64), i64> = HashMap::with_capacity(rows.len());
         for r in rows {
@@ -161,10 +188,9 @@ impl PostgresStore {
                     .unwrap_or(0)
             })
             .collect();
-        tx.commit().await?;
         Ok(FlushOutcome {
             used_after,
-            already_applied: inserted == 0,
+            already_applied,
         })
     }
 }
@@ -178,6 +204,9 @@ impl Store for PostgresStore {
         Box::pin(async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            // Schema changes on a large table may take long, and so may the
+            // wait for another instance's migration.
+            tx.batch_execute(UNBOUNDED).await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
             tx.batch_execute(
@@ -359,14 +388,18 @@ impl Store for PostgresStore {
 
     fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            Ok(self
-                .client()
-                .await?
+            // After a long outage there may be many to delete.
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(UNBOUNDED).await?;
+            let n = tx
                 .execute(
                     &format!("DELETE FROM flushes WHERE applied_at < {}", ts(1)),
                     &[&before.0],
                 )
-                .await?)
+                .await?;
+            tx.commit().await?;
+            Ok(n)
         })
     }
 
@@ -376,9 +409,12 @@ impl Store for PostgresStore {
 
     fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .client()
-                .await?
+            // A full scan (the admin listing): not bounded by the
+            // connection's statement timeout.
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(UNBOUNDED).await?;
+            let rows = tx
                 .query(
                     &format!(
                         "SELECT user_id, kind, {}, used FROM usage ORDER BY user_id, kind, period_start",
@@ -387,6 +423,7 @@ impl Store for PostgresStore {
                     &[],
                 )
                 .await?;
+            tx.commit().await?;
             Ok(rows
                 .into_iter()
                 .map(|r| UsageRow {
@@ -401,9 +438,12 @@ impl Store for PostgresStore {
 
     fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .client()
-                .await?
+            // A full scan (the admin listing): not bounded by the
+            // connection's statement timeout.
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(UNBOUNDED).await?;
+            let rows = tx
                 .query(
                     &format!(
                         "SELECT user_id, plan, limits::text, {} FROM users ORDER BY user_id",
@@ -412,6 +452,7 @@ impl Store for PostgresStore {
                     &[],
                 )
                 .await?;
+            tx.commit().await?;
             rows.into_iter()
                 .map(|r| {
                     Ok((

@@ -216,3 +216,47 @@ fn sqlite_urls_parse() {
     assert!(SqliteStore::path_from_url("postgres://x").is_err());
     assert!(SqliteStore::path_from_url("sqlite://").is_err());
 }
+
+/// PostgreSQL only: a flush blocked by a row lock gives up after the
+/// connection's `lock_timeout` (set on every pooled connection, since a
+/// flush is one autocommitted statement with no room for `SET LOCAL`),
+/// applies nothing, and is applied once when re-sent under its id.
+#[tokio::test]
+async fn postgres_flush_gives_up_on_a_held_row_lock() {
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url, 2).unwrap();
+    store.migrate().await.unwrap();
+    store
+        .apply_flush(batch(50, &[("g", "fast", NOV, 1)]))
+        .await
+        .unwrap();
+    let (mut client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = client.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM usage WHERE user_id = 'g' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let blocked = store.apply_flush(batch(51, &[("g", "fast", NOV, 2)])).await;
+    let waited = started.elapsed();
+    assert!(blocked.is_err(), "a flush behind a held lock must fail");
+    // lock_timeout is 2.5 s; the 5 s statement_timeout would be later.
+    assert!(
+        waited >= std::time::Duration::from_secs(2)
+            && waited < std::time::Duration::from_millis(4500),
+        "gave up after {waited:?}"
+    );
+    assert!(!store.flush_applied(FlushId(51)).await.unwrap());
+    tx.rollback().await.unwrap();
+    let out = store
+        .apply_flush(batch(51, &[("g", "fast", NOV, 2)]))
+        .await
+        .unwrap();
+    assert!(!out.already_applied);
+    assert_eq!(out.used_after, vec![3]);
+    drop(client);
+}
