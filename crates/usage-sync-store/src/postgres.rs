@@ -297,15 +297,27 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<UserState, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let profile = client
-                .query_opt(
-                    &format!(
-                        "SELECT plan, limits::text, {} FROM users WHERE user_id = $1",
-                        ms("period_reset_at")
-                    ),
-                    &[&user_id],
-                )
-                .await?
+            // Both queries are sent before either answer is awaited
+            // (tokio-postgres pipelines them on the connection): one round
+            // trip for a cold load instead of two.
+            let profile_sql = format!(
+                "SELECT plan, limits::text, {} FROM users WHERE user_id = $1",
+                ms("period_reset_at")
+            );
+            let usage_sql = format!(
+                "SELECT kind, {}, used FROM usage WHERE user_id = $1 AND period_start >= {}",
+                ms("period_start"),
+                ts(2)
+            );
+            let (profile_params, usage_params): (
+                [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+                [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+            ) = ([&user_id], [&user_id, &since.0]);
+            let (profile, rows) = tokio::try_join!(
+                client.query_opt(&profile_sql, &profile_params),
+                client.query(&usage_sql, &usage_params),
+            )?;
+            let profile = profile
                 .map(|r| -> Result<StoredUser, StoreError> {
                     Ok(StoredUser {
                         plan: r.get(0),
@@ -314,16 +326,6 @@ impl Store for PostgresStore {
                     })
                 })
                 .transpose()?;
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT kind, {}, used FROM usage WHERE user_id = $1 AND period_start >= {}",
-                        ms("period_start"),
-                        ts(2)
-                    ),
-                    &[&user_id, &since.0],
-                )
-                .await?;
             let usage = rows
                 .into_iter()
                 .map(|r| UsageRow {
