@@ -114,6 +114,24 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
     ) -> BoxFuture<'_, Result<UserState, StoreError>>;
 
+    /// Loads several distinct users at once: one state per id, in the
+    /// order given. The engine batches cold loads through this (a restart
+    /// or a burst of new users makes thousands at once); the default loads
+    /// them one by one.
+    fn load_users(
+        &self,
+        user_ids: Vec<String>,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(user_ids.len());
+            for id in user_ids {
+                out.push(self.load_user(id, since).await?);
+            }
+            Ok(out)
+        })
+    }
+
     fn save_user(&self, user_id: String, user: StoredUser)
     -> BoxFuture<'_, Result<(), StoreError>>;
 

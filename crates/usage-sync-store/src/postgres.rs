@@ -339,6 +339,61 @@ impl Store for PostgresStore {
         })
     }
 
+    fn load_users(
+        &self,
+        user_ids: Vec<String>,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Two pipelined queries for the whole batch, whatever its size.
+            let profile_sql = format!(
+                "SELECT user_id, plan, limits::text, {} FROM users WHERE user_id = ANY($1)",
+                ms("period_reset_at")
+            );
+            let usage_sql = format!(
+                "SELECT user_id, kind, {}, used FROM usage WHERE user_id = ANY($1) AND period_start >= {}",
+                ms("period_start"),
+                ts(2)
+            );
+            let (profile_params, usage_params): (
+                [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+                [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+            ) = ([&user_ids], [&user_ids, &since.0]);
+            let (profiles, usage) = tokio::try_join!(
+                client.query(&profile_sql, &profile_params),
+                client.query(&usage_sql, &usage_params),
+            )?;
+            let index: HashMap<&str, usize> = user_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect();
+            let mut out = vec![UserState::default(); user_ids.len()];
+            for r in profiles {
+                if let Some(&i) = index.get(r.get::<_, &str>(0)) {
+                    out[i].profile = Some(StoredUser {
+                        plan: r.get(1),
+                        overrides: limits_from_json(r.get(2))?,
+                        reset_at: r.get::<_, Option<i64>>(3).map(Timestamp),
+                    });
+                }
+            }
+            for r in usage {
+                let user_id: String = r.get(0);
+                if let Some(&i) = index.get(user_id.as_str()) {
+                    out[i].usage.push(UsageRow {
+                        user_id,
+                        kind: r.get(1),
+                        period_start: Timestamp(r.get(2)),
+                        used: r.get(3),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn save_user(
         &self,
         user_id: String,

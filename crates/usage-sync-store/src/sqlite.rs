@@ -360,42 +360,20 @@ impl Store for SqliteStore {
         user_id: String,
         since: Timestamp,
     ) -> BoxFuture<'_, Result<UserState, StoreError>> {
+        self.read(move |c| load_one(c, user_id, since))
+    }
+
+    fn load_users(
+        &self,
+        user_ids: Vec<String>,
+        since: Timestamp,
+    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+        // One trip to the blocking pool for the whole batch.
         self.read(move |c| {
-            let profile = c
-                .prepare_cached("SELECT plan, limits, period_reset_at FROM users WHERE user_id = ?1")?
-                .query_row([&user_id], |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                })
-                .optional()?
-                .map(|(plan, limits, reset)| -> Result<StoredUser, StoreError> {
-                    Ok(StoredUser {
-                        plan,
-                        overrides: limits_from_json(&limits)?,
-                        reset_at: reset.as_deref().map(parse_ts).transpose()?,
-                    })
-                })
-                .transpose()?;
-            let mut stmt = c.prepare_cached(
-                "SELECT kind, period_start, used FROM usage WHERE user_id = ?1 AND period_start >= ?2",
-            )?;
-            let rows = stmt.query_map(params![user_id, since.to_rfc3339()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-            })?;
-            let mut usage = Vec::new();
-            for row in rows {
-                let (kind, period, used) = row?;
-                usage.push(UsageRow {
-                    user_id: user_id.clone(),
-                    kind,
-                    period_start: parse_ts(&period)?,
-                    used,
-                });
-            }
-            Ok(UserState { profile, usage })
+            user_ids
+                .into_iter()
+                .map(|id| load_one(c, id, since))
+                .collect()
         })
     }
 
@@ -505,6 +483,53 @@ impl Store for SqliteStore {
             Ok(out)
         })
     }
+}
+
+/// One user's profile and current counters, on the reader connection.
+fn load_one(
+    c: &mut Connection,
+    user_id: String,
+    since: Timestamp,
+) -> Result<UserState, StoreError> {
+    let profile = c
+        .prepare_cached("SELECT plan, limits, period_reset_at FROM users WHERE user_id = ?1")?
+        .query_row([&user_id], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .optional()?
+        .map(|(plan, limits, reset)| -> Result<StoredUser, StoreError> {
+            Ok(StoredUser {
+                plan,
+                overrides: limits_from_json(&limits)?,
+                reset_at: reset.as_deref().map(parse_ts).transpose()?,
+            })
+        })
+        .transpose()?;
+    let mut stmt = c.prepare_cached(
+        "SELECT kind, period_start, used FROM usage WHERE user_id = ?1 AND period_start >= ?2",
+    )?;
+    let rows = stmt.query_map(params![user_id, since.to_rfc3339()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut usage = Vec::new();
+    for row in rows {
+        let (kind, period, used) = row?;
+        usage.push(UsageRow {
+            user_id: user_id.clone(),
+            kind,
+            period_start: parse_ts(&period)?,
+            used,
+        });
+    }
+    Ok(UserState { profile, usage })
 }
 
 #[cfg(test)]

@@ -156,6 +156,54 @@ pub async fn prune_forgets_old_flush_ids(store: &dyn Store) {
     assert!(!store.flush_applied(FlushId(40)).await.unwrap());
 }
 
+pub async fn load_users_matches_load_user_in_order(store: &dyn Store) {
+    store
+        .apply_flush(batch(
+            60,
+            &[
+                ("h", "fast", NOV, 3),
+                ("h", "premium", NOV, 2),
+                ("j", "fast", NOV, 9),
+            ],
+        ))
+        .await
+        .unwrap();
+    let profile = StoredUser {
+        plan: Some("pro".into()),
+        overrides: vec![("fast".into(), Some(12))],
+        reset_at: None,
+    };
+    store.save_user("i".into(), profile.clone()).await.unwrap();
+    let ids = ["h", "missing", "i", "j"].map(String::from).to_vec();
+    let sorted = |mut s: usage_sync_store::UserState| {
+        s.usage
+            .sort_by(|a, b| (&a.kind, a.period_start).cmp(&(&b.kind, b.period_start)));
+        s
+    };
+    let batch: Vec<_> = store
+        .load_users(ids.clone(), NOV)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(sorted)
+        .collect();
+    let mut one_by_one = Vec::new();
+    for id in ids {
+        one_by_one.push(sorted(store.load_user(id, NOV).await.unwrap()));
+    }
+    assert_eq!(batch, one_by_one);
+    assert_eq!(batch[0].usage.len(), 2);
+    assert_eq!(batch[1], usage_sync_store::UserState::default());
+    assert_eq!(batch[2].profile, Some(profile));
+    assert_eq!(batch[3].usage[0].used, 9);
+    // Counters of earlier periods are not loaded.
+    assert!(
+        store.load_users(vec!["h".into()], DEC).await.unwrap()[0]
+            .usage
+            .is_empty()
+    );
+}
+
 /// Instantiates the suite for one backend. `$make` is an async block that
 /// returns a fresh, migrated store (and whatever guard keeps it alive).
 macro_rules! store_suite {
@@ -182,6 +230,7 @@ macro_rules! store_suite {
             case!(large_batches_use_one_transaction);
             case!(plans_and_users_round_trip);
             case!(prune_forgets_old_flush_ids);
+            case!(load_users_matches_load_user_in_order);
         }
     };
 }

@@ -15,11 +15,12 @@ use usage_sync_core::{
     ConsumeOutcome, CoreError, Decision, Kind, Kinds, Ledger, LedgerConfig, Limit, PeriodKind,
     PersistedRow, Plan, Plans, RequestId, Timestamp, Units, UserId, UserProfile, UserUsage,
 };
-use usage_sync_store::{Store, StoredPlan, StoredUser, Wal};
+use usage_sync_store::{Store, StoredPlan, StoredUser, UserState, Wal};
 
 use crate::clock::SharedClock;
 use crate::config::SyncConfig;
 use crate::error::Error;
+use crate::loading::Loaded;
 use crate::metrics::RequestMetrics;
 use crate::recovery::RecoveryReport;
 use crate::sharing::SharedTier;
@@ -53,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) requests: RequestMetrics,
     /// The shared tier (Redis), when several instances share quotas.
     pub(crate) shared: Option<Arc<SharedTier>>,
+    /// Cold loads queued and in flight.
+    pub(crate) loads: crate::loading::Loads,
 }
 
 /// Result of a refund.
@@ -126,6 +129,7 @@ impl Engine {
                 commits: AtomicU64::new(0),
                 requests: RequestMetrics::default(),
                 shared,
+                loads: Default::default(),
             }),
         };
         engine.open_shared().await;
@@ -398,7 +402,7 @@ impl Engine {
 
     /// The earliest period start any plan could resolve to now: loading rows
     /// from there covers the user's current period whatever its plan.
-    fn load_since(&self) -> Timestamp {
+    pub(crate) fn load_since(&self) -> Timestamp {
         let now = self.now();
         self.plans()
             .iter()
@@ -420,6 +424,11 @@ impl Engine {
             .load_user(user.to_string(), self.load_since())
             .await?;
         self.inner.requests.store_load.observe(started.elapsed());
+        Ok(self.user_from_state(state))
+    }
+
+    /// The ledger's view of a user read from the store.
+    pub(crate) fn user_from_state(&self, state: UserState) -> (UserProfile, Vec<PersistedRow>) {
         let kinds = self.kinds();
         let profile = state
             .profile
@@ -436,13 +445,34 @@ impl Engine {
                 })
             })
             .collect();
-        Ok((profile, rows))
+        (profile, rows)
     }
 
     /// Loads a user into memory. Retries if an eviction or admin change
     /// raced with the read (the ledger detects it through the load epoch),
     /// so a stale read can never become the in-memory truth.
     pub(crate) async fn make_resident(&self, user: &UserId) -> Result<(), Error> {
+        for _ in 0..8 {
+            let (loaded, start) = self.inner.loads.enqueue(user);
+            if start {
+                tokio::spawn(self.clone().load_rounds());
+            }
+            match loaded.await {
+                Ok(Loaded::Warmed) => return Ok(()),
+                Ok(Loaded::Retry) => continue,
+                // The batch failed or its task died: alone, so that this
+                // request gets the store's own error.
+                Ok(Loaded::Failed) | Err(_) => return self.make_resident_alone(user).await,
+            }
+        }
+        Err(Error::Unavailable(
+            "user state kept changing while loading; retry".into(),
+        ))
+    }
+
+    /// Loads one user with its own store call (see [`crate::loading`] for
+    /// the batched path every miss takes first).
+    async fn make_resident_alone(&self, user: &UserId) -> Result<(), Error> {
         for _ in 0..8 {
             let epoch = self.inner.ledger.load_epoch(user.as_str());
             let (profile, rows) = self.read_user(user).await?;

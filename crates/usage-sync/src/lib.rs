@@ -25,6 +25,8 @@
 //!   simulation).
 //! - [`engine`]: the [`Engine`] handle: consume, check, refund, usage and
 //!   admin changes; loads users from the store on first touch.
+//! - `loading` (private): those first-touch loads, queued and batched so that a
+//!   stampede of misses costs a few multi-user queries.
 //! - [`sync`]: the sync engine's triggers, flush pool and retries; start,
 //!   manual sync and shutdown.
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
@@ -41,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod loading;
 pub mod metrics;
 pub mod recovery;
 pub mod sharing;

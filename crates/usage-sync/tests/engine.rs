@@ -156,6 +156,62 @@ async fn concurrent_consumes(n: usize) {
     assert_eq!(h.db("u", "fast").await, n as i64);
 }
 
+/// A stampede of misses (a restart under load): 300 users with persisted
+/// usage, 4 concurrent consumes each, all cold. The batched loads must warm
+/// every user exactly once from its persisted value, and a store that is
+/// down makes the cold consumes fail cleanly, then succeed once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_of_cold_users_loads_each_from_the_store_once() {
+    let h = Arc::new(harness(quiet()).await);
+    let fast = h.engine.kind("fast").unwrap();
+    let users: Vec<String> = (0..300).map(|i| format!("cold-{i:03}")).collect();
+    let period = h.engine.usage(&uid("probe")).await.unwrap().period_start;
+    h.store
+        .apply_flush(Arc::new(FlushBatch {
+            id: FlushId(77),
+            trigger: Trigger::Manual,
+            deltas: users
+                .iter()
+                .map(|u| Delta {
+                    user: uid(u),
+                    kind: fast,
+                    period_start: period,
+                    delta: 7,
+                })
+                .collect(),
+        }))
+        .await
+        .unwrap();
+    // Down: every cold consume fails with the store's error, none counts.
+    h.store.set_down(true);
+    let k = h.engine.kind("fast").unwrap();
+    let r = h
+        .engine
+        .consume(&uid("cold-000"), &k, Units::ONE, None)
+        .await;
+    assert!(matches!(r, Err(usage_sync::Error::Store(_))), "{r:?}");
+    h.store.set_down(false);
+    let tasks: Vec<_> = (0..4)
+        .flat_map(|_| users.clone())
+        .map(|u| {
+            let h = h.clone();
+            tokio::spawn(async move { h.consume(&u, "fast", 1).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    for u in &users {
+        let usage = h.engine.usage(&uid(u)).await.unwrap();
+        assert_eq!(usage.kinds[fast.index()].persisted, 7, "{u}");
+        assert_eq!(usage.kinds[fast.index()].used, 11, "{u}");
+    }
+    h.engine.sync_all().await.unwrap();
+    for u in &users {
+        assert_eq!(h.db(u, "fast").await, 11, "{u}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_consumes_count_exactly_eight() {
     concurrent_consumes(8).await;
