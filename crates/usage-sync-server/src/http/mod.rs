@@ -21,9 +21,20 @@ use self::error::{ApiError, Code};
 use self::extract::MAX_BODY_BYTES;
 use self::routes::{admin, dashboard, health, operate, usage};
 
-/// What every handler can reach.
+/// What every handler can reach. One `Arc`: axum clones the state for
+/// every request, and one reference count is cheaper than four.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     /// Set once start-up recovery is complete. Until then every request
     /// but the probes gets 503 `unavailable`: no decision is ever made on
     /// a partially recovered state.
@@ -48,12 +59,12 @@ pub struct ServiceInfo {
 
 impl AppState {
     pub fn new(engine: Arc<OnceLock<Engine>>, verbose: bool, info: ServiceInfo) -> Self {
-        AppState {
+        AppState(Arc::new(AppStateInner {
             engine,
             verbose,
             info: Arc::new(info),
             alerts: Arc::default(),
-        }
+        }))
     }
 
     /// The engine, or 503 while the service is still recovering.
@@ -69,6 +80,12 @@ impl AppState {
 }
 
 fn guarded(router: Router<AppState>, token: Option<Arc<str>>) -> Router<AppState> {
+    // No token configured: no layer at all (a pass-through layer still
+    // costs a boxed service clone and a future per request).
+    let Some(token) = token else {
+        return router;
+    };
+    let token = Some(token);
     router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
         let token = token.clone();
         async move { auth::require(token, req, next).await }

@@ -112,7 +112,26 @@ fn decision_response(
         // `check` answers 200 either way; only a refused consume is an error.
         error: if deduplicated.is_some() { error } else { None },
     };
-    (status, Json(body)).into_response()
+    json_response(status, &body, 320)
+}
+
+/// A JSON response serialized into a buffer of about the right size (axum's
+/// `Json` starts at 128 bytes and grows, one or more copies per answer).
+fn json_response<T: Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
+    let mut buf = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => (
+            status,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        // Not reachable for these types; answer as axum's `Json` would.
+        Err(_) => (status, Json(body)).into_response(),
+    }
 }
 
 pub async fn consume(
@@ -319,7 +338,11 @@ pub async fn consume_batch(
     if state.verbose {
         tracing::debug!(target: "consume", events = n, allowed, "consume batch");
     }
-    Ok(Json(BatchResults { results }).into_response())
+    Ok(json_response(
+        StatusCode::OK,
+        &BatchResults { results },
+        n * 220,
+    ))
 }
 
 /// One result of a batch, as the API shows it (see `BatchItemDoc`).
