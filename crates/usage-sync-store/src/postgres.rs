@@ -295,47 +295,12 @@ impl Store for PostgresStore {
         user_id: String,
         since: Timestamp,
     ) -> BoxFuture<'_, Result<UserState, StoreError>> {
+        // The batch path with one id: the same two pipelined queries.
         Box::pin(async move {
-            let client = self.client().await?;
-            // Both queries are sent before either answer is awaited
-            // (tokio-postgres pipelines them on the connection): one round
-            // trip for a cold load instead of two.
-            let profile_sql = format!(
-                "SELECT plan, limits::text, {} FROM users WHERE user_id = $1",
-                ms("period_reset_at")
-            );
-            let usage_sql = format!(
-                "SELECT kind, {}, used FROM usage WHERE user_id = $1 AND period_start >= {}",
-                ms("period_start"),
-                ts(2)
-            );
-            let (profile_params, usage_params): (
-                [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-                [&(dyn tokio_postgres::types::ToSql + Sync); 2],
-            ) = ([&user_id], [&user_id, &since.0]);
-            let (profile, rows) = tokio::try_join!(
-                client.query_opt(&profile_sql, &profile_params),
-                client.query(&usage_sql, &usage_params),
-            )?;
-            let profile = profile
-                .map(|r| -> Result<StoredUser, StoreError> {
-                    Ok(StoredUser {
-                        plan: r.get(0),
-                        overrides: limits_from_json(r.get(1))?,
-                        reset_at: r.get::<_, Option<i64>>(2).map(Timestamp),
-                    })
-                })
-                .transpose()?;
-            let usage = rows
-                .into_iter()
-                .map(|r| UsageRow {
-                    user_id: user_id.clone(),
-                    kind: r.get(0),
-                    period_start: Timestamp(r.get(1)),
-                    used: r.get(2),
-                })
-                .collect();
-            Ok(UserState { profile, usage })
+            let mut states = self.load_users(vec![user_id], since).await?;
+            states
+                .pop()
+                .ok_or_else(|| StoreError::Task("load_users returned no state".into()))
         })
     }
 
@@ -346,7 +311,9 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            // Two pipelined queries for the whole batch, whatever its size.
+            // Two queries for the whole batch, whatever its size, both sent
+            // before either answer is awaited (tokio-postgres pipelines
+            // them on the connection): one round trip.
             let profile_sql = format!(
                 "SELECT user_id, plan, limits::text, {} FROM users WHERE user_id = ANY($1)",
                 ms("period_reset_at")

@@ -176,6 +176,48 @@ pub struct Wal {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Shared {
+    /// Starts a write: marks it in progress and takes the buffer, swapping
+    /// in the spare one (no allocation per write).
+    fn start_write(&mut self) -> Vec<u8> {
+        self.writing = true;
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.buf, spare)
+    }
+}
+
+/// Waits on `cv` until `done` holds or `deadline` passes.
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    mut g: MutexGuard<'a, T>,
+    deadline: Instant,
+    done: impl Fn(&T) -> bool,
+) -> MutexGuard<'a, T> {
+    while !done(&g) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        g = cv
+            .wait_timeout(g, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    g
+}
+
+/// Raises a published sequence number, never lowers it; waiters are woken
+/// only when it rises.
+fn publish_max(tx: &watch::Sender<Lsn>, upto: Lsn) {
+    tx.send_if_modified(|v| {
+        let rises = upto > *v;
+        if rises {
+            *v = upto;
+        }
+        rises
+    });
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:016}.log"))
 }
@@ -430,7 +472,7 @@ impl Wal {
     /// Writes the buffer from the calling task if no write is in progress
     /// and nothing in it needs the thread. Returns whether it wrote.
     fn lead_write(&self) -> Result<bool, StoreError> {
-        let (mut bytes, upto, file) = {
+        let (bytes, upto, file) = {
             let mut g = self.shared();
             if self.failed.load(Ordering::Acquire) {
                 return Err(self.failure_error());
@@ -454,10 +496,7 @@ impl Wal {
                 self.wake.notify_one();
                 return Ok(false);
             };
-            g.writing = true;
-            let spare = std::mem::take(&mut g.spare);
-            let bytes = std::mem::replace(&mut g.buf, spare);
-            (bytes, g.next_lsn - 1, file)
+            (g.start_write(), g.next_lsn - 1, file)
         };
         let res = (&*file).write_all(&bytes);
         if let Err(e) = res {
@@ -467,14 +506,7 @@ impl Wal {
             self.fail("write", e);
             return Err(self.failure_error());
         }
-        {
-            let mut g = self.shared();
-            g.writing = false;
-            bytes.clear();
-            if g.spare.capacity() == 0 && bytes.capacity() <= SPARE_CAPACITY {
-                g.spare = bytes;
-            }
-        }
+        self.end_write(bytes);
         self.publish_written(upto);
         Ok(true)
     }
@@ -555,7 +587,7 @@ impl Wal {
         let mut file: Option<(u64, Arc<File>)> = None;
         let linger = self.config.durability != Durability::Fsync;
         loop {
-            let (mut bytes, rotations, upto, closing, checkpoints) = {
+            let (bytes, rotations, upto, closing, checkpoints) = {
                 let mut g = self.shared();
                 while g.buf.is_empty() && !g.closing {
                     g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -564,17 +596,7 @@ impl Wal {
                     // Let records gather (waiting requests write their own
                     // meanwhile); skipped when closing or someone needs us.
                     let deadline = Instant::now() + WRITER_LINGER;
-                    while !g.closing && !g.urgent {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        g = self
-                            .wake
-                            .wait_timeout(g, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
+                    g = wait_until(&self.wake, g, deadline, |g| g.closing || g.urgent);
                 }
                 // One writer at a time: a leading request's write is short
                 // (it never includes a rotation), so poll for its end.
@@ -592,9 +614,7 @@ impl Wal {
                     // A leading request wrote everything.
                     continue;
                 }
-                g.writing = true;
-                let spare = std::mem::take(&mut g.spare);
-                let bytes = std::mem::replace(&mut g.buf, spare);
+                let bytes = g.start_write();
                 let rotations: Vec<Rotation> = g.rotations.drain(..).collect();
                 // Checkpoints complete within what this round writes.
                 let upto = g.next_lsn - 1;
@@ -661,14 +681,7 @@ impl Wal {
                 return self.fail("fdatasync", e);
             }
             // Clear `writing` before publishing (see `wait_written`).
-            {
-                let mut g = self.shared();
-                g.writing = false;
-                bytes.clear();
-                if g.spare.capacity() == 0 && bytes.capacity() <= SPARE_CAPACITY {
-                    g.spare = bytes;
-                }
-            }
+            self.end_write(bytes);
             self.publish_written(upto);
             if sync_now {
                 self.publish_durable(upto);
@@ -694,28 +707,25 @@ impl Wal {
         }
     }
 
+    /// Ends a write: clears `writing` and keeps the emptied buffer for the
+    /// next take. Call before publishing what was written.
+    fn end_write(&self, mut bytes: Vec<u8>) {
+        let mut g = self.shared();
+        g.writing = false;
+        bytes.clear();
+        if g.spare.capacity() == 0 && bytes.capacity() <= SPARE_CAPACITY {
+            g.spare = bytes;
+        }
+    }
+
     /// Monotonic: two writers may publish out of order (the one that took
     /// the earlier records can publish after the later one).
     fn publish_written(&self, upto: Lsn) {
-        self.written.send_if_modified(|v| {
-            if upto > *v {
-                *v = upto;
-                true
-            } else {
-                false
-            }
-        });
+        publish_max(&self.written, upto);
     }
 
     fn publish_durable(&self, upto: Lsn) {
-        self.durable.send_if_modified(|v| {
-            if upto > *v {
-                *v = upto;
-                true
-            } else {
-                false
-            }
-        });
+        publish_max(&self.durable, upto);
     }
 
     fn stop_syncer(&self) {
@@ -735,18 +745,10 @@ impl Wal {
             {
                 let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
                 let deadline = Instant::now() + interval;
-                while !s.requested && !s.closing {
-                    if periodic {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        s = self
-                            .syncer_wake
-                            .wait_timeout(s, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    } else {
+                if periodic {
+                    s = wait_until(&self.syncer_wake, s, deadline, |s| s.requested || s.closing);
+                } else {
+                    while !s.requested && !s.closing {
                         s = self.syncer_wake.wait(s).unwrap_or_else(|e| e.into_inner());
                     }
                 }
