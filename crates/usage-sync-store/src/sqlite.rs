@@ -23,8 +23,6 @@ use crate::{
     limits_to_json,
 };
 
-/// Rows per INSERT statement: 5 parameters each stays well under SQLite's
-/// 32 766-parameter limit.
 /// Sizes of the multi-row upsert statements a batch is split into,
 /// largest first. SQLite parses a statement's text before running it, and
 /// for a statement of hundreds of rows the parse costs more than the

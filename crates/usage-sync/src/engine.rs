@@ -247,10 +247,10 @@ impl Engine {
     /// Consumes a batch of events in order, each decided and counted as by
     /// [`Engine::consume`], with one durability wait for the whole batch
     /// (the log makes the batch durable together). In a shared mode each
-    /// event is still one Redis decision, made one after the other. Events are independent:
-    /// one refused or failing event does not stop the others. If the log
-    /// cannot make the batch durable, every event that counted reports
-    /// `Unavailable` (nothing of it was acknowledged).
+    /// event is still one Redis decision, made one after the other. Events
+    /// are independent: one refused or failing event does not stop the
+    /// others. If the log cannot make the batch durable, every event that
+    /// counted reports `Unavailable` (nothing of it was acknowledged).
     pub async fn consume_batch(
         &self,
         events: &[(UserId, Kind, Units, Option<RequestId>)],

@@ -119,7 +119,8 @@ pub struct RequestMetrics {
     pub denied: StripedCounter,
     pub deduplicated: StripedCounter,
     pub latency: Histogram,
-    /// Store reads that make a user resident (`load_user`).
+    /// Store reads that make users resident: one observation per store
+    /// call, which loads one user or a batch of cold ones (`loading`).
     pub store_load: Histogram,
 }
 

@@ -298,6 +298,13 @@ async fn a_full_batch_counts_exactly_and_bad_envelopes_count_nothing() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(v["results"].as_array().unwrap().len(), 1000);
+    // Unlimited: `limit` and `remaining` are present and null, exactly as
+    // `/v1/consume` answers, not left out.
+    let first = v["results"][0].as_object().unwrap();
+    assert_eq!(
+        (first.get("limit"), first.get("remaining")),
+        (Some(&json!(null)), Some(&json!(null)))
+    );
     assert!(
         v["results"]
             .as_array()

@@ -224,7 +224,7 @@ pub fn render(engine: &Engine) -> String {
         &mut o,
         "store_query_duration_seconds",
         "histogram",
-        "Store queries on the request path: loading a user who is not in memory (flushes are in flush_duration_seconds).",
+        "Store queries on the request path: loading users who are not in memory, one observation per call (a batch of up to 256 cold users is one call; flushes are in flush_duration_seconds).",
     );
     for (b, n) in &h.buckets {
         let _ = writeln!(

@@ -322,8 +322,8 @@ pub async fn consume_batch(
                     kind: Some(out.kind.name()),
                     amount: Some(out.amount),
                     used: Some(d.used),
-                    limit: d.limit,
-                    remaining: d.remaining,
+                    limit: Some(d.limit),
+                    remaining: Some(d.remaining),
                     period_start: Some(d.period_start.to_rfc3339()),
                     error: None,
                 }
@@ -361,10 +361,12 @@ struct BatchItem<'a> {
     amount: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     used: Option<u64>,
+    /// Outer `None`: not a decision (left out); `Some(None)`: unlimited,
+    /// shown as `null` as `/v1/consume` does.
     #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<u64>,
+    limit: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remaining: Option<u64>,
+    remaining: Option<Option<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     period_start: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
