@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use usage_sync_core::UserId;
 
@@ -30,28 +31,43 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let BodyBytes(bytes) = BodyBytes::<MAX>::from_request(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The raw body, at most `MAX` bytes, for handlers that parse it with
+/// [`parse_json`] into types that borrow from it.
+pub struct BodyBytes<const MAX: usize>(pub Bytes);
+
+impl<S: Send + Sync, const MAX: usize> FromRequest<S> for BodyBytes<MAX> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::PayloadTooLarge,
+                format!("request body exceeds {MAX} bytes"),
+            )
+        };
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Code::PayloadTooLarge,
-                    format!("request body exceeds {MAX} bytes"),
-                )
+                too_large()
             } else {
                 ApiError::invalid(format!("cannot read request body: {r}"))
             }
         })?;
         if bytes.len() > MAX {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::PayloadTooLarge,
-                format!("request body exceeds {MAX} bytes"),
-            ));
+            return Err(too_large());
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+        Ok(BodyBytes(bytes))
     }
+}
+
+/// Parses a JSON body, mapping syntax and type errors to `invalid_request`.
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
 /// The `{user_id}` path segment, validated.
