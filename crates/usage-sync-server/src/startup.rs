@@ -28,9 +28,11 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PostgresStore::connect(
+        // Statements share the sync timeout: see `connect_with_timeout`.
+        return Ok(Arc::new(PostgresStore::connect_with_timeout(
             url,
             settings.db_pool_size,
+            settings.sync_timeout,
         )?));
     }
     anyhow::bail!(

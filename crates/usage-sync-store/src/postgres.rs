@@ -60,9 +60,26 @@ pub struct PostgresStore {
 /// Lifts the connection's timeouts for the rest of a transaction.
 const UNBOUNDED: &str = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0";
 
+/// `statement_timeout` of pooled connections when none is given.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PostgresStore {
-    /// Builds the pool (connections are opened on first use).
+    /// Builds the pool (connections are opened on first use), with
+    /// [`DEFAULT_STATEMENT_TIMEOUT`].
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, pool_size, DEFAULT_STATEMENT_TIMEOUT)
+    }
+
+    /// Builds the pool with `statement_timeout` on every pooled connection
+    /// and `lock_timeout` half of it. The server passes its sync timeout
+    /// (`USAGE_SYNC_TIMEOUT`): a flush the engine stopped waiting for also
+    /// stops on the server, instead of holding its row locks, and a flush
+    /// the engine still waits for is not cancelled earlier.
+    pub fn connect_with_timeout(
+        url: &str,
+        pool_size: usize,
+        statement_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             StoreError::InvalidUrl("a postgres:// URL that tokio-postgres can parse".into())
         })?;
@@ -76,11 +93,11 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let statement_timeout = Duration::from_secs(5);
+        // 0 would mean "no timeout" to PostgreSQL: keep at least 1 ms.
+        let ms = statement_timeout.as_millis().max(1);
         let settings = format!(
-            "SET statement_timeout = {}; SET lock_timeout = {}",
-            statement_timeout.as_millis(),
-            (statement_timeout.as_millis() / 2).max(1)
+            "SET statement_timeout = {ms}; SET lock_timeout = {}",
+            (ms / 2).max(1)
         );
         let hook = Hook::async_fn(move |client, _| {
             let settings = settings.clone();

@@ -275,7 +275,9 @@ async fn postgres_flush_gives_up_on_a_held_row_lock() {
     let Some(db) = TempDatabase::create().await else {
         return;
     };
-    let store = PostgresStore::connect(&db.url, 2).unwrap();
+    // A 1 s statement timeout: lock_timeout is then 500 ms.
+    let store =
+        PostgresStore::connect_with_timeout(&db.url, 2, std::time::Duration::from_secs(1)).unwrap();
     store.migrate().await.unwrap();
     store
         .apply_flush(batch(50, &[("g", "fast", NOV, 1)]))
@@ -293,10 +295,10 @@ async fn postgres_flush_gives_up_on_a_held_row_lock() {
     let blocked = store.apply_flush(batch(51, &[("g", "fast", NOV, 2)])).await;
     let waited = started.elapsed();
     assert!(blocked.is_err(), "a flush behind a held lock must fail");
-    // lock_timeout is 2.5 s; the 5 s statement_timeout would be later.
+    // lock_timeout is 500 ms; the 1 s statement_timeout would be later.
     assert!(
-        waited >= std::time::Duration::from_secs(2)
-            && waited < std::time::Duration::from_millis(4500),
+        waited >= std::time::Duration::from_millis(450)
+            && waited < std::time::Duration::from_millis(950),
         "gave up after {waited:?}"
     );
     assert!(!store.flush_applied(FlushId(51)).await.unwrap());
