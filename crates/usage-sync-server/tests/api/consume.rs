@@ -280,6 +280,42 @@ async fn a_batch_decides_each_event_in_order() {
     assert_eq!(app.db("b2", "fast").await, 1);
 }
 
+/// Batch events are parsed borrowing from the body; strings with JSON
+/// escapes cannot be borrowed and must still be decoded, and the answer
+/// must escape what it echoes.
+#[tokio::test]
+async fn a_batch_decodes_escaped_strings_and_escapes_its_answer() {
+    let app = crate::helpers::spawn_app().await;
+    let body = r#"{"events": [
+        {"user_id": "e\u0031", "kind": "f\u0061st", "request_id": "r\"1"},
+        {"user_id": "e1", "kind": "fast", "request_id": "r\u00221"},
+        {"user_id": "q\"\\z", "kind": "fast", "amount": 3}
+    ]}"#;
+    let (s, v) = app.post_raw("/v1/consume/batch", body.to_owned()).await;
+    assert_eq!(s, 200, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(
+        (
+            r[0]["user_id"].clone(),
+            r[0]["kind"].clone(),
+            r[0]["used"].clone()
+        ),
+        (json!("e1"), json!("fast"), json!(1))
+    );
+    // The same request id, written with another escape: deduplicated.
+    assert_eq!(
+        (r[1]["deduplicated"].clone(), r[1]["used"].clone()),
+        (json!(true), json!(1))
+    );
+    assert_eq!(
+        (r[2]["user_id"].clone(), r[2]["used"].clone()),
+        (json!("q\"\\z"), json!(3))
+    );
+    app.sync_all().await;
+    assert_eq!(app.db("e1", "fast").await, 1);
+    assert_eq!(app.db("q\"\\z", "fast").await, 3);
+}
+
 #[tokio::test]
 async fn a_full_batch_counts_exactly_and_bad_envelopes_count_nothing() {
     let app = crate::helpers::spawn_app().await;

@@ -305,22 +305,16 @@ pub async fn consume_batch(
             parsed.len() - 1
         }));
     }
-    let decided: Vec<Result<_, ApiError>> = engine
-        .consume_batch(&parsed)
-        .await?
-        .into_iter()
-        .map(|r| r.map_err(ApiError::from))
-        .collect();
-    let mut decided = decided.iter();
+    let mut decided = engine.consume_batch(&parsed).await?.into_iter();
     let mut out = BatchWriter::with_capacity(n);
     let mut allowed = 0u64;
-    for slot in &slots {
+    for slot in slots {
         let r = match slot {
             Err(e) => Err(e),
             Ok(_) => decided
                 .next()
                 .expect("one decision per parsed event")
-                .as_ref(),
+                .map_err(ApiError::from),
         };
         match r {
             Ok(o) => {
