@@ -6,28 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use usage_sync_core::{Delta, FlushBatch, FlushId, Kinds, Timestamp, Trigger, UserId};
-use usage_sync_store::testing::TempDatabase;
+use usage_sync_core::{FlushBatch, Kinds};
+use usage_sync_store::testing::{TempDatabase, counters_batch, total_used};
 use usage_sync_store::{PostgresStore, Store};
 
 const COUNTERS: usize = 10_000;
 
 fn batch(id: u128, kinds: &Kinds) -> Arc<FlushBatch> {
-    let fast = kinds.get("fast").unwrap();
-    let mut deltas: Vec<Delta> = (0..COUNTERS)
-        .map(|i| Delta {
-            user: UserId::parse(&format!("user-{i:06}")).unwrap(),
-            kind: *fast,
-            period_start: Timestamp(1_793_491_200_000),
-            delta: 3,
-        })
-        .collect();
-    deltas.sort_by(|a, b| a.user.cmp(&b.user));
-    Arc::new(FlushBatch {
-        id: FlushId(id),
-        trigger: Trigger::Manual,
-        deltas,
-    })
+    counters_batch(id, *kinds.get("fast").unwrap(), COUNTERS, 3)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -68,13 +54,7 @@ async fn main() {
             .unwrap();
     }
     let baseline = t.elapsed();
-    let total: i64 = store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.used)
-        .sum();
+    let total = total_used(&store).await;
     assert_eq!(total, (COUNTERS * (3 * 6 + 1)) as i64);
     println!(
         "pg flush of {COUNTERS} counters: first (insert) {:.1} ms, then (update) median {:.1} ms of 5; \

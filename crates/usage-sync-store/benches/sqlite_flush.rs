@@ -7,28 +7,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usage_sync_core::{Delta, FlushBatch, FlushId, Kinds, Timestamp, Trigger, UserId};
-use usage_sync_store::Store;
-use usage_sync_store::sqlite::SqliteStore;
+use usage_sync_core::{FlushBatch, Kinds};
+use usage_sync_store::testing::{counters_batch, total_used};
+use usage_sync_store::{SqliteStore, Store};
 
 const COUNTERS: usize = 10_000;
 const ROUNDS: u128 = 21;
 
 fn batch(id: u128, kinds: &Kinds) -> Arc<FlushBatch> {
-    let fast = kinds.get("fast").unwrap();
-    let deltas: Vec<Delta> = (0..COUNTERS)
-        .map(|i| Delta {
-            user: UserId::parse(&format!("user-{i:06}")).unwrap(),
-            kind: *fast,
-            period_start: Timestamp(1_793_491_200_000),
-            delta: 3,
-        })
-        .collect();
-    Arc::new(FlushBatch {
-        id: FlushId(id),
-        trigger: Trigger::Threshold,
-        deltas,
-    })
+    counters_batch(id, *kinds.get("fast").unwrap(), COUNTERS, 3)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -64,13 +51,7 @@ async fn main() {
     }
     let baseline = t.elapsed();
     drop(stmt);
-    let total: i64 = store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.used)
-        .sum();
+    let total = total_used(&store).await;
     assert_eq!(total, (COUNTERS as i64) * (3 * ROUNDS as i64 + 1));
     println!(
         "sqlite flush of {COUNTERS} counters: first (insert) {:.1} ms, then (update) median {:.1} ms of {}; \

@@ -1,5 +1,55 @@
-//! Helpers for tests that need a real PostgreSQL database (used by this
-//! workspace's test suites; small enough to ship rather than duplicate).
+//! Helpers for this workspace's tests and benches: a real PostgreSQL
+//! database per test, store totals, a flush batch of many counters (small
+//! enough to ship rather than duplicate).
+
+use std::sync::Arc;
+
+use usage_sync_core::{Delta, FlushBatch, FlushId, Kind, Timestamp, Trigger, UserId};
+
+use crate::Store;
+
+/// Sum of `used` over every row of the store: what a test compares with
+/// the units it had acknowledged.
+pub async fn total_used(store: &dyn Store) -> i64 {
+    store
+        .all_usage()
+        .await
+        .expect("all_usage")
+        .iter()
+        .map(|r| r.used)
+        .sum()
+}
+
+/// Sum of `used` for one user and kind, over all periods.
+pub async fn used_by(store: &dyn Store, user: &str, kind: &str) -> i64 {
+    store
+        .all_usage()
+        .await
+        .expect("all_usage")
+        .iter()
+        .filter(|r| r.user_id == user && r.kind == kind)
+        .map(|r| r.used)
+        .sum()
+}
+
+/// A batch adding `delta` to `users` counters of `kind` (users
+/// `user-000000`, `user-000001`, ..., in key order) in one period: the
+/// shape the flush benches write.
+pub fn counters_batch(id: u128, kind: Kind, users: usize, delta: i64) -> Arc<FlushBatch> {
+    let deltas = (0..users)
+        .map(|i| Delta {
+            user: UserId::parse(&format!("user-{i:06}")).expect("valid id"),
+            kind,
+            period_start: Timestamp(1_793_491_200_000),
+            delta,
+        })
+        .collect();
+    Arc::new(FlushBatch {
+        id: FlushId(id),
+        trigger: Trigger::Manual,
+        deltas,
+    })
+}
 
 /// The server tests use: `USAGE_SYNC_TEST_POSTGRES_URL`, default the local
 /// server with trust auth.

@@ -95,14 +95,7 @@ impl Harness {
 
     /// Sum of the store's counters for (user, kind) over all periods.
     async fn db(&self, user: &str, kind: &str) -> i64 {
-        self.store
-            .all_usage()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.user_id == user && r.kind == kind)
-            .map(|r| r.used)
-            .sum()
+        usage_sync_store::testing::used_by(&self.store, user, kind).await
     }
 
     async fn unlimited(&self, user: &str) {

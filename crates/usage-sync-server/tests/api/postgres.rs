@@ -177,13 +177,7 @@ async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
     assert!(synced, "sync after the outage");
     let catch_up = back.elapsed();
     let store = PostgresStore::connect(&db.url, 1).unwrap();
-    let total: i64 = store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.used)
-        .sum();
+    let total = usage_sync_store::testing::total_used(&store).await;
     assert_eq!(total, acked);
     eprintln!(
         "postgres outage: {i} requests in 30 s, {acked} units, all persisted {catch_up:?} after it came back"

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use usage_sync::{Engine, SyncConfig, SystemClock};
 use usage_sync_core::{PeriodKind, Units, UserId, default_catalogue};
+use usage_sync_store::PostgresStore;
 use usage_sync_store::testing::TempDatabase;
-use usage_sync_store::{PostgresStore, Store};
 
 async fn instance(url: &str) -> Engine {
     let (kinds, plans) = default_catalogue();
@@ -77,13 +77,7 @@ async fn three_instances_flush_the_same_counters_exactly_and_without_deadlock() 
         e.sync_all().await.unwrap();
     }
     let store = PostgresStore::connect(&db.url, 2).unwrap();
-    let total: i64 = store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.used)
-        .sum();
+    let total = usage_sync_store::testing::total_used(&store).await;
     assert_eq!(total, sent, "every unit exactly once across three writers");
     for e in &engines {
         let s = e.stats();

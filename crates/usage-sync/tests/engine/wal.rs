@@ -9,7 +9,7 @@ use std::time::Duration;
 use usage_sync::{Engine, SyncConfig, SystemClock};
 use usage_sync_core::{RequestId, Units, UserId};
 use usage_sync_store::wal::list_segments;
-use usage_sync_store::{Durability, Store, WalConfig};
+use usage_sync_store::{Durability, WalConfig};
 
 use super::{Faulty, quiet};
 
@@ -48,14 +48,7 @@ impl Node {
     }
 
     async fn db(&self, user: &str, kind: &str) -> i64 {
-        self.store
-            .all_usage()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|r| r.user_id == user && r.kind == kind)
-            .map(|r| r.used)
-            .sum()
+        usage_sync_store::testing::used_by(&self.store, user, kind).await
     }
 
     async fn used(&self, user: &str, kind: &str) -> u64 {
@@ -193,14 +186,7 @@ async fn segments_rotate_and_old_ones_are_deleted() {
     a.engine.halt();
     let b = open(dir.path(), config).await;
     b.engine.sync_all().await.unwrap();
-    let total: i64 = b
-        .store
-        .all_usage()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.used)
-        .sum();
+    let total = usage_sync_store::testing::total_used(&b.store).await;
     assert_eq!(total, 2000);
 }
 
