@@ -267,19 +267,28 @@ fn apply_flush(conn: &mut Connection, batch: &FlushBatch) -> Result<FlushOutcome
             already_applied: true,
         });
     }
-    // RETURNING gives rows in no promised order: find each row's delta by
-    // its key. The key borrows the batch's strings, so matching a returned
-    // row allocates nothing.
+    // RETURNING gives rows in no promised order: find each row's counter
+    // by its key. The key borrows the batch's strings, so matching a
+    // returned row allocates nothing. A key is numbered by its first delta
+    // (`first[i]`), so deltas of one key, which the ledger never sends but
+    // a caller could, all get the counter's final value.
     let period_texts: Vec<String> = batch
         .deltas
         .iter()
         .map(|d| d.period_start.to_rfc3339())
         .collect();
     let mut index: HashMap<(&str, &str, &str), usize> = HashMap::with_capacity(batch.rows());
-    for (i, d) in batch.deltas.iter().enumerate() {
-        index.insert((d.user.as_str(), d.kind.name(), &period_texts[i]), i);
-    }
-    let mut used_after: Vec<Option<i64>> = vec![None; batch.rows()];
+    let first: Vec<usize> = batch
+        .deltas
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            *index
+                .entry((d.user.as_str(), d.kind.name(), &period_texts[i]))
+                .or_insert(i)
+        })
+        .collect();
+    let mut value: Vec<Option<i64>> = vec![None; batch.rows()];
     let mut start = 0;
     for size in statement_plan(batch.rows()) {
         let chunk = &batch.deltas[start..start + size];
@@ -299,12 +308,14 @@ fn apply_flush(conn: &mut Connection, batch: &FlushBatch) -> Result<FlushOutcome
             let i = *index
                 .get(&key)
                 .ok_or_else(|| StoreError::Corrupt("upsert returned a row of no delta".into()))?;
-            used_after[i] = Some(r.get(3)?);
+            value[i] = Some(r.get(3)?);
         }
     }
-    let used_after = used_after
-        .into_iter()
-        .map(|v| v.ok_or_else(|| StoreError::Corrupt("upsert returned no row for a delta".into())))
+    let used_after = first
+        .iter()
+        .map(|&i| {
+            value[i].ok_or_else(|| StoreError::Corrupt("upsert returned no row for a delta".into()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     tx.commit()?;
     Ok(FlushOutcome {

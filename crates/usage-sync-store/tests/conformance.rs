@@ -251,6 +251,29 @@ async fn postgres_store() -> Option<(Arc<dyn Store>, TempDatabase)> {
 
 store_suite!(postgres, postgres_store());
 
+/// SQLite only (PostgreSQL refuses one key twice in a statement): a batch
+/// holding one counter twice, which the ledger never sends, adds both
+/// deltas and reports the counter's final value for each, as before the
+/// upsert's returned rows were matched by borrowed keys.
+#[tokio::test]
+async fn sqlite_flush_of_one_key_twice_reports_the_final_value() {
+    let (store, _dir) = sqlite_store().await.unwrap();
+    store.migrate().await.unwrap();
+    let out = store
+        .apply_flush(batch(
+            60,
+            &[
+                ("d", "fast", NOV, 1),
+                ("e", "fast", NOV, 5),
+                ("d", "fast", NOV, 2),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.used_after, vec![3, 5, 3]);
+    assert_eq!(used(&*store, "d", "fast", NOV).await, Some(3));
+}
+
 #[test]
 fn sqlite_urls_parse() {
     use std::path::PathBuf;
