@@ -35,6 +35,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,8 @@ pub struct Wal {
     wake: Condvar,
     written: watch::Sender<Lsn>,
     durable: watch::Sender<Lsn>,
+    /// `fsync` mode: requests waiting for their record to be on disk.
+    durable_waiters: LsnWaiters,
     /// Set when the writer hit an I/O error: nothing more can be made
     /// durable, so nothing more may be acknowledged.
     failed: AtomicBool,
@@ -204,6 +207,53 @@ fn wait_until<'a, T>(
             .0;
     }
     g
+}
+
+/// Tasks waiting for a sequence number, each woken once, when a publish
+/// covers it. A watch channel wakes every receiver on every change: in
+/// `fsync` mode the requests that appended while a sync was running were
+/// woken by its publish only to wait again for the next one, about one
+/// wasted wake-up (a task poll, often a worker unpark) per request.
+///
+/// No wake-up is lost because the publisher sets the value *before* it
+/// takes the list, and a waiter checks the value *under* the list's lock
+/// before registering: either the waiter registered first and the publish
+/// finds it, or the publish came first and the waiter sees its value.
+#[derive(Default)]
+struct LsnWaiters {
+    list: Mutex<Vec<(Lsn, Waker)>>,
+}
+
+impl LsnWaiters {
+    /// Returns true if `done()` holds; otherwise registers `waker` for
+    /// `lsn` (once per task: a re-poll replaces its earlier waker).
+    fn register(&self, lsn: Lsn, waker: &Waker, done: impl Fn() -> bool) -> bool {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if done() {
+            return true;
+        }
+        match list
+            .iter_mut()
+            .find(|(l, w)| *l == lsn && w.will_wake(waker))
+        {
+            Some(entry) => entry.1.clone_from(waker),
+            None => list.push((lsn, waker.clone())),
+        }
+        false
+    }
+
+    /// Wakes every waiter for a sequence number up to `upto`.
+    fn wake_upto(&self, upto: Lsn) {
+        let woken: Vec<(Lsn, Waker)> = self
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extract_if(.., |(l, _)| *l <= upto)
+            .collect();
+        for (_, w) in woken {
+            w.wake();
+        }
+    }
 }
 
 /// Raises a published sequence number, never lowers it; waiters are woken
@@ -296,6 +346,7 @@ impl Wal {
             wake: Condvar::new(),
             written,
             durable,
+            durable_waiters: LsnWaiters::default(),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             current: Mutex::new(None),
@@ -409,26 +460,26 @@ impl Wal {
     /// Waits until the record `lsn` is as safe as the durability mode
     /// promises (written for `batched`, on disk for `fsync`).
     pub async fn wait(&self, lsn: Lsn) -> Result<(), StoreError> {
-        let tx = match self.config.durability {
+        match self.config.durability {
             Durability::None => return Ok(()),
             Durability::Batched => return self.wait_written(lsn).await,
-            Durability::Fsync => &self.durable,
-        };
-        if *tx.borrow() >= lsn {
-            return Ok(());
+            Durability::Fsync => {}
         }
-        let mut rx = tx.subscribe();
-        loop {
-            if self.failed.load(Ordering::Acquire) {
-                return Err(self.failure_error());
-            }
-            if *rx.borrow_and_update() >= lsn {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Err(StoreError::Task("write-ahead log closed".into()));
-            }
+        let done = || self.failed.load(Ordering::Acquire) || *self.durable.borrow() >= lsn;
+        if !done() {
+            std::future::poll_fn(|cx| {
+                if self.durable_waiters.register(lsn, cx.waker(), done) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failure_error());
+        }
+        Ok(())
     }
 
     /// `batched`/`none`: waits until record `lsn` is written, writing the
@@ -577,6 +628,7 @@ impl Wal {
         // Wake waiters so they see the failure.
         self.written.send_modify(|_| {});
         self.durable.send_modify(|_| {});
+        self.durable_waiters.wake_upto(Lsn::MAX);
     }
 
     /// The writer thread: drain, write, publish, repeat. In `fsync` mode it
@@ -725,7 +777,9 @@ impl Wal {
     }
 
     fn publish_durable(&self, upto: Lsn) {
+        // The value first, then the waiters: see `LsnWaiters`.
         publish_max(&self.durable, upto);
+        self.durable_waiters.wake_upto(upto);
     }
 
     fn stop_syncer(&self) {
@@ -794,5 +848,54 @@ impl Journal for Wal {
             _ => {}
         }
         self.push(&mut g, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn lsn_waiters_wake_each_task_once_when_its_record_is_covered() {
+        let waiters = LsnWaiters::default();
+        let tasks: Vec<_> = (1..=3).map(|_| waker()).collect();
+        for (lsn, (_, w)) in (1..).zip(&tasks) {
+            assert!(!waiters.register(lsn, w, || false));
+        }
+        // A re-poll of the third task replaces its entry.
+        assert!(!waiters.register(3, &tasks[2].1, || false));
+        assert_eq!(waiters.list.lock().unwrap().len(), 3);
+        waiters.wake_upto(2);
+        let counts = |t: &[(Arc<Counter>, Waker)]| {
+            t.iter()
+                .map(|(c, _)| c.0.load(Ordering::SeqCst))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&tasks), [1, 1, 0]);
+        // Already covered when it registers: ready, nothing kept.
+        let (late, w) = waker();
+        assert!(waiters.register(2, &w, || true));
+        assert_eq!(late.0.load(Ordering::SeqCst), 0);
+        assert_eq!(waiters.list.lock().unwrap().len(), 1);
+        waiters.wake_upto(Lsn::MAX);
+        assert_eq!(counts(&tasks), [1, 1, 1]);
+        assert!(waiters.list.lock().unwrap().is_empty());
     }
 }
