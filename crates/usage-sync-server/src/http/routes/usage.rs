@@ -291,19 +291,17 @@ pub async fn consume_batch(
         )));
     }
     let engine = state.engine()?;
-    // Parse every event first; invalid ones get their error in place and
-    // are not sent to the engine.
+    // Parse every event first; invalid ones keep their error in place and
+    // are not sent to the engine, whose results then fill the other places
+    // in order.
     let mut parsed = Vec::with_capacity(n);
-    let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(n);
+    let mut slots: Vec<Result<(), ApiError>> = Vec::with_capacity(n);
     for e in &body.events {
         let p = parse(&state, &e.user_id, &e.kind, e.amount).and_then(|p| {
             let rid = e.request_id.as_deref().map(RequestId::parse).transpose()?;
             Ok((p.user, p.kind, p.amount, rid))
         });
-        slots.push(p.map(|p| {
-            parsed.push(p);
-            parsed.len() - 1
-        }));
+        slots.push(p.map(|p| parsed.push(p)));
     }
     let mut decided = engine.consume_batch(&parsed).await?.into_iter();
     let mut out = BatchWriter::with_capacity(n);
