@@ -612,8 +612,11 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
 /// How a scan of a file's bytes ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// Every byte belonged to a valid frame.
-    Clean,
+    /// Valid frames up to `end`, and nothing after it but zeros: the
+    /// unused part of a segment the writer zero-fills ahead of its records
+    /// (`fsync` mode), or nothing at all. A record whose write never
+    /// reached the disk leaves zeros too; it was never acknowledged.
+    Clean { end: u64 },
     /// The last frame is incomplete or fails its checksum and nothing
     /// follows it: a write cut short. Valid data ends at `offset`.
     Torn { offset: u64, reason: String },
@@ -627,6 +630,13 @@ pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, LogRecord)) -> ScanEnd {
     let mut o = 0usize;
     while o < bytes.len() {
         let rest = &bytes[o..];
+        // Zeros to the end are the unwritten part of a zero-filled segment.
+        // No frame starts with a zero header (its length would be 0, which
+        // `len != !check` and the length check reject), and the test stops
+        // at the first non-zero byte.
+        if rest[0] == 0 && rest.iter().all(|&b| b == 0) {
+            return ScanEnd::Clean { end: o as u64 };
+        }
         // A bad frame is a torn tail only if no complete, valid frame
         // follows it: whatever an interrupted write left behind (zeros,
         // garbage, half a frame) is never a valid frame, while skipping over
@@ -654,7 +664,6 @@ pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, LogRecord)) -> ScanEnd {
         let check = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
         if len != !check {
-            // A zero-filled tail (pre-allocated or never written) is torn.
             return torn_or_corrupt("damaged frame header".into(), o + 1);
         }
         let len = len as usize;
@@ -685,7 +694,7 @@ pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, LogRecord)) -> ScanEnd {
         }
         o += HEADER + len;
     }
-    ScanEnd::Clean
+    ScanEnd::Clean { end: o as u64 }
 }
 
 /// Whether a complete frame with a consistent header and a matching
@@ -839,7 +848,7 @@ mod tests {
             }
             let mut got = Vec::new();
             let end = scan(&buf, |_, r| got.push(r));
-            prop_assert_eq!(end, ScanEnd::Clean);
+            prop_assert_eq!(end, ScanEnd::Clean { end: buf.len() as u64 });
             prop_assert_eq!(got, recs);
         }
 
@@ -859,7 +868,7 @@ mod tests {
             let whole = ends.iter().filter(|&&e| e <= cut).count();
             prop_assert_eq!(&got[..], &recs[..whole]);
             if ends.contains(&cut) || cut == 0 {
-                prop_assert_eq!(end, ScanEnd::Clean);
+                prop_assert_eq!(end, ScanEnd::Clean { end: cut as u64 });
             } else {
                 let is_torn = matches!(end, ScanEnd::Torn { .. });
                 prop_assert!(is_torn, "{:?}", end);
@@ -891,7 +900,7 @@ mod tests {
                     // a zero tail, which real records are not.
                     prop_assert!(false, "flip at {} read as torn: {:?}", pos, end);
                 }
-                ScanEnd::Clean => prop_assert!(false, "flip at {} not detected", pos),
+                ScanEnd::Clean { .. } => prop_assert!(false, "flip at {} not detected", pos),
             }
         }
     }
@@ -970,7 +979,12 @@ mod tests {
             &mut buf,
         );
         let mut got = Vec::new();
-        assert_eq!(scan(&buf, |_, r| got.push(r)), ScanEnd::Clean);
+        assert_eq!(
+            scan(&buf, |_, r| got.push(r)),
+            ScanEnd::Clean {
+                end: buf.len() as u64
+            }
+        );
         let d = LoggedDecision {
             allowed: true,
             used: 4,
@@ -1027,13 +1041,28 @@ mod tests {
         let mut buf = Vec::new();
         encode_owned(&LogRecord::Done { id: FlushId(7) }, &mut buf);
         let valid = buf.len();
+        // The zero-filled rest of a segment is a clean end...
         buf.extend_from_slice(&[0u8; 100]);
         let mut n = 0;
-        assert!(
-            matches!(scan(&buf, |_, _| n += 1), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+        assert_eq!(
+            scan(&buf, |_, _| n += 1),
+            ScanEnd::Clean { end: valid as u64 }
         );
         assert_eq!(n, 1);
-        // Garbage left by an interrupted write is still a torn tail...
+        // ...half a frame before the zeros is a torn write...
+        let mut half = buf[..valid].to_vec();
+        encode_owned(
+            &LogRecord::Done {
+                id: FlushId(u128::MAX),
+            },
+            &mut half,
+        );
+        half.truncate(valid + 15);
+        half.extend_from_slice(&[0u8; 100]);
+        assert!(
+            matches!(scan(&half, |_, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+        );
+        // ...and so is garbage left by an interrupted write...
         buf.extend_from_slice(b"garbage");
         assert!(
             matches!(scan(&buf, |_, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)

@@ -11,7 +11,9 @@
 //!   appended since the last round (group commit), then, by durability
 //!   mode, one `fdatasync`. It publishes the highest *written* and
 //!   *durable* sequence numbers; requests wait on the one their mode needs.
-//!   In `fsync` mode the writer is a dedicated thread. In `batched` mode a
+//!   In `fsync` mode the writer is a dedicated thread, and it writes each
+//!   segment over zeros it wrote ahead (`ZERO_STEP`), so an `fdatasync`
+//!   rarely has a file-size change to commit. In `batched` mode a
 //!   waiting request leads: after one yield (so the other requests its
 //!   worker has ready append first) it takes the buffer and writes it
 //!   itself, so no thread is woken per round; the thread then only writes
@@ -32,6 +34,7 @@ pub mod replay;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -110,6 +113,17 @@ impl WalConfig {
 /// about a fifth of the server's throughput).
 pub const WRITER_LINGER: Duration = Duration::from_millis(1);
 
+/// `fsync` mode: a segment grows in zero-filled steps of this size, ahead
+/// of its records. Appending to a file changes its size, so every
+/// `fdatasync` of an appended file also commits the inode (a second wait
+/// on the disk); overwriting zeros already on disk does not. One round in
+/// this many bytes pays for the growth (and writes the step's zeros);
+/// measured on the 2-core VMs, a 1.5 KB write plus `fdatasync` took
+/// ~160 µs appended against ~105 µs overwriting (AMD EPYC), 59 against
+/// 46 µs (Intel Xeon). Recovery reads zeros after the last record as the
+/// segment's end (`codec::scan`).
+const ZERO_STEP: u64 = 1 << 20;
+
 /// Largest buffer kept for reuse after a write (a checkpoint can make one
 /// of many megabytes; that one is dropped).
 const SPARE_CAPACITY: usize = 1 << 20;
@@ -186,6 +200,73 @@ impl Shared {
         self.writing = true;
         let spare = std::mem::take(&mut self.spare);
         std::mem::replace(&mut self.buf, spare)
+    }
+}
+
+/// The segment the writer thread writes to.
+struct Segment {
+    file: Arc<File>,
+    /// `fsync` mode: records are written at `pos`, into zeros written
+    /// ahead up to `zeroed` (see [`ZERO_STEP`]). Only the writer thread
+    /// writes in that mode, so the position is its own. In the other modes
+    /// leading requests write too, so the file is opened for appending and
+    /// these stay unused.
+    positional: bool,
+    pos: u64,
+    zeroed: u64,
+}
+
+impl Segment {
+    fn open(path: &Path, positional: bool) -> std::io::Result<Segment> {
+        let file = if positional {
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(path)?
+        } else {
+            OpenOptions::new().create(true).append(true).open(path)?
+        };
+        // A new segment is empty; should one exist, write after its bytes
+        // as appending would.
+        let len = file.metadata()?.len();
+        Ok(Segment {
+            file: Arc::new(file),
+            positional,
+            pos: len,
+            zeroed: len,
+        })
+    }
+
+    /// Writes `bytes` after the segment's records. In `fsync` mode, zeros
+    /// are written first up to the next [`ZERO_STEP`] boundary past the
+    /// records when they would reach beyond what is zero-filled: the size
+    /// change then lands in this round's `fdatasync`, and the rounds after
+    /// it overwrite blocks already allocated and sized on disk.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !self.positional {
+            return (&*self.file).write_all(bytes);
+        }
+        let end = self.pos + bytes.len() as u64;
+        if end > self.zeroed {
+            let target = end.div_ceil(ZERO_STEP) * ZERO_STEP;
+            // From the end of the records, not of the old zeros: the bytes
+            // up to `end` are this write's own.
+            static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+            let mut at = end.max(self.zeroed);
+            while at < target {
+                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                self.file.write_all_at(&ZEROS[..n], at)?;
+                at += n as u64;
+            }
+            self.zeroed = target;
+        }
+        self.file.write_all_at(bytes, self.pos)?;
+        self.pos = end;
+        Ok(())
     }
 }
 
@@ -636,8 +717,9 @@ impl Wal {
     /// in the other modes the syncer thread syncs, so a write never waits
     /// behind an `fdatasync`.
     fn writer_loop(self: Arc<Self>) {
-        let mut file: Option<(u64, Arc<File>)> = None;
+        let mut file: Option<Segment> = None;
         let linger = self.config.durability != Durability::Fsync;
+        let positional = self.config.durability == Durability::Fsync;
         loop {
             let (bytes, rotations, upto, closing, checkpoints) = {
                 let mut g = self.shared();
@@ -690,27 +772,27 @@ impl Wal {
             // newer segment existing implies the older one is complete.
             let mut pos = 0;
             for r in rotations {
-                if let Some((_, f)) = file.as_ref()
-                    && let Err(e) = (&**f)
-                        .write_all(&bytes[pos..r.at])
-                        .and_then(|_| f.sync_data())
+                if let Some(seg) = file.as_mut()
+                    && let Err(e) = seg
+                        .write(&bytes[pos..r.at])
+                        .and_then(|_| seg.file.sync_data())
                 {
                     return self.fail("write", e);
                 }
                 pos = r.at;
                 let path = segment_path(&self.config.dir, r.seq);
-                match OpenOptions::new().create(true).append(true).open(&path) {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
-                        file = Some((r.seq, f));
+                match Segment::open(&path, positional) {
+                    Ok(seg) => {
+                        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(seg.file.clone());
+                        file = Some(seg);
                     }
                     Err(e) => return self.fail("segment creation", e),
                 }
                 sync_dir(&self.config.dir);
             }
             if pos < bytes.len() {
-                let Some((_, f)) = file.as_ref() else {
+                let Some(seg) = file.as_mut() else {
                     // Appends before the first checkpoint are a bug in the
                     // caller; refuse rather than lose them silently.
                     return self.fail(
@@ -718,7 +800,7 @@ impl Wal {
                         std::io::Error::other("record appended before the first checkpoint"),
                     );
                 };
-                if let Err(e) = (&**f).write_all(&bytes[pos..]) {
+                if let Err(e) = seg.write(&bytes[pos..]) {
                     return self.fail("write", e);
                 }
             }
@@ -727,8 +809,8 @@ impl Wal {
             let sync_now =
                 self.config.durability == Durability::Fsync || closing || !checkpoints.is_empty();
             if sync_now
-                && let Some((_, f)) = file.as_ref()
-                && let Err(e) = f.sync_data()
+                && let Some(seg) = file.as_ref()
+                && let Err(e) = seg.file.sync_data()
             {
                 return self.fail("fdatasync", e);
             }

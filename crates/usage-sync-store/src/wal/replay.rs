@@ -48,6 +48,8 @@ pub struct Recovered {
     pub outstanding: Vec<(FlushId, Vec<LoggedDelta>)>,
     pub dedup: HashMap<String, RecoveredDedup>,
     pub records: u64,
+    /// Bytes of valid records in the segment replayed (its zero-filled
+    /// rest and a torn tail excluded).
     pub bytes: u64,
     /// A dropped torn tail: (file, offset, bytes dropped, reason).
     pub torn: Option<(PathBuf, u64, u64, String)>,
@@ -219,7 +221,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                     path.display()
                 )));
             }
-            ScanEnd::Torn { .. } | ScanEnd::Clean => {}
+            ScanEnd::Torn { .. } | ScanEnd::Clean { .. } => {}
         }
         if !r.checkpoint_complete {
             // Only the newest segment may be an interrupted checkpoint;
@@ -234,8 +236,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             )));
         }
         let mut state = r.finish();
+        let valid_end = match &end {
+            ScanEnd::Clean { end } => *end,
+            ScanEnd::Torn { offset, .. } | ScanEnd::Corrupt { offset, .. } => *offset,
+        };
         if let ScanEnd::Torn { offset, reason } = end {
-            let dropped = bytes.len() as u64 - offset;
+            // What the interrupted write left, up to the zero-filled rest.
+            let tail = &bytes[offset as usize..];
+            let dropped = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
             tracing::warn!(
                 file = %path.display(),
                 offset,
@@ -246,7 +254,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             state.torn = Some((path.clone(), offset, dropped, reason));
         }
         state.segment = Some(path.clone());
-        state.bytes = bytes.len() as u64;
+        state.bytes = valid_end;
         state.elapsed = started.elapsed();
         return Ok(state);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use usage_sync::{Engine, SyncConfig, SystemClock};
 use usage_sync_core::{RequestId, Units, UserId};
+use usage_sync_store::wal::codec::{self, ScanEnd};
 use usage_sync_store::wal::list_segments;
 use usage_sync_store::{Durability, WalConfig};
 
@@ -215,21 +216,40 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     a.engine.halt();
     let seg = segments(dir.path()).pop().unwrap();
     let good = std::fs::read(&seg).unwrap();
+    // In `fsync` mode the segment is zero-filled ahead of its records, in
+    // whole steps of 1 MiB; the records end where the zeros start.
+    assert_eq!(good.len() % (1 << 20), 0);
+    let ScanEnd::Clean { end } = codec::scan(&good, |_, _| {}) else {
+        panic!("a cleanly halted log ends cleanly");
+    };
+    let end = end as usize;
+    assert!(end > 0 && good[end..].iter().all(|&b| b == 0));
 
-    // A torn write: the first 20 bytes of a frame (the segment's first
-    // frame, a 21-byte checkpoint marker) at the end.
+    // A torn write where the next record goes: the start of a frame (a
+    // copy of the segment's last, a consume, cut after a non-zero byte so
+    // the reported length is exact, and before bytes that are not zero so
+    // the zeros after it cannot complete it).
+    let mut last = 0;
+    codec::scan(&good, |offset, _| last = offset as usize);
+    let frame = &good[last..end];
+    let cut = frame[..20].iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(frame[cut..].iter().any(|&b| b != 0));
     let mut torn = good.clone();
-    torn.extend_from_slice(&good[..20]);
+    torn.resize(torn.len().max(end + cut), 0);
+    torn[end..end + cut].copy_from_slice(&frame[..cut]);
     std::fs::write(&seg, &torn).unwrap();
     let b = open(dir.path(), wal_config(dir.path(), Durability::Fsync)).await;
-    assert_eq!(b.engine.recovery().unwrap().torn_tail_bytes, 20);
+    assert_eq!(b.engine.recovery().unwrap().torn_tail_bytes, cut as u64);
     assert_eq!(b.used("u", "fast").await, 10);
     b.engine.halt();
 
-    // A flipped byte in the middle of the newest segment.
+    // A flipped byte in the middle of the newest segment's records.
     let seg = segments(dir.path()).pop().unwrap();
     let mut bad = std::fs::read(&seg).unwrap();
-    let mid = bad.len() / 2;
+    let ScanEnd::Clean { end } = codec::scan(&bad, |_, _| {}) else {
+        panic!("a cleanly halted log ends cleanly");
+    };
+    let mid = end as usize / 2;
     bad[mid] ^= 0x40;
     std::fs::write(&seg, &bad).unwrap();
     let err = super::try_open_engine(
