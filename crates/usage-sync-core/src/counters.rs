@@ -248,37 +248,29 @@ fn boxed_profile(p: UserProfile) -> Option<Box<UserProfile>> {
 
 /// One resident user. Boxed in the shard map: the map's buckets are
 /// over-provisioned (load factor), and a 24-byte bucket wastes far less
-/// than a 256-byte one.
-///
-/// Laid out by hand (`repr(C)`, cache-line aligned) for the consume path,
-/// whose cost over many users is the cache lines of this entry it misses
-/// on: everything a consume reads or writes sits in the first 184 bytes
-/// (the first line holds the period check and the due bookkeeping, the
-/// next two the counters and the id), the fields only syncs and admin
-/// calls touch come last.
-#[repr(C, align(64))]
+/// than a 150-byte one.
 struct UserEntry {
+    id: UserId,
+    profile: Option<Box<UserProfile>>,
     /// Plan catalogue version the fields below were resolved against.
     resolved_version: u64,
+    plan: Arc<Plan>,
     period_start: Timestamp,
     period_end: Timestamp,
+    /// Current-period counters, indexed by kind. Inline for up to two
+    /// kinds: one cache miss less per consume than a separate allocation.
+    current: SmallVec<[Slot; 2]>,
+    /// Counters of earlier periods that still hold units to flush (after a
+    /// period rollover or a reset). Usually empty.
+    stale: Vec<(u16, Slot)>,
     last_activity: Timestamp,
+    last_sync_at: Option<Timestamp>,
+    last_sync_trigger: Option<Trigger>,
     /// `Some` iff a valid entry for this user (same `dirty_gen`) is in the
     /// shard's dirty FIFO.
     dirty_since: Option<Timestamp>,
     dirty_gen: u32,
     threshold_queued: bool,
-    /// Current-period counters, indexed by kind. Inline for up to two
-    /// kinds: one cache miss less per consume than a separate allocation.
-    current: SmallVec<[Slot; 2]>,
-    id: UserId,
-    profile: Option<Box<UserProfile>>,
-    plan: Arc<Plan>,
-    /// Counters of earlier periods that still hold units to flush (after a
-    /// period rollover or a reset). Usually empty.
-    stale: Vec<(u16, Slot)>,
-    last_sync_at: Option<Timestamp>,
-    last_sync_trigger: Option<Trigger>,
 }
 
 impl UserEntry {

@@ -575,15 +575,3 @@ fn evict_idle_never_drops_pending_units() {
     );
     assert_eq!(l.resident_ids().len(), 2);
 }
-
-#[test]
-fn user_entry_keeps_the_consume_path_in_three_cache_lines() {
-    use std::mem::{align_of, offset_of, size_of};
-    assert_eq!(align_of::<UserEntry>(), 64);
-    // The first line: the period check and the due bookkeeping.
-    assert!(offset_of!(UserEntry, threshold_queued) < 64);
-    // Counters and id end within the third line.
-    assert!(offset_of!(UserEntry, id) + size_of::<UserId>() <= 192);
-    assert!(offset_of!(UserEntry, current) + size_of::<SmallVec<[Slot; 2]>>() <= 192);
-    assert_eq!(size_of::<UserEntry>(), 256);
-}
