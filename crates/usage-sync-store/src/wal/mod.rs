@@ -307,16 +307,22 @@ struct LsnWaiters {
 
 impl LsnWaiters {
     /// Returns true if `done()` holds; otherwise registers `waker` for
-    /// `lsn` (once per task: a re-poll replaces its earlier waker).
-    fn register(&self, lsn: Lsn, waker: &Waker, done: impl Fn() -> bool) -> bool {
+    /// `lsn`. A task's first poll (`repoll` false) pushes without looking:
+    /// the list holds every waiting request, and searching it on every
+    /// registration would cost a full scan per request. A re-poll replaces
+    /// the task's earlier entry, so each task stays in the list once.
+    fn register(&self, lsn: Lsn, waker: &Waker, repoll: bool, done: impl Fn() -> bool) -> bool {
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         if done() {
             return true;
         }
-        match list
-            .iter_mut()
-            .find(|(l, w)| *l == lsn && w.will_wake(waker))
-        {
+        let earlier = if repoll {
+            list.iter_mut()
+                .find(|(l, w)| *l == lsn && w.will_wake(waker))
+        } else {
+            None
+        };
+        match earlier {
             Some(entry) => entry.1.clone_from(waker),
             None => list.push((lsn, waker.clone())),
         }
@@ -548,8 +554,10 @@ impl Wal {
         }
         let done = || self.failed.load(Ordering::Acquire) || *self.durable.borrow() >= lsn;
         if !done() {
+            let mut polled = false;
             std::future::poll_fn(|cx| {
-                if self.durable_waiters.register(lsn, cx.waker(), done) {
+                let repoll = std::mem::replace(&mut polled, true);
+                if self.durable_waiters.register(lsn, cx.waker(), repoll, done) {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -959,10 +967,10 @@ mod tests {
         let waiters = LsnWaiters::default();
         let tasks: Vec<_> = (1..=3).map(|_| waker()).collect();
         for (lsn, (_, w)) in (1..).zip(&tasks) {
-            assert!(!waiters.register(lsn, w, || false));
+            assert!(!waiters.register(lsn, w, false, || false));
         }
         // A re-poll of the third task replaces its entry.
-        assert!(!waiters.register(3, &tasks[2].1, || false));
+        assert!(!waiters.register(3, &tasks[2].1, true, || false));
         assert_eq!(waiters.list.lock().unwrap().len(), 3);
         waiters.wake_upto(2);
         let counts = |t: &[(Arc<Counter>, Waker)]| {
@@ -973,7 +981,7 @@ mod tests {
         assert_eq!(counts(&tasks), [1, 1, 0]);
         // Already covered when it registers: ready, nothing kept.
         let (late, w) = waker();
-        assert!(waiters.register(2, &w, || true));
+        assert!(waiters.register(2, &w, false, || true));
         assert_eq!(late.0.load(Ordering::SeqCst), 0);
         assert_eq!(waiters.list.lock().unwrap().len(), 1);
         waiters.wake_upto(Lsn::MAX);

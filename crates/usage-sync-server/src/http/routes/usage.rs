@@ -122,18 +122,23 @@ fn decision_response(
 fn json_response<T: Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
     let mut buf = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut buf, body) {
-        Ok(()) => (
-            status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            buf,
-        )
-            .into_response(),
+        Ok(()) => json_bytes(status, buf),
         // Not reachable for these types; answer as axum's `Json` would.
         Err(_) => (status, Json(body)).into_response(),
     }
+}
+
+/// A response whose body is JSON already serialized.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 pub async fn consume(
@@ -331,15 +336,7 @@ pub async fn consume_batch(
     if state.verbose {
         tracing::debug!(target: "consume", events = n, allowed, "consume batch");
     }
-    Ok((
-        StatusCode::OK,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        out.finish(),
-    )
-        .into_response())
+    Ok(json_bytes(StatusCode::OK, out.finish()))
 }
 
 /// Writes the answer of `/v1/consume/batch`: `{"results":[...]}` with the
