@@ -5,11 +5,15 @@
 //! # Shape
 //!
 //! Users are spread over `N` shards by a hash of their id; each shard is a
-//! mutex around a hash map plus three queues. A consume locks exactly one
-//! shard (two with a request id: the dedup shard, then the user shard), so
-//! different users almost never contend and the same user is serialised,
-//! which is what makes check-and-count atomic: the limit test and the
-//! increment happen under one lock.
+//! mutex around a hash table of boxed entries plus three queues. A consume
+//! locks exactly one shard (two with a request id: the dedup shard, then
+//! the user shard), so different users almost never contend and the same
+//! user is serialised, which is what makes check-and-count atomic: the
+//! limit test and the increment happen under one lock. A consume hashes
+//! the id once: the high bits pick the shard, the low bits the bucket, and
+//! a bucket holds only the entry's pointer, so the table stays small
+//! enough to stay cached and the id is compared in the entry the consume
+//! reads next anyway.
 //!
 //! # Counter states
 //!
@@ -51,6 +55,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::error::CoreError;
@@ -345,8 +350,88 @@ impl UserEntry {
     }
 }
 
+/// A shard's resident users, keyed by the id inside each entry.
+///
+/// Why not `HashMap<UserId, Box<UserEntry>>`: its 32-byte buckets (the id
+/// inline, then the pointer) made the table four times larger than this
+/// one's 8-byte buckets, and the map hashed the id a second time after the
+/// shard choice had hashed it already. Over 100 000 users a consume's cost
+/// is its cache misses (see docs/benchmarks.md); here the hot path hashes
+/// once ([`UserMap::find_mut`]) and the bucket is usually in cache.
+struct UserMap {
+    table: HashTable<Box<UserEntry>>,
+    /// The ledger's shard hasher: an id's hash is the same everywhere.
+    hasher: RandomState,
+}
+
+impl UserMap {
+    fn new(hasher: RandomState) -> Self {
+        UserMap {
+            table: HashTable::new(),
+            hasher,
+        }
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn find(&self, hash: u64, id: &str) -> Option<&UserEntry> {
+        self.table.find(hash, |e| e.id.as_str() == id).map(|e| &**e)
+    }
+
+    /// The lookup with a hash the caller already computed for the shard.
+    fn find_mut(&mut self, hash: u64, id: &str) -> Option<&mut UserEntry> {
+        self.table
+            .find_mut(hash, |e| e.id.as_str() == id)
+            .map(|e| &mut **e)
+    }
+
+    fn get(&self, id: &str) -> Option<&UserEntry> {
+        self.find(self.hash(id), id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut UserEntry> {
+        self.find_mut(self.hash(id), id)
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts an entry whose id is not resident (the caller checked under
+    /// the same lock).
+    fn insert(&mut self, e: Box<UserEntry>) {
+        debug_assert!(!self.contains_key(e.id.as_str()));
+        let hash = self.hash(e.id.as_str());
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, e, |e| hasher.hash_one(e.id.as_str()));
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Box<UserEntry>> {
+        let hash = self.hash(id);
+        match self.table.find_entry(hash, |e| e.id.as_str() == id) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&mut UserEntry) -> bool) {
+        self.table.retain(|e| keep(e));
+    }
+
+    fn values(&self) -> impl Iterator<Item = &UserEntry> {
+        self.table.iter().map(|e| &**e)
+    }
+}
+
 struct Shard {
-    users: HashMap<UserId, Box<UserEntry>, RandomState>,
+    users: UserMap,
     dirty: VecDeque<(Timestamp, u32, UserId)>,
     activity: VecDeque<(Timestamp, UserId)>,
     threshold: Vec<UserId>,
@@ -457,10 +542,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Ledger {
     pub fn new(kinds: Kinds, plans: Plans, config: LedgerConfig) -> Self {
         let n = config.shards.max(1).next_power_of_two();
+        let shard_hasher = RandomState::default();
         let shards = (0..n)
             .map(|_| {
                 Padded(Mutex::new(Shard {
-                    users: HashMap::with_hasher(RandomState::default()),
+                    users: UserMap::new(shard_hasher.clone()),
                     dirty: VecDeque::new(),
                     activity: VecDeque::new(),
                     threshold: Vec::new(),
@@ -484,7 +570,7 @@ impl Ledger {
             threshold: config.threshold.max(1),
             near_limit_percent: config.near_limit_percent,
             dedup_window_ms: config.dedup_window_ms,
-            shard_hasher: RandomState::default(),
+            shard_hasher,
             shard_mask: n - 1,
             shards,
             dedup,
@@ -538,13 +624,25 @@ impl Ledger {
     }
 
     fn index_of(&self, key: &str) -> usize {
-        // High bits: the maps inside the shards use their own hasher, but
-        // keep the shard choice independent of the low bits regardless.
-        (self.shard_hasher.hash_one(key) >> 40) as usize & self.shard_mask
+        self.index_of_hash(self.shard_hasher.hash_one(key))
+    }
+
+    /// High bits pick the shard: the table inside it uses the low bits for
+    /// the bucket and the top seven as the tag, so the three stay
+    /// independent.
+    fn index_of_hash(&self, hash: u64) -> usize {
+        (hash >> 40) as usize & self.shard_mask
     }
 
     fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
         lock(&self.shards[self.index_of(user)].0)
+    }
+
+    /// The user's shard, locked, and the id's hash for
+    /// [`UserMap::find_mut`]: the hot paths hash an id once.
+    fn shard_hashed(&self, user: &str) -> (MutexGuard<'_, Shard>, u64) {
+        let hash = self.shard_hasher.hash_one(user);
+        (lock(&self.shards[self.index_of_hash(hash)].0), hash)
     }
 
     fn next_flush_id(&self) -> FlushId {
@@ -612,7 +710,7 @@ impl Ledger {
             dirty_gen: 0,
             threshold_queued: false,
         };
-        shard.users.insert(user.clone(), Box::new(entry));
+        shard.users.insert(Box::new(entry));
         shard.activity.push_back((now, user.clone()));
         self.resident.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -645,6 +743,7 @@ impl Ledger {
     /// nothing and returns the original decision.
     ///
     /// Returns [`CoreError::NotResident`] if the user must be loaded first.
+    #[inline]
     pub fn consume(
         &self,
         user: &str,
@@ -661,6 +760,7 @@ impl Ledger {
     /// this instance's view of the limit is only partial. Everything else
     /// (request-id record, log record, due-structures) is as in
     /// [`Ledger::consume`].
+    #[inline]
     pub fn consume_granted(
         &self,
         user: &str,
@@ -677,8 +777,11 @@ impl Ledger {
     /// plus its own pending). The shared tier seeds its counter from this.
     pub fn quota(&self, user: &str, kind: &Kind, now: Timestamp) -> Result<Quota, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
-        let mut shard = self.shard(user);
-        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        let (mut shard, hash) = self.shard_hashed(user);
+        let e = shard
+            .users
+            .find_mut(hash, user)
+            .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
         let s = &e.current[kind.index()];
         Ok(Quota {
@@ -689,6 +792,7 @@ impl Ledger {
         })
     }
 
+    #[inline]
     fn consume_with(
         &self,
         user: &str,
@@ -748,9 +852,12 @@ impl Ledger {
         granted: bool,
     ) -> Result<ConsumeOutcome, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
-        let mut guard = self.shard(user);
+        let (mut guard, hash) = self.shard_hashed(user);
         let shard = &mut *guard;
-        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        let e = shard
+            .users
+            .find_mut(hash, user)
+            .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
         e.last_activity = now;
         let k = kind.index();
@@ -814,8 +921,11 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<Decision, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
-        let mut shard = self.shard(user);
-        let e = shard.users.get_mut(user).ok_or(CoreError::NotResident)?;
+        let (mut shard, hash) = self.shard_hashed(user);
+        let e = shard
+            .users
+            .find_mut(hash, user)
+            .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
         let k = kind.index();
         let allowed = match e.current[k].limit() {
@@ -1344,7 +1454,7 @@ impl Ledger {
     pub fn resident_ids(&self) -> Vec<UserId> {
         let mut out = Vec::with_capacity(self.resident_users());
         for s in self.shards.iter() {
-            out.extend(lock(&s.0).users.keys().cloned());
+            out.extend(lock(&s.0).users.values().map(|e| e.id.clone()));
         }
         out
     }
@@ -1362,7 +1472,7 @@ impl Ledger {
             let mut guard = lock(&s.0);
             let shard = &mut *guard;
             let before = shard.users.len();
-            shard.users.retain(|_, e| {
+            shard.users.retain(|e| {
                 if e.last_activity > cutoff {
                     return true;
                 }

@@ -575,3 +575,64 @@ fn evict_idle_never_drops_pending_units() {
     );
     assert_eq!(l.resident_ids().len(), 2);
 }
+
+/// The shard table hashes an id once for the shard and the bucket, and
+/// rehashes entries by the id inside them when it grows: every user must
+/// stay findable by both lookup paths through growth, removal and retain,
+/// for short (inline) and long (heap) ids alike.
+#[test]
+fn user_map_finds_every_user_through_growth_remove_and_retain() {
+    let l = ledger(u64::MAX / 4);
+    let ids: Vec<String> = (0..5_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("u{i}")
+            } else {
+                format!("a-long-user-id-kept-on-the-heap-{i:08}")
+            }
+        })
+        .collect();
+    for id in &ids {
+        warm(&l, id, UserProfile::default(), &[], T0);
+    }
+    assert_eq!(l.resident_users(), 5_000);
+    for id in &ids {
+        // `consume` looks up by the precomputed hash, `profile` by the map's own.
+        assert_eq!(consume(&l, id, "fast", 1, T0).decision.used, 1);
+        assert!(l.profile(id).is_some());
+        assert!(l.is_resident(id));
+    }
+    assert!(!l.is_resident("u1"), "odd ids are long");
+    assert_eq!(
+        l.consume("nobody", &kind(&l, "fast"), Units::ONE, None, T0)
+            .err(),
+        Some(CoreError::NotResident)
+    );
+
+    let mut resident = l.resident_ids();
+    resident.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(
+        resident.iter().map(UserId::as_str).collect::<Vec<_>>(),
+        expected
+    );
+
+    // Remove through the map directly, then retain over what is left.
+    for id in ids.iter().take(100) {
+        let mut shard = l.shard(id);
+        assert!(shard.users.remove(id).is_some());
+        assert!(shard.users.remove(id).is_none());
+    }
+    for s in l.shards.iter() {
+        lock(&s.0)
+            .users
+            .retain(|e| !e.id.as_str().starts_with("a-long"));
+    }
+    let left: usize = l.shards.iter().map(|s| lock(&s.0).users.len()).sum();
+    assert_eq!(left, 2_500 - 50);
+    for (i, id) in ids.iter().enumerate() {
+        let want = i >= 100 && i % 2 == 0;
+        assert_eq!(l.shard(id).users.get(id).is_some(), want, "{id}");
+    }
+}
