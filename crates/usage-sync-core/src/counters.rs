@@ -251,9 +251,9 @@ fn boxed_profile(p: UserProfile) -> Option<Box<UserProfile>> {
     (p != DEFAULT_PROFILE).then(|| Box::new(p))
 }
 
-/// One resident user. Boxed in the shard map: the map's buckets are
-/// over-provisioned (load factor), and a 24-byte bucket wastes far less
-/// than a 150-byte one.
+/// One resident user. Boxed in the shard table ([`UserMap`]): the table's
+/// buckets are over-provisioned (load factor), and an 8-byte bucket wastes
+/// far less than a 240-byte one.
 struct UserEntry {
     id: UserId,
     profile: Option<Box<UserProfile>>,
