@@ -136,6 +136,19 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
 }
 
 fn data_dir_writable(s: &Settings) -> Check {
+    // Looked at without taking it or reading the log: an instance may be
+    // running on this directory right now.
+    if let Some(pid) = usage_sync_store::wal::lock::holder(&s.data_dir.join("wal")) {
+        return fail(
+            "data dir",
+            format!(
+                "{} is in use{} by a running usage-sync instance: `serve` with these settings would exit 2",
+                s.data_dir.display(),
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            ),
+            "give each instance its own USAGE_SYNC_DATA_DIR (or stop the running one)",
+        );
+    }
     let probe = s.data_dir.join(".usage-sync-write-test");
     let result = std::fs::create_dir_all(&s.data_dir)
         .and_then(|_| std::fs::write(&probe, b"ok"))

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::configuration::{self, Settings};
@@ -162,8 +163,20 @@ pub fn run() -> ExitCode {
         }
         Command::Migrate => runtime(|| async {
             telemetry::init(&settings);
+            if let Some(pid) = usage_sync_store::wal::lock::holder(&settings.data_dir.join("wal")) {
+                eprintln!(
+                    "note: data dir {} is in use{} by a running instance; migrate changes only the database schema, never the log",
+                    settings.data_dir.display(),
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
+            }
             let store = open_store(&settings)?;
-            store.migrate().await?;
+            store.migrate().await.with_context(|| {
+                format!(
+                    "migrating {}",
+                    configuration::redact_url(&settings.database_url)
+                )
+            })?;
             println!(
                 "✓ migrations applied to {} ({})",
                 configuration::redact_url(&settings.database_url),
@@ -207,7 +220,13 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("✗ {e:#}");
-            ExitCode::FAILURE
+            // A failure waiting cannot heal is a configuration or operator
+            // problem, like an invalid setting: exit 2.
+            if e.downcast_ref::<crate::startup::CannotStart>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

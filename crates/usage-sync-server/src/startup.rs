@@ -41,6 +41,33 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     )
 }
 
+/// A start-up failure that waiting cannot heal (a data dir in use, a
+/// damaged log, an invalid catalogue): `serve` exits 2 with it instead of
+/// retrying.
+#[derive(Debug)]
+pub struct CannotStart;
+
+impl std::fmt::Display for CannotStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot start")
+    }
+}
+
+/// The error of an engine that did not open, reworded where the operator
+/// knows the setting better than the library's path (the data dir).
+fn open_error(settings: &Settings, e: usage_sync::Error) -> anyhow::Error {
+    if let usage_sync::Error::Store(usage_sync_store::StoreError::InUse { pid, .. }) = &e {
+        return anyhow::anyhow!(
+            "data dir {} is in use{}: another usage-sync instance owns its write-ahead log. \
+             Stop that instance, or give this one its own USAGE_SYNC_DATA_DIR \
+             (and, for a second instance, its own USAGE_SYNC_LISTEN port)",
+            settings.data_dir.display(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        );
+    }
+    anyhow::Error::new(e)
+}
+
 /// Opens the engine: migrations, plans, recovery from the log.
 pub async fn open_engine(settings: &Settings) -> Result<Engine, (bool, anyhow::Error)> {
     let store = open_store(settings).map_err(|e| (true, e))?;
@@ -55,7 +82,7 @@ pub async fn open_engine(settings: &Settings) -> Result<Engine, (bool, anyhow::E
         Arc::new(SystemClock),
     )
     .await
-    .map_err(|e| (e.is_transient(), anyhow::Error::new(e)))
+    .map_err(|e| (e.is_transient(), open_error(settings, e)))
 }
 
 /// A bound, not yet running service.
@@ -145,7 +172,7 @@ impl Application {
                 }
                 Err((false, e)) => {
                     server.abort();
-                    return Err(e.context("cannot start"));
+                    return Err(e.context(CannotStart));
                 }
             }
         };

@@ -26,6 +26,15 @@ pub enum StoreError {
     Injected(&'static str),
     #[error("store task failed: {0}")]
     Task(String),
+    /// Another process holds the log directory's lock: two writers on one
+    /// log would replay and delete each other's live segments.
+    #[error(
+        "{} is in use{} by another usage-sync process; stop it, or give this \
+         instance a data directory of its own (USAGE_SYNC_DATA_DIR)",
+        path,
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse { path: String, pid: Option<u32> },
 }
 
 impl StoreError {
@@ -67,7 +76,7 @@ impl StoreError {
             },
             StoreError::Pool(_) => true,
             StoreError::Open { .. } | StoreError::Injected(_) | StoreError::Task(_) => true,
-            StoreError::InvalidUrl(_) | StoreError::Corrupt(_) => false,
+            StoreError::InvalidUrl(_) | StoreError::Corrupt(_) | StoreError::InUse { .. } => false,
         }
     }
 }

@@ -374,3 +374,92 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A second `serve` on a data dir in use (the natural way around "address
+/// in use" is another port, same directory) exits 2 naming the dir and the
+/// owner's pid, and never touches the live log; check-config and migrate
+/// say the dir is in use. The first instance keeps every unit.
+#[tokio::test]
+async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Binary::start(dir.path(), &[]).await;
+    let pid = first.child.id();
+    let client = reqwest::Client::new();
+    let consume = |n: u64| {
+        let client = client.clone();
+        let url = format!("{}/v1/consume", first.address);
+        async move {
+            client
+                .post(url)
+                .body(json!({"user_id": "owner", "kind": "fast", "amount": n}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(consume(20).await, 200);
+    let segments = |d: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d.join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = segments(dir.path());
+
+    let second = Binary::spawn_unready(dir.path(), &[]);
+    let code = second.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(2), "a second serve on one data dir exits 2");
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let expected = format!("data dir {} is in use (pid {pid})", dir.path().display());
+    assert!(logs.contains(&expected), "missing '{expected}' in:\n{logs}");
+    assert_eq!(segments(dir.path()), before, "the live log was not touched");
+
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ data dir") && text.contains(&format!("in use (pid {pid})")),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .arg("migrate")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("is in use (pid {pid})")), "{err}");
+    assert_eq!(segments(dir.path()), before);
+
+    // The owner kept serving, and stops with every unit in the database.
+    assert_eq!(consume(5).await, 200);
+    first.signal("TERM");
+    assert_eq!(first.wait(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(
+        db_total(&dir.path().join("usage-sync.db"), "owner", "fast").await,
+        25
+    );
+    // A SIGKILLed owner leaves no stale lock: the next start takes it.
+    let again = Binary::start(dir.path(), &[]).await;
+    again.signal("KILL");
+    let _ = again.wait(Duration::from_secs(10)).await;
+    let third = Binary::start(dir.path(), &[]).await;
+    third.signal("TERM");
+    assert_eq!(third.wait(Duration::from_secs(30)).await, Some(0));
+}

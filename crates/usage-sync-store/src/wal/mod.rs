@@ -29,6 +29,7 @@
 //! See `docs/durability.md` for the crash points and why each is covered.
 
 pub mod codec;
+pub mod lock;
 pub mod replay;
 
 use std::collections::{HashMap, VecDeque};
@@ -191,6 +192,9 @@ pub struct Wal {
     /// Notified when the current segment is large enough for a checkpoint.
     pub checkpoint_wanted: Notify,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The directory's lock (see [`lock`]), held from before the log is
+    /// read until [`Wal::close`].
+    dir_lock: Mutex<Option<lock::DirLock>>,
 }
 
 impl Shared {
@@ -409,6 +413,9 @@ impl Wal {
     /// called [`Wal::checkpoint`], which starts a new segment.
     pub fn open(config: WalConfig) -> Result<(Arc<Wal>, Recovered), StoreError> {
         std::fs::create_dir_all(&config.dir).map_err(|e| io_err(&config.dir, e))?;
+        // Before anything is read: another live owner's segments must not
+        // be replayed, let alone deleted.
+        let dir_lock = lock::DirLock::acquire(&config.dir)?;
         let recovered = replay::recover(&config.dir)?;
         let last_seq = list_segments(&config.dir)?.last().map_or(0, |(s, _)| *s);
         let (written, _) = watch::channel(0);
@@ -441,6 +448,7 @@ impl Wal {
             syncer_wake: Condvar::new(),
             checkpoint_wanted: Notify::new(),
             writer: Mutex::new(None),
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let w = wal.clone();
         let handle = std::thread::Builder::new()
@@ -707,6 +715,11 @@ impl Wal {
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }
+        // Nothing more is written: the directory may have a new owner.
+        self.dir_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     fn fail(&self, what: &str, e: std::io::Error) {
