@@ -36,7 +36,7 @@ export declare class UsageSyncClient {
   consume(args: { userId: string; kind: string; amount?: number; requestId?: string }): Promise<ConsumeResult>;
   consumeBatch(events: Array<{ userId: string; kind: string; amount?: number; requestId?: string }>): Promise<Array<BatchItemDoc & { request_id: string }>>;
   check(args: { userId: string; kind: string; amount?: number }): Promise<DecisionBody & { fail_open?: true }>;
-  refund(requestId: string): Promise<RefundDoc | { request_id: string; refunded: null; already_refunded: true }>;
+  refund(requestId: string, options?: { userId?: string }): Promise<RefundDoc | { request_id: string; refunded: null; already_refunded: true }>;
   usage(userId: string): Promise<UsageDoc>;
   putPlan(name: string, plan: { limits: Record<string, number | null>; period?: "monthly" | "daily" | "none" }): Promise<PlanDoc>;
   putUser(userId: string, change: { plan?: string; limits?: Record<string, number | null> }): Promise<UsageDoc>;

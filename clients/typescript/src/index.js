@@ -136,11 +136,14 @@ export class UsageSyncClient {
     }
   }
 
-  /** Gives back the units of a consume, once (retries are safe). */
-  async refund(requestId) {
+  /** Gives back the units of a consume, once (retries are safe). With
+   * `userId`, the service refuses (409 request_id_conflict) unless the
+   * consume was that user's. */
+  async refund(requestId, { userId } = {}) {
     const seen = {};
+    const body = userId === undefined ? { request_id: requestId } : { request_id: requestId, user_id: userId };
     try {
-      return (await this.request("POST", "/v1/refund", { body: { request_id: requestId }, seen })).body;
+      return (await this.request("POST", "/v1/refund", { body, seen })).body;
     } catch (e) {
       // An earlier attempt may have landed before its answer was lost: a
       // retry then finds the refund done, which is what the caller wanted.

@@ -118,7 +118,13 @@ test("check, refund and usage", async () => {
   assert.equal(chk.allowed, true);
   assert.equal(chk.used, 0, "check counts nothing");
   const r = await c.consume({ userId: "ts-4", kind: "fast", amount: 4, requestId: "ts-4-a" });
-  const back = await c.refund(r.request_id);
+  // A request id is bound to its request: another user or amount is a
+  // conflict that counts and refunds nothing.
+  await assert.rejects(c.consume({ userId: "ts-4b", kind: "fast", amount: 4, requestId: "ts-4-a" }),
+    e => e instanceof UsageSyncError && e.status === 409 && e.code === "request_id_conflict");
+  await assert.rejects(c.refund(r.request_id, { userId: "ts-4b" }),
+    e => e.status === 409 && e.code === "request_id_conflict");
+  const back = await c.refund(r.request_id, { userId: "ts-4" });
   assert.equal(back.refunded, 4);
   assert.equal(back.used, 0);
   await assert.rejects(c.refund("ts-4-a"), e => e instanceof UsageSyncError && e.status === 409 && e.code === "already_refunded");

@@ -13,7 +13,7 @@
 //!     // over the limit: nothing was counted
 //! }
 //! // The work failed: give the unit back (safe to retry).
-//! usage.refund(&d.request_id).await?;
+//! usage.refund(&d.request_id, Some("u1")).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -379,9 +379,14 @@ impl Client {
             .await
     }
 
-    /// Gives back the units of a consume, once.
-    pub async fn refund(&self, request_id: &str) -> Result<Refunded, Error> {
-        let body = json!({"request_id": request_id});
+    /// Gives back the units of a consume, once. With `user`, the service
+    /// refuses (409 `request_id_conflict`) unless the consume was that
+    /// user's: pass it whenever the caller knows it.
+    pub async fn refund(&self, request_id: &str, user: Option<&str>) -> Result<Refunded, Error> {
+        let mut body = json!({"request_id": request_id});
+        if let Some(u) = user {
+            body["user_id"] = json!(u);
+        }
         let mut ambiguous = false;
         match self
             .call(

@@ -209,9 +209,19 @@ struct Slot {
     in_flight: i64,
     /// A batch holding `in_flight` is outstanding.
     flushing: bool,
+    /// `persisted` is the store's value for this period: read when the
+    /// user was loaded, or returned by a flush of this counter. False for
+    /// a period the entry moved to without reading it (a plan switched
+    /// back, the clock stepped back over a boundary, a refund into an old
+    /// period): its `persisted` is a placeholder 0, and deciding on it
+    /// would hand out the period's units a second time. Decisions on such
+    /// a counter ask for a load first ([`CoreError::NotResident`]), which
+    /// fills it ([`Ledger::warm`]).
+    loaded: bool,
 }
 
 impl Slot {
+    /// A counter whose persisted value is known.
     fn new(period_start: Timestamp, persisted: i64, limit: Limit) -> Self {
         Slot {
             period_start,
@@ -220,6 +230,15 @@ impl Slot {
             pending: 0,
             in_flight: 0,
             flushing: false,
+            loaded: true,
+        }
+    }
+
+    /// A counter of a period whose persisted value has not been read.
+    fn unloaded(period_start: Timestamp, limit: Limit) -> Self {
+        Slot {
+            loaded: false,
+            ..Slot::new(period_start, 0, limit)
         }
     }
 
@@ -297,7 +316,25 @@ impl UserEntry {
         self.period_end = r.period_end;
         if r.period_start != self.period_start {
             for (k, slot) in self.current.iter_mut().enumerate() {
-                let old = std::mem::replace(slot, Slot::new(r.period_start, 0, r.limits[k]));
+                // The new period's counter: the one this entry still holds
+                // (units not yet flushed when it left that period), else
+                // one whose persisted value must be read before any
+                // decision. Never a fresh 0: a period can be re-entered
+                // (plan switched back, clock stepped back), and starting
+                // it at 0 would grant its units again.
+                let held = self
+                    .stale
+                    .iter()
+                    .position(|(sk, s)| usize::from(*sk) == k && s.period_start == r.period_start);
+                let next = match held {
+                    Some(i) => {
+                        let mut s = self.stale.swap_remove(i).1;
+                        s.limit = r.limits[k].unwrap_or(UNLIMITED);
+                        s
+                    }
+                    None => Slot::unloaded(r.period_start, r.limits[k]),
+                };
+                let old = std::mem::replace(slot, next);
                 if !old.is_clean() {
                     self.stale.push((k as u16, old));
                 }
@@ -471,6 +508,49 @@ struct DedupShard {
     /// Insertion order; records are only ever inserted with `now`, so the
     /// front is the oldest.
     expiry: VecDeque<(Timestamp, RequestId)>,
+}
+
+impl DedupRecord {
+    /// `Err(RequestIdConflict)` naming what differs when (user, kind,
+    /// amount) is not the request this id was first used for.
+    fn conflict(&self, rid: &str, user: &str, kind: &Kind, amount: u64) -> Result<(), CoreError> {
+        if self.user.as_str() != user {
+            // Nothing about the other user's request is told.
+            return Err(CoreError::RequestIdConflict(format!(
+                "request_id '{rid}' was already used for another user_id; nothing was \
+                 counted: send a request_id of your own (a UUID) for each request"
+            )));
+        }
+        let mut differs = Vec::new();
+        if self.kind != *kind {
+            differs.push(format!(
+                "kind '{}' (first used for '{}')",
+                kind.name(),
+                self.kind.name()
+            ));
+        }
+        if self.amount != amount {
+            differs.push(format!("amount {amount} (first used for {})", self.amount));
+        }
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(CoreError::RequestIdConflict(format!(
+            "request_id '{rid}' belongs to an earlier request; this one differs in {}. \
+             Nothing was counted: send a new request_id for a new request",
+            differs.join(", ")
+        )))
+    }
+
+    /// `Err(RequestIdConflict)` when a refund names another owner.
+    fn owned_by(&self, rid: &str, owner: Option<&str>) -> Result<(), CoreError> {
+        match owner {
+            Some(u) if u != self.user.as_str() => Err(CoreError::RequestIdConflict(format!(
+                "request_id '{rid}' was not consumed by user_id '{u}'; nothing was refunded"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl DedupShard {
@@ -677,11 +757,13 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<(), ()> {
         let plans = self.plans();
-        let mut shard = self.shard(user.as_str());
-        if shard.users.contains_key(user.as_str()) {
-            return Ok(());
+        let mut guard = self.shard(user.as_str());
+        let shard = &mut *guard;
+        let stale_read = shard.epoch != epoch.0;
+        if let Some(e) = shard.users.get_mut(user.as_str()) {
+            return Self::fill_unloaded(e, rows, stale_read);
         }
-        if shard.epoch != epoch.0 {
+        if stale_read {
             return Err(());
         }
         let r = plans.resolve(&profile, now);
@@ -714,6 +796,33 @@ impl Ledger {
         shard.activity.push_back((now, user.clone()));
         self.resident.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A resident user's warm-up: its counters are never overwritten (they
+    /// may hold units the store does not know of); only the current
+    /// counters whose persisted value was never read take it from `rows`.
+    ///
+    /// A counter with a batch outstanding is not filled: the rows may have
+    /// been read before or after that batch committed, and either guess
+    /// could count its units twice or not at all. That batch's completion
+    /// sets the value from the store instead, so the caller retries.
+    fn fill_unloaded(e: &mut UserEntry, rows: &[PersistedRow], stale_read: bool) -> Result<(), ()> {
+        let mut all = true;
+        for (k, slot) in e.current.iter_mut().enumerate() {
+            if slot.loaded {
+                continue;
+            }
+            if stale_read || slot.flushing || slot.in_flight != 0 {
+                all = false;
+                continue;
+            }
+            slot.persisted = rows
+                .iter()
+                .find(|row| row.kind == k && row.period_start == slot.period_start)
+                .map_or(0, |row| row.used);
+            slot.loaded = true;
+        }
+        if all { Ok(()) } else { Err(()) }
     }
 
     /// Replaces a user's profile (plan, overrides, reset time) after the
@@ -784,6 +893,9 @@ impl Ledger {
             .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
         let s = &e.current[kind.index()];
+        if !s.loaded {
+            return Err(CoreError::NotResident);
+        }
         Ok(Quota {
             limit: s.limit(),
             used: s.used().max(0) as u64,
@@ -813,6 +925,11 @@ impl Ledger {
         if let Some(rec) = dedup.map.get(rid.as_str())
             && now.since(rec.at) < self.dedup_window_ms
         {
+            // An id names one request: the same id with another user, kind
+            // or amount is a client bug (or another tenant's guess), never
+            // a retry. Answering it as a duplicate would count nothing for
+            // this caller and leak the original's numbers.
+            rec.conflict(rid.as_str(), user, kind, amount.get())?;
             return Ok(ConsumeOutcome {
                 user: rec.user.clone(),
                 kind: rec.kind,
@@ -859,8 +976,11 @@ impl Ledger {
             .find_mut(hash, user)
             .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
-        e.last_activity = now;
         let k = kind.index();
+        if !e.current[k].loaded {
+            return Err(CoreError::NotResident);
+        }
+        e.last_activity = now;
         let amount = amount.get() as i64;
         let used = e.current[k].used();
         let next = used.checked_add(amount).ok_or(CoreError::Overflow)?;
@@ -928,11 +1048,34 @@ impl Ledger {
             .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
         let k = kind.index();
+        if !e.current[k].loaded {
+            return Err(CoreError::NotResident);
+        }
         let allowed = match e.current[k].limit() {
             Some(limit) => e.current[k].used().saturating_add(amount.get() as i64) <= limit as i64,
             None => true,
         };
         Ok(e.decision(k, allowed))
+    }
+
+    /// `Err(RequestIdConflict)` if `request_id` is remembered for another
+    /// (user, kind, amount): a shared tier asks before it admits anything,
+    /// so a conflicting id never reaches Redis.
+    pub fn request_conflict(
+        &self,
+        request_id: &RequestId,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        now: Timestamp,
+    ) -> Result<(), CoreError> {
+        let dedup = lock(&self.dedup[self.index_of(request_id.as_str())].0);
+        match dedup.map.get(request_id.as_str()) {
+            Some(rec) if now.since(rec.at) < self.dedup_window_ms => {
+                rec.conflict(request_id.as_str(), user, kind, amount.get())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The user a request id was counted for, so the caller can make it
@@ -949,7 +1092,17 @@ impl Ledger {
     /// Reverses the consume recorded under `request_id`, once. The units
     /// come off the period they were counted in, even if that period has
     /// ended or was already flushed (then as a negative delta).
-    pub fn refund(&self, request_id: &str, now: Timestamp) -> Result<RefundOutcome, CoreError> {
+    ///
+    /// With `owner`, the refund is refused with
+    /// [`CoreError::RequestIdConflict`] unless the request was that user's:
+    /// a client can then never give back another user's units by naming
+    /// their request id.
+    pub fn refund(
+        &self,
+        request_id: &str,
+        owner: Option<&str>,
+        now: Timestamp,
+    ) -> Result<RefundOutcome, CoreError> {
         let _gate = self.gate();
         let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
         let rec = dedup
@@ -957,6 +1110,7 @@ impl Ledger {
             .get_mut(request_id)
             .filter(|r| now.since(r.at) < self.dedup_window_ms)
             .ok_or(CoreError::UnknownRequest)?;
+        rec.owned_by(request_id, owner)?;
         if rec.refunded {
             return Err(CoreError::AlreadyRefunded);
         }
@@ -1006,7 +1160,7 @@ impl Ledger {
             match e.slot_mut(k, period_start) {
                 Some(slot) => slot.pending -= amount as i64,
                 None => {
-                    let mut slot = Slot::new(period_start, 0, None);
+                    let mut slot = Slot::unloaded(period_start, None);
                     slot.pending = -(amount as i64);
                     e.stale.push((k as u16, slot));
                 }
@@ -1054,12 +1208,20 @@ impl Ledger {
         })
     }
 
-    /// Current usage of a resident user, or `None`.
+    /// Current usage of a resident user, or `None`: not resident, or
+    /// resident with a current counter whose persisted value was never
+    /// read ([`Ledger::is_resident`] tells which; [`Ledger::warm`] fills
+    /// it).
     pub fn usage(&self, user: &str, now: Timestamp) -> Option<UserUsage> {
         let version = self.plans_version.load(Ordering::Acquire);
         let mut shard = self.shard(user);
         let e = shard.users.get_mut(user)?;
         e.refresh(&self.plans, version, now);
+        if e.current.iter().any(|s| !s.loaded) {
+            // Resident, but a counter's persisted value is unknown: the
+            // caller loads (see `Ledger::needs_load`) and asks again.
+            return None;
+        }
         let kinds = self
             .kinds
             .iter()
@@ -1355,6 +1517,7 @@ impl Ledger {
             if let Some(s) = e.slot_mut(k, d.period_start) {
                 s.in_flight -= d.delta;
                 s.persisted = after;
+                s.loaded = true;
                 s.flushing = false;
                 if s.pending >= self.threshold as i64 && !e.threshold_queued {
                     e.threshold_queued = true;
@@ -1580,7 +1743,7 @@ impl Ledger {
         for r in slots {
             if e.slot_mut(r.kind, r.period_start).is_none() {
                 e.stale
-                    .push((r.kind as u16, Slot::new(r.period_start, 0, None)));
+                    .push((r.kind as u16, Slot::unloaded(r.period_start, None)));
             }
             let slot = e.slot_mut(r.kind, r.period_start).expect("just ensured");
             slot.pending += r.pending;

@@ -141,6 +141,47 @@ fn exactly_k_admitted_under_contention() {
 }
 
 #[test]
+fn a_request_id_reused_for_another_request_conflicts_and_counts_nothing() {
+    let l = ledger(1000);
+    warm(&l, "alice", UserProfile::default(), &[], T0);
+    warm(&l, "bob", UserProfile::default(), &[], T0);
+    let (fast, premium) = (kind(&l, "fast"), kind(&l, "premium"));
+    let rid = RequestId::parse("r-1").unwrap();
+    let one = Units::ONE;
+    l.consume("alice", &fast, one, Some(&rid), T0).unwrap();
+    let conflict = |r: Result<ConsumeOutcome, CoreError>| match r {
+        Err(CoreError::RequestIdConflict(m)) => m,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    // Another user: refused, and nothing of alice's request is told.
+    let m = conflict(l.consume("bob", &fast, Units::parse(5).unwrap(), Some(&rid), T0));
+    assert!(m.contains("another user_id") && !m.contains("alice"), "{m}");
+    // The same user with another amount or kind: refused, naming it.
+    let m = conflict(l.consume("alice", &fast, Units::parse(2).unwrap(), Some(&rid), T0));
+    assert!(m.contains("amount 2 (first used for 1)"), "{m}");
+    let m = conflict(l.consume("alice", &premium, one, Some(&rid), T0));
+    assert!(m.contains("kind 'premium' (first used for 'fast')"), "{m}");
+    assert!(matches!(
+        l.request_conflict(&rid, "bob", &fast, one, T0),
+        Err(CoreError::RequestIdConflict(_))
+    ));
+    assert_eq!(l.request_conflict(&rid, "alice", &fast, one, T0), Ok(()));
+    // Nothing was counted for bob, alice counted once.
+    assert_eq!(
+        (pending(&l, "alice", "fast"), pending(&l, "bob", "fast")),
+        (1, 0)
+    );
+    // bob cannot refund alice's request; alice can.
+    assert!(matches!(
+        l.refund("r-1", Some("bob"), T0),
+        Err(CoreError::RequestIdConflict(_))
+    ));
+    assert_eq!(pending(&l, "alice", "fast"), 1);
+    assert_eq!(l.refund("r-1", Some("alice"), T0).unwrap().refunded, 1);
+    assert_eq!(pending(&l, "alice", "fast"), 0);
+}
+
+#[test]
 fn request_id_dedups_within_window_and_refund_once() {
     let l = ledger(1000);
     warm(&l, "u", UserProfile::default(), &[], T0);
@@ -155,11 +196,11 @@ fn request_id_dedups_within_window_and_refund_once() {
     assert!(!a.deduplicated && b.deduplicated);
     assert_eq!(a.decision, b.decision);
     assert_eq!(pending(&l, "u", "fast"), 3);
-    let r = l.refund("r-1", T0).unwrap();
+    let r = l.refund("r-1", None, T0).unwrap();
     assert_eq!(r.refunded, 3);
     assert_eq!(pending(&l, "u", "fast"), 0);
-    assert_eq!(l.refund("r-1", T0), Err(CoreError::AlreadyRefunded));
-    assert_eq!(l.refund("nope", T0), Err(CoreError::UnknownRequest));
+    assert_eq!(l.refund("r-1", None, T0), Err(CoreError::AlreadyRefunded));
+    assert_eq!(l.refund("nope", None, T0), Err(CoreError::UnknownRequest));
     // After the window the id is forgotten and counts again.
     let later = T0.saturating_add_ms(24 * 3600 * 1000);
     let c = l
@@ -303,7 +344,14 @@ fn period_rollover_flushes_old_units_into_the_old_period() {
         consume(&l, "u", "fast", 1, nov);
     }
     assert!(!consume(&l, "u", "fast", 1, nov).decision.allowed);
-    // New month: starts at zero.
+    // New month: its persisted value is read first (the engine loads on
+    // NotResident), then it starts from the store's zero.
+    let fast = kind(&l, "fast");
+    assert_eq!(
+        l.consume("u", &fast, Units::ONE, None, dec),
+        Err(CoreError::NotResident)
+    );
+    warm(&l, "u", UserProfile::default(), &[], dec);
     let d = consume(&l, "u", "fast", 1, dec).decision;
     assert!(d.allowed);
     assert_eq!((d.used, d.period_start), (1, dec.start_of_month()));
@@ -338,6 +386,7 @@ fn reset_starts_new_period_and_keeps_old_pending() {
         },
         later,
     );
+    warm(&l, "u", UserProfile::default(), &[], later);
     let d = consume(&l, "u", "premium", 1, later).decision;
     assert_eq!((d.allowed, d.used, d.period_start), (true, 1, later));
     let (b, _) = l.take_all(500, Trigger::Guarantee);
@@ -355,7 +404,7 @@ fn refund_after_flush_is_a_negative_delta() {
         .unwrap();
     let (b, _) = l.take_all(500, Trigger::Guarantee);
     l.complete(&b[0], &[5], T0);
-    l.refund("r", T0).unwrap();
+    l.refund("r", None, T0).unwrap();
     let u = l.usage("u", T0).unwrap();
     assert_eq!(
         (u.kinds[1].persisted, u.kinds[1].pending, u.kinds[1].used),
@@ -469,7 +518,7 @@ proptest! {
                 }
                 2 => {
                     if let Some(r) = rids.pop() {
-                        refunded += l.refund(&r, T0).unwrap().refunded as i64;
+                        refunded += l.refund(&r, None, T0).unwrap().refunded as i64;
                     }
                 }
                 3 => outstanding.extend(l.take_oldest(2, 3, Trigger::Check).0),
@@ -634,5 +683,291 @@ fn user_map_finds_every_user_through_growth_remove_and_retain() {
     for (i, id) in ids.iter().enumerate() {
         let want = i >= 100 && i % 2 == 0;
         assert_eq!(l.shard(id).users.get(id).is_some(), want, "{id}");
+    }
+}
+
+// ---- periods never reset -------------------------------------------------
+//
+// A counter's period can be entered again: a plan switched away and back,
+// or the wall clock stepped back over a day or month boundary. The ledger
+// must then decide from that period's persisted units, never from a fresh
+// zero. `Db` stands in for the store's usage table in these tests: the
+// ledger is the thing under test, and flushes move deltas into it exactly
+// as a store transaction would.
+
+/// The store's usage rows: (kind, period start) → used.
+#[derive(Default)]
+struct Db(HashMap<(usize, Timestamp), i64>);
+
+impl Db {
+    fn rows(&self) -> Vec<PersistedRow> {
+        self.0
+            .iter()
+            .map(|(&(kind, period_start), &used)| PersistedRow {
+                kind,
+                period_start,
+                used,
+            })
+            .collect()
+    }
+
+    /// Applies a batch as one transaction and tells the ledger.
+    fn apply(&mut self, l: &Ledger, b: &FlushBatch, now: Timestamp) {
+        let after: Vec<i64> = b
+            .deltas
+            .iter()
+            .map(|d| {
+                let v = self.0.entry((d.kind.index(), d.period_start)).or_default();
+                *v += d.delta;
+                *v
+            })
+            .collect();
+        l.complete(b, &after, now);
+    }
+
+    fn flush(&mut self, l: &Ledger, now: Timestamp) {
+        let (batches, _) = l.take_all(10_000, Trigger::Guarantee);
+        for b in &batches {
+            self.apply(l, b, now);
+        }
+    }
+}
+
+/// Plans `monthly` and `daily`, both allowing 10 `fast` per period.
+fn flip_ledger() -> Ledger {
+    let kinds = Kinds::new(&["fast"]).unwrap();
+    let plan =
+        |name, period| Plan::from_named_limits(name, period, &kinds, [("fast", Some(10))]).unwrap();
+    let plans = Plans::new(
+        "monthly",
+        vec![
+            plan("monthly", PeriodKind::Monthly),
+            plan("daily", PeriodKind::Daily),
+        ],
+    )
+    .unwrap();
+    Ledger::new(kinds, plans, LedgerConfig::default())
+}
+
+fn on_plan(name: &str) -> UserProfile {
+    UserProfile {
+        plan: Some(name.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// A consume as the engine makes it: on `NotResident`, load from `db`
+/// and ask again.
+fn consume_loading(
+    l: &Ledger,
+    db: &Db,
+    profile: &UserProfile,
+    n: u64,
+    rid: Option<&RequestId>,
+    now: Timestamp,
+) -> Result<ConsumeOutcome, CoreError> {
+    let fast = *l.kinds().get("fast").unwrap();
+    for _ in 0..2 {
+        match l.consume("u", &fast, Units::parse(n as i128).unwrap(), rid, now) {
+            Err(CoreError::NotResident) => {
+                let epoch = l.load_epoch("u");
+                let _ = l.warm(
+                    &UserId::parse("u").unwrap(),
+                    profile.clone(),
+                    &db.rows(),
+                    epoch,
+                    now,
+                );
+            }
+            other => return other,
+        }
+    }
+    Err(CoreError::NotResident)
+}
+
+#[test]
+fn a_plan_switched_back_at_the_limit_keeps_the_period_count() {
+    let l = flip_ledger();
+    let mut db = Db::default();
+    let monthly = on_plan("monthly");
+    warm(&l, "u", monthly.clone(), &[], T0);
+    for _ in 0..10 {
+        assert!(
+            consume_loading(&l, &db, &monthly, 1, None, T0)
+                .unwrap()
+                .decision
+                .allowed
+        );
+    }
+    // Flushed or still pending: either way the month must stay spent.
+    for flush_first in [true, false] {
+        if flush_first {
+            db.flush(&l, T0);
+        }
+        l.set_profile("u", on_plan("daily"), T0);
+        l.set_profile("u", monthly.clone(), T0);
+        let d = consume_loading(&l, &db, &monthly, 1, None, T0)
+            .unwrap()
+            .decision;
+        assert_eq!(
+            (d.allowed, d.used),
+            (false, 10),
+            "flushed first: {flush_first}"
+        );
+        assert_eq!(l.usage("u", T0).unwrap().kinds[0].used, 10);
+    }
+    db.flush(&l, T0);
+    assert_eq!(db.0.values().sum::<i64>(), 10);
+}
+
+#[test]
+fn the_clock_stepped_back_over_a_day_or_month_boundary_keeps_the_count() {
+    for (plan, before, after) in [
+        ("daily", "2026-11-18T23:59:00Z", "2026-11-19T00:01:00Z"),
+        ("monthly", "2026-11-30T23:59:00Z", "2026-12-01T00:01:00Z"),
+    ] {
+        let l = flip_ledger();
+        let mut db = Db::default();
+        let p = on_plan(plan);
+        let (before, after) = (
+            Timestamp::parse_rfc3339(before).unwrap(),
+            Timestamp::parse_rfc3339(after).unwrap(),
+        );
+        warm(&l, "u", p.clone(), &[], before);
+        assert!(
+            consume_loading(&l, &db, &p, 10, None, before)
+                .unwrap()
+                .decision
+                .allowed
+        );
+        db.flush(&l, before);
+        // Over the boundary: a new period, 10 more.
+        let d = consume_loading(&l, &db, &p, 10, None, after)
+            .unwrap()
+            .decision;
+        assert_eq!((d.allowed, d.used), (true, 10), "{plan}");
+        // The clock steps back: the earlier period is spent, whether or
+        // not the later one was flushed.
+        let d = consume_loading(&l, &db, &p, 1, None, before)
+            .unwrap()
+            .decision;
+        assert_eq!((d.allowed, d.used), (false, 10), "{plan}");
+        db.flush(&l, before);
+        let d = consume_loading(&l, &db, &p, 1, None, after)
+            .unwrap()
+            .decision;
+        assert_eq!((d.allowed, d.used), (false, 10), "{plan}");
+        db.flush(&l, after);
+        assert_eq!(db.0.values().copied().collect::<Vec<_>>(), vec![10, 10]);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum FlipOp {
+    Consume(u64),
+    Refund,
+    Flush,
+    /// Take a batch and hold it (a flush in flight), or land a held one.
+    Hold,
+    Land,
+    Plan(bool),
+    Hours(i64),
+    Evict,
+}
+
+fn flip_op() -> impl Strategy<Value = FlipOp> {
+    prop_oneof![
+        6 => (1u64..4).prop_map(FlipOp::Consume),
+        2 => Just(FlipOp::Refund),
+        2 => Just(FlipOp::Flush),
+        1 => Just(FlipOp::Hold),
+        1 => Just(FlipOp::Land),
+        2 => any::<bool>().prop_map(FlipOp::Plan),
+        2 => (-40i64..40).prop_map(FlipOp::Hours),
+        1 => Just(FlipOp::Evict),
+    ]
+}
+
+proptest! {
+    /// Any sequence of plan switches, clock moves (both ways), consumes,
+    /// refunds, flushes (some held in flight) and evictions: the units
+    /// admitted into any (kind, period) never pass its limit, and the
+    /// store ends with exactly what was admitted minus what was refunded.
+    #[test]
+    fn the_store_never_exceeds_a_limit_whatever_the_plan_and_clock_do(
+        ops in proptest::collection::vec(flip_op(), 1..120)
+    ) {
+        let l = flip_ledger();
+        let mut db = Db::default();
+        let mut now = Timestamp::parse_rfc3339("2026-11-30T20:00:00Z").unwrap();
+        let mut profile = on_plan("monthly");
+        warm(&l, "u", profile.clone(), &[], now);
+        // What was admitted per period, net of refunds.
+        let mut admitted: HashMap<Timestamp, i64> = HashMap::new();
+        let mut rids: Vec<(RequestId, Timestamp, u64, bool)> = Vec::new();
+        let mut held: Vec<FlushBatch> = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                FlipOp::Consume(n) => {
+                    let rid = RequestId::parse(&format!("r{i}")).unwrap();
+                    match consume_loading(&l, &db, &profile, n, Some(&rid), now) {
+                        Ok(o) => {
+                            if o.decision.allowed {
+                                let p = o.decision.period_start;
+                                *admitted.entry(p).or_default() += n as i64;
+                                prop_assert!(admitted[&p] <= 10, "period {p:?} admitted {}", admitted[&p]);
+                                rids.push((rid, p, n, false));
+                            }
+                        }
+                        // A counter still in a held batch cannot be read
+                        // yet: the engine retries later, nothing counted.
+                        Err(CoreError::NotResident) => {}
+                        Err(e) => prop_assert!(false, "consume failed: {e}"),
+                    }
+                }
+                FlipOp::Refund => {
+                    if let Some(r) = rids.iter_mut().rev().find(|r| !r.3) {
+                        let out = match l.refund(r.0.as_str(), None, now) {
+                            Err(CoreError::NotResident) => {
+                                let epoch = l.load_epoch("u");
+                                let _ = l.warm(&UserId::parse("u").unwrap(), profile.clone(), &db.rows(), epoch, now);
+                                l.refund(r.0.as_str(), None, now)
+                            }
+                            other => other,
+                        };
+                        if let Ok(o) = out {
+                            prop_assert_eq!(o.refunded, r.2);
+                            *admitted.get_mut(&r.1).unwrap() -= r.2 as i64;
+                            r.3 = true;
+                        }
+                    }
+                }
+                FlipOp::Flush => db.flush(&l, now),
+                FlipOp::Hold => held.extend(l.take_all(10_000, Trigger::Guarantee).0),
+                FlipOp::Land => {
+                    for b in held.drain(..) {
+                        db.apply(&l, &b, now);
+                    }
+                }
+                FlipOp::Plan(daily) => {
+                    profile = on_plan(if daily { "daily" } else { "monthly" });
+                    l.set_profile("u", profile.clone(), now);
+                }
+                FlipOp::Hours(h) => now = now.saturating_add_ms(h * 3_600_000),
+                FlipOp::Evict => {
+                    l.evict_idle(0, now);
+                }
+            }
+            for (&(_, p), &used) in &db.0 {
+                prop_assert!(used <= 10, "the store holds {used} for period {p:?}");
+            }
+        }
+        for b in held.drain(..) {
+            db.apply(&l, &b, now);
+        }
+        db.flush(&l, now);
+        for (p, units) in admitted {
+            prop_assert_eq!(db.0.get(&(0, p)).copied().unwrap_or(0), units);
+        }
     }
 }

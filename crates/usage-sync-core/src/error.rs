@@ -18,7 +18,9 @@ pub enum CoreError {
     InvalidPeriod(String),
     #[error("invalid timestamp '{0}'")]
     InvalidTimestamp(String),
-    #[error("limit for kind '{0}' must be a non-negative integer or null")]
+    #[error(
+        "limit for kind '{0}' must be null (unlimited) or an integer from 0 to 9223372036854775807"
+    )]
     InvalidLimit(String),
     /// The user is not in memory; the caller must load it from the store
     /// and call `warm` before retrying. Never seen by API clients.
@@ -28,6 +30,11 @@ pub enum CoreError {
     UnknownRequest,
     #[error("this request_id has already been refunded")]
     AlreadyRefunded,
+    /// A request id reused for another request: another user, kind or
+    /// amount than its first use. Nothing was counted; the message says
+    /// what differs.
+    #[error("{0}")]
+    RequestIdConflict(String),
     #[error("the counter would overflow")]
     Overflow,
 }

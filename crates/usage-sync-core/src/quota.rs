@@ -67,6 +67,19 @@ impl FromStr for PeriodKind {
 /// A limit per period: `None` means unlimited (counted, never denied).
 pub type Limit = Option<u64>;
 
+/// The largest limit: counters are `i64` in every store, so a limit above
+/// `i64::MAX` could never be reached and would only wrap where it is
+/// stored. (`u64::MAX` is also the ledger's "unlimited" sentinel.)
+pub const MAX_LIMIT: u64 = i64::MAX.unsigned_abs();
+
+/// Refuses a limit no counter can represent (see [`MAX_LIMIT`]).
+pub fn validate_limit(kind: &str, limit: Limit) -> Result<Limit, CoreError> {
+    match limit {
+        Some(l) if l > MAX_LIMIT => Err(CoreError::InvalidLimit(truncate_for_message(kind))),
+        other => Ok(other),
+    }
+}
+
 /// A named plan: a limit per kind and a period.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -91,7 +104,7 @@ impl Plan {
     {
         let mut out = vec![Some(0); kinds.len()];
         for (k, l) in limits {
-            out[kinds.get(k)?.index()] = l;
+            out[kinds.get(k)?.index()] = validate_limit(k, l)?;
         }
         Ok(Plan {
             name: name.to_owned(),

@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The upstream model call for req-3 failed: give the unit back.
-    let refund = engine.refund("req-3").await?;
+    let refund = engine.refund("req-3", None).await?;
     println!("refunded {} unit(s) of req-3", refund.refunded);
 
     // Flush now (normally the triggers do this) and read the database.

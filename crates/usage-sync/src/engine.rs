@@ -349,23 +349,30 @@ impl Engine {
             .await
     }
 
-    /// Reverses the consume made under `request_id`, once.
-    pub async fn refund(&self, request_id: &str) -> Result<Refund, Error> {
+    /// Reverses the consume made under `request_id`, once. With `user`,
+    /// refuses ([`CoreError::RequestIdConflict`]) unless the consume was
+    /// that user's.
+    pub async fn refund(&self, request_id: &str, user: Option<&UserId>) -> Result<Refund, Error> {
         self.ensure_accepting()?;
         match &self.inner.shared {
-            Some(t) => self.refund_shared(t, request_id).await,
-            None => self.refund_local(request_id).await,
+            Some(t) => self.refund_shared(t, request_id, user).await,
+            None => self.refund_local(request_id, user).await,
         }
     }
 
     /// A refund from this instance's own request records.
-    pub(crate) async fn refund_local(&self, request_id: &str) -> Result<Refund, Error> {
+    pub(crate) async fn refund_local(
+        &self,
+        request_id: &str,
+        user: Option<&UserId>,
+    ) -> Result<Refund, Error> {
         let ledger = &self.inner.ledger;
+        let user = user.map(UserId::as_str);
         loop {
             let owner = ledger
                 .request_owner(request_id, self.now())
                 .ok_or(CoreError::UnknownRequest)?;
-            match ledger.refund(request_id, self.now()) {
+            match ledger.refund(request_id, user, self.now()) {
                 Err(CoreError::NotResident) => self.make_resident(&owner).await?,
                 Err(e) => return Err(e.into()),
                 Ok(r) => {
@@ -388,6 +395,15 @@ impl Engine {
         let now = self.now();
         if let Some(u) = self.inner.ledger.usage(user.as_str(), now) {
             return Ok(u);
+        }
+        if self.inner.ledger.is_resident(user.as_str()) {
+            // Resident with a counter of a period it never read (a plan
+            // switch, the clock stepped back): read it, then answer from
+            // memory, which also holds the units the store lacks.
+            self.make_resident(user).await?;
+            if let Some(u) = self.inner.ledger.usage(user.as_str(), self.now()) {
+                return Ok(u);
+            }
         }
         let (profile, rows) = self.read_user(user).await?;
         // It may have become resident while we read: prefer memory.
@@ -577,7 +593,8 @@ impl Engine {
         if let Some(limits) = limits {
             let mut o = Vec::with_capacity(limits.len());
             for (k, l) in limits {
-                o.push((self.kinds().get(k)?.index(), *l));
+                let kind = self.kinds().get(k)?.index();
+                o.push((kind, usage_sync_core::quota::validate_limit(k, *l)?));
             }
             overrides = Some(o);
         }

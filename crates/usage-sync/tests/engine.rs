@@ -493,9 +493,9 @@ async fn dedup_and_refund() {
     assert!(!a.deduplicated && b.deduplicated);
     assert_eq!(b.decision.used, 2);
     h.engine.sync_all().await.unwrap();
-    let r = h.engine.refund("r-1").await.unwrap();
+    let r = h.engine.refund("r-1", None).await.unwrap();
     assert_eq!((r.refunded, r.usage.kinds[1].used), (2, 0));
-    assert!(h.engine.refund("r-1").await.is_err());
+    assert!(h.engine.refund("r-1", None).await.is_err());
     h.engine.sync_all().await.unwrap();
     assert_eq!(h.db("u", "fast").await, 0);
 }

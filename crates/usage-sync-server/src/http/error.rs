@@ -21,6 +21,7 @@ pub enum Code {
     NotFound,
     UnknownRequest,
     AlreadyRefunded,
+    RequestIdConflict,
     PayloadTooLarge,
     Unavailable,
     Internal,
@@ -36,6 +37,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::UnknownRequest => "unknown_request",
             Code::AlreadyRefunded => "already_refunded",
+            Code::RequestIdConflict => "request_id_conflict",
             Code::PayloadTooLarge => "payload_too_large",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
@@ -90,6 +92,9 @@ impl From<CoreError> for ApiError {
             }
             CoreError::AlreadyRefunded => {
                 ApiError::new(StatusCode::CONFLICT, Code::AlreadyRefunded, msg)
+            }
+            CoreError::RequestIdConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, Code::RequestIdConflict, msg)
             }
             CoreError::NotResident => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, msg)

@@ -304,6 +304,7 @@ pub async fn openapi() -> Json<Value> {
     responses(
         (status = 200, description = "Allowed and counted (or a repeated request_id: the original decision, `deduplicated: true`)", body = DecisionBody),
         (status = 429, description = "Over the limit: nothing counted; `allowed: false` and an `error` with code limit_exceeded", body = DecisionBody),
+        (status = 409, description = "request_id_conflict: the request_id was first used with another user_id, kind or amount; nothing counted", body = ErrorBody),
         (status = 400, description = "Malformed JSON, wrong types, unknown fields, bad ids or amounts, unknown kind", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
@@ -341,7 +342,7 @@ fn check() {}
     responses(
         (status = 200, description = "Refunded once", body = RefundDoc),
         (status = 404, description = "unknown_request: no consume with this request_id is remembered", body = ErrorBody),
-        (status = 409, description = "already_refunded", body = ErrorBody),
+        (status = 409, description = "already_refunded; or request_id_conflict: `user_id` was given and the consume was another user's (nothing refunded)", body = ErrorBody),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
     ))]

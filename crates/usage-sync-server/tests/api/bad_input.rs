@@ -181,7 +181,17 @@ async fn bad_refunds_and_paths() {
         (json!({"request_id": ""}), 400, "invalid_request"),
         (json!({"request_id": 5}), 400, "invalid_request"),
         (
-            json!({"request_id": "r", "user_id": "u"}),
+            json!({"request_id": "r", "amount": 1}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"request_id": "r", "user_id": ""}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"request_id": "r", "user_id": 7}),
             400,
             "invalid_request",
         ),

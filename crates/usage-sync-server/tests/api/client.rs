@@ -89,12 +89,21 @@ async fn the_rust_client_covers_the_api_and_retries_without_counting_twice() {
     let chk = c.check("rc-2", "fast", 50).await.unwrap();
     assert_eq!((chk.allowed, chk.used), (true, 0));
     let r = c.consume("rc-2", "fast", 4, Some("rc-2-a")).await.unwrap();
-    let back = c.refund(&r.request_id).await.unwrap();
+    // The id is bound to its request: another user, or another amount,
+    // is a conflict that counts and refunds nothing.
+    let e = c
+        .consume("rc-3", "fast", 4, Some("rc-2-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("request_id_conflict"));
+    let e = c.refund(&r.request_id, Some("rc-3")).await.unwrap_err();
+    assert_eq!(e.code(), Some("request_id_conflict"));
+    let back = c.refund(&r.request_id, Some("rc-2")).await.unwrap();
     assert_eq!(back.refunded, Some(4));
-    let e = c.refund("rc-2-a").await.unwrap_err();
+    let e = c.refund("rc-2-a", None).await.unwrap_err();
     assert_eq!(e.code(), Some("already_refunded"));
     assert_eq!(
-        c.refund("never").await.unwrap_err().code(),
+        c.refund("never", None).await.unwrap_err().code(),
         Some("unknown_request")
     );
     assert_eq!(c.usage("rc-2").await.unwrap().kinds["fast"].used, 0);
@@ -164,7 +173,7 @@ async fn the_rust_client_covers_the_api_and_retries_without_counting_twice() {
     assert_eq!(c.usage("rc-5").await.unwrap().kinds["fast"].used, 3);
     // The same for a refund: the retry finds it done and reports success.
     let (proxy, _) = lossy_proxy(upstream, 1).await;
-    let back = client(&proxy).refund(&d.request_id).await.unwrap();
+    let back = client(&proxy).refund(&d.request_id, None).await.unwrap();
     assert_eq!(back.refunded, None, "done by the lost attempt");
     assert_eq!(c.usage("rc-5").await.unwrap().kinds["fast"].used, 0);
 

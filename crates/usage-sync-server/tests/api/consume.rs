@@ -395,3 +395,196 @@ async fn a_full_batch_counts_exactly_and_bad_envelopes_count_nothing() {
         "nothing counted"
     );
 }
+
+/// A request id belongs to the (user, kind, amount) of its first use:
+/// reused by another user, or with another kind or amount, it is a 409
+/// `request_id_conflict` that counts nothing, in `/v1/consume` and in a
+/// batch; a refund naming another user is refused the same way.
+#[tokio::test]
+async fn a_request_id_reused_for_another_request_is_a_409_that_counts_nothing() {
+    let app = spawn_app().await;
+    let put = json!({"limits": {"premium": 10, "fast": 50}, "period": "monthly"});
+    assert_eq!(app.put("/admin/v1/plans/free", &put).await.0, 200);
+    for _ in 0..10 {
+        app.consume("bob", "premium", 1).await;
+    }
+    let alice = json!({"user_id": "alice", "kind": "premium", "amount": 1, "request_id": "r-1"});
+    assert_eq!(app.post("/v1/consume", &alice).await.0, 200);
+    // bob, at 10 of 10, borrows alice's id with another amount.
+    let (s, v) = app
+        .post(
+            "/v1/consume",
+            &json!({"user_id": "bob", "kind": "premium", "amount": 5, "request_id": "r-1"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("request_id_conflict")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("another user_id") && !msg.contains("alice"),
+        "{msg}"
+    );
+    // alice herself with another amount, or another kind.
+    let (s, v) = app
+        .post(
+            "/v1/consume",
+            &json!({"user_id": "alice", "kind": "premium", "amount": 2, "request_id": "r-1"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("amount 2 (first used for 1)")
+    );
+    let (s, v) = app
+        .post(
+            "/v1/consume/batch",
+            &json!({"events": [
+                {"user_id": "alice", "kind": "fast", "request_id": "r-1"},
+                {"user_id": "alice", "kind": "premium", "request_id": "r-1"},
+                {"user_id": "bob", "kind": "premium", "request_id": "r-1"},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = &v["results"];
+    assert_eq!(
+        (r[0]["status"].clone(), r[0]["error"]["code"].clone()),
+        (json!(409), json!("request_id_conflict"))
+    );
+    assert_eq!(
+        (r[1]["status"].clone(), r[1]["deduplicated"].clone()),
+        (json!(200), json!(true))
+    );
+    assert_eq!(r[2]["error"]["code"], json!("request_id_conflict"));
+    // bob cannot refund alice's request by naming himself.
+    let (s, v) = app
+        .post(
+            "/v1/refund",
+            &json!({"request_id": "r-1", "user_id": "bob"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("request_id_conflict"))
+    );
+    let usage = |u: &'static str| {
+        let app = &app;
+        async move { app.usage(u).await["kinds"].clone() }
+    };
+    assert_eq!(usage("alice").await["premium"]["used"], json!(1));
+    assert_eq!(usage("bob").await["premium"]["used"], json!(10));
+    assert_eq!(usage("alice").await["fast"]["used"], json!(0));
+    let (s, v) = app
+        .post(
+            "/v1/refund",
+            &json!({"request_id": "r-1", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!((s, v["refunded"].clone()), (200, json!(1)), "{v}");
+    app.sync_all().await;
+    assert_eq!(
+        (
+            app.db("alice", "premium").await,
+            app.db("bob", "premium").await
+        ),
+        (0, 10)
+    );
+}
+
+/// A user at the limit, moved to another plan and back, is still at the
+/// limit: the period's count comes from the store, never from a fresh 0.
+#[tokio::test]
+async fn a_plan_switched_back_keeps_the_period_count() {
+    let app = spawn_app().await;
+    let daily = json!({"limits": {"premium": 10, "fast": 50}, "period": "daily"});
+    assert_eq!(app.put("/admin/v1/plans/day", &daily).await.0, 200);
+    for _ in 0..10 {
+        assert_eq!(app.consume("flip", "premium", 1).await.0, 200);
+    }
+    assert_eq!(app.consume("flip", "premium", 1).await.0, 429);
+    for flush_first in [true, false] {
+        if flush_first {
+            app.sync_all().await;
+        }
+        for plan in ["day", "free"] {
+            let (s, v) = app
+                .put("/admin/v1/users/flip", &json!({"plan": plan}))
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+        assert_eq!(
+            app.usage("flip").await["kinds"]["premium"]["used"],
+            json!(10),
+            "flushed first: {flush_first}"
+        );
+        let (s, v) = app.consume("flip", "premium", 1).await;
+        assert_eq!((s, v["used"].clone()), (429, json!(10)), "{v}");
+    }
+    app.sync_all().await;
+    assert_eq!(app.db("flip", "premium").await, 10);
+}
+
+/// Limits are stored as signed 64-bit counters: anything larger is a 400,
+/// never a silent "unlimited" or a limit no consume can meet.
+#[tokio::test]
+async fn limits_above_i64_max_are_refused() {
+    let app = spawn_app().await;
+    for limit in [json!(9223372036854775808u64), json!(u64::MAX)] {
+        let (s, v) = app
+            .put(
+                "/admin/v1/plans/huge",
+                &json!({"limits": {"premium": limit, "fast": 1}, "period": "monthly"}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (400, json!("invalid_request")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("9223372036854775807")
+        );
+        let (s, v) = app
+            .put(
+                "/admin/v1/users/big",
+                &json!({"limits": {"premium": limit}}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["code"].clone()),
+            (400, json!("invalid_request")),
+            "{v}"
+        );
+    }
+    // Nothing was created by the refused requests.
+    assert_eq!(
+        app.put("/admin/v1/users/big", &json!({"plan": "huge"}))
+            .await
+            .0,
+        400
+    );
+    let max =
+        json!({"limits": {"premium": 9223372036854775807i64, "fast": 1}, "period": "monthly"});
+    assert_eq!(app.put("/admin/v1/plans/huge", &max).await.0, 200);
+    assert_eq!(
+        app.put("/admin/v1/users/big", &json!({"plan": "huge"}))
+            .await
+            .0,
+        200
+    );
+    let (s, v) = app.consume("big", "premium", 1000).await;
+    assert_eq!(
+        (s, v["remaining"].clone()),
+        (200, json!(9223372036854774807i64)),
+        "{v}"
+    );
+}

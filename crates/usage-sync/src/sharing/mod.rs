@@ -614,6 +614,13 @@ impl Engine {
         amount: Units,
         request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
+        if let Some(rid) = request_id {
+            // An id this instance remembers for another request is refused
+            // before anything reaches Redis.
+            self.inner
+                .ledger
+                .request_conflict(rid, user.as_str(), kind, amount, self.now())?;
+        }
         for _ in 0..4 {
             let q = self.quota(user, kind).await?;
             if q.limit.is_none() && request_id.is_none() {
@@ -642,6 +649,27 @@ impl Engine {
                 AdmitReply::Stale(v) => {
                     self.reload_user(t, user, v).await?;
                     continue;
+                }
+                AdmitReply::OtherOwner => Err(CoreError::RequestIdConflict(format!(
+                    "request_id '{}' was already used for another user_id; nothing was \
+                     counted: send a request_id of your own (a UUID) for each request",
+                    request_id.map_or("", RequestId::as_str)
+                ))
+                .into()),
+                AdmitReply::Duplicate {
+                    kind: original,
+                    amount: first,
+                    ..
+                } if original != kind.name() || first != amount.get() => {
+                    Err(CoreError::RequestIdConflict(format!(
+                        "request_id '{}' belongs to an earlier request (kind '{original}', \
+                         amount {first}); this one has kind '{}', amount {}. Nothing was \
+                         counted: send a new request_id for a new request",
+                        request_id.map_or("", RequestId::as_str),
+                        kind.name(),
+                        amount.get()
+                    ))
+                    .into())
                 }
                 AdmitReply::Duplicate {
                     allowed,
@@ -813,6 +841,7 @@ impl Engine {
         &self,
         t: &SharedTier,
         request_id: &str,
+        user: Option<&UserId>,
     ) -> Result<Refund, Error> {
         if !t.is_up() {
             if t.config.fallback == RedisFallback::Deny {
@@ -821,7 +850,7 @@ impl Engine {
                         .into(),
                 ));
             }
-            return self.refund_local(request_id).await;
+            return self.refund_local(request_id, user).await;
         }
         let owner = match self.inner.ledger.request_owner(request_id, self.now()) {
             Some(u) => u,
@@ -836,6 +865,14 @@ impl Engine {
                 }
             }
         };
+        if let Some(u) = user
+            && *u != owner
+        {
+            return Err(CoreError::RequestIdConflict(format!(
+                "request_id '{request_id}' was not consumed by user_id '{u}'; nothing was refunded"
+            ))
+            .into());
+        }
         // Load the owner before Redis marks the refund done: once it is,
         // the negative delta must be counted here, and a store outage
         // while loading the user afterwards would leave the refund done in
@@ -850,7 +887,7 @@ impl Engine {
         };
         match reply {
             // Admitted locally while degraded: only this instance knows it.
-            RefundReply::Unknown => self.refund_local(request_id).await,
+            RefundReply::Unknown => self.refund_local(request_id, user).await,
             RefundReply::AlreadyRefunded => Err(CoreError::AlreadyRefunded.into()),
             RefundReply::Refunded {
                 kind,

@@ -184,24 +184,26 @@ impl Redis {
             .arg(if a.request_id.is_some() { "1" } else { "0" })
             .arg(a.period_start_ms)
             .arg(a.kind);
-        let reply: Vec<String> = match a.request_id {
-            // The owner index lives in another slot, so it cannot be part of
-            // the script; it goes out concurrently on the same multiplexed
-            // connection and costs no extra round trip of latency.
-            Some(rid) => {
-                let mut set = redis::cmd("SET");
-                set.arg(self.owner_key(rid))
-                    .arg(a.user)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(a.dedup_ttl_ms);
-                let (reply, owner) =
-                    tokio::join!(self.invoke(&inv), self.query::<redis::Value>(&set));
-                owner?;
-                reply?
+        if let Some(rid) = a.request_id {
+            // The owner index lives in another slot, so it cannot be part
+            // of the script. It is claimed first (`SET NX GET`, Redis 7):
+            // an id another user already holds, on any instance, must be
+            // refused before anything is admitted, or those units would be
+            // counted in Redis for a request that is answered 409. This
+            // costs one round trip more per consume that carries an id.
+            let mut set = redis::cmd("SET");
+            set.arg(self.owner_key(rid))
+                .arg(a.user)
+                .arg("NX")
+                .arg("PX")
+                .arg(a.dedup_ttl_ms)
+                .arg("GET");
+            let owner: Option<String> = self.query(&set).await?;
+            if owner.is_some_and(|o| o != a.user) {
+                return Ok(AdmitReply::OtherOwner);
             }
-            None => self.invoke(&inv).await?,
-        };
+        }
+        let reply: Vec<String> = self.invoke(&inv).await?;
         parse_admit(&reply)
     }
 
@@ -369,6 +371,8 @@ pub(crate) enum AdmitReply {
     },
     /// The user changed (admin); reload the profile and retry.
     Stale(u64),
+    /// The request id belongs to another user: nothing was admitted.
+    OtherOwner,
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -80,7 +80,7 @@ async fn a_halted_engine_loses_nothing_and_dedup_survives() {
                 .await;
         }
         a.consume("u0", "premium", 4, None).await;
-        a.engine.refund("r0").await.unwrap();
+        a.engine.refund("r0", None).await.unwrap();
         // Part of it reaches the database before the "crash".
         a.engine
             .sync_user(&UserId::parse("u1").unwrap())
@@ -102,7 +102,7 @@ async fn a_halted_engine_loses_nothing_and_dedup_survives() {
         // The same request id after the restart: recognised, not counted.
         assert_eq!(b.consume("u2", "fast", 1, Some("r2")).await, (true, true));
         assert!(
-            b.engine.refund("r0").await.is_err(),
+            b.engine.refund("r0", None).await.is_err(),
             "already refunded before the crash"
         );
         b.engine.sync_all().await.unwrap();

@@ -40,6 +40,10 @@ pub struct CheckBody {
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     request_id: String,
+    /// When given, the refund is refused (409 `request_id_conflict`)
+    /// unless the consume was this user's.
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 /// The decision as the API shows it.
@@ -195,7 +199,8 @@ pub async fn refund(
     JsonBody(body): JsonBody<RefundBody>,
 ) -> Result<Response, ApiError> {
     let rid = RequestId::parse(&body.request_id)?;
-    let r = state.engine()?.refund(rid.as_str()).await?;
+    let owner = body.user_id.as_deref().map(UserId::parse).transpose()?;
+    let r = state.engine()?.refund(rid.as_str(), owner.as_ref()).await?;
     let k = &r.usage.kinds[r.kind.index()];
     Ok(Json(json!({
         "request_id": rid.as_str(),
