@@ -192,7 +192,16 @@ pub fn run() -> ExitCode {
             let report = app.run_until_stopped(shutdown::signal()).await?;
             if report.remaining_units != 0 && !report.remaining_logged {
                 anyhow::bail!(
-                    "{} units could not be written before the shutdown deadline and are lost",
+                    "{} units could not be written to the database before the shutdown deadline, \
+                     and the write-ahead log failed: units acknowledged since its last good sync may be lost",
+                    report.remaining_units
+                );
+            }
+            if let Some(why) = &report.log_stalled {
+                eprintln!(
+                    "! the write-ahead log could not write at shutdown ({why}). Every acknowledged \
+                     unit is in the log and the next start recovers it ({} units not yet in the \
+                     database); requests answered 503 while it could not write were not counted",
                     report.remaining_units
                 );
             }

@@ -217,6 +217,26 @@ impl Engine {
         }
     }
 
+    /// Why the write-ahead log cannot take records now (a full disk), if
+    /// it cannot. Consumes and refunds are refused while it cannot: a
+    /// record that cannot be written must not be counted in memory and
+    /// flushed while its request is answered 503.
+    pub fn log_failure(&self) -> Option<String> {
+        self.inner.wal.as_ref().and_then(|w| w.failure())
+    }
+
+    /// Refuses a change the log could not record.
+    fn ensure_loggable(&self) -> Result<(), Error> {
+        match &self.inner.wal {
+            Some(w) if w.failed() => {
+                Err(Error::Unavailable(w.failure().unwrap_or_else(|| {
+                    "the write-ahead log cannot write".into()
+                })))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn kind(&self, name: &str) -> Result<Kind, Error> {
         Ok(*self.kinds().get(name)?)
     }
@@ -232,6 +252,7 @@ impl Engine {
         request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
         self.ensure_accepting()?;
+        self.ensure_loggable()?;
         let started = std::time::Instant::now();
         let out = self.decide(user, kind, amount, request_id).await?;
         if out.threshold_reached {
@@ -256,6 +277,7 @@ impl Engine {
         events: &[(UserId, Kind, Units, Option<RequestId>)],
     ) -> Result<Vec<Result<ConsumeOutcome, Error>>, Error> {
         self.ensure_accepting()?;
+        self.ensure_loggable()?;
         let mut out = Vec::with_capacity(events.len());
         let mut last_lsn = None;
         let mut wake = false;
@@ -354,6 +376,7 @@ impl Engine {
     /// that user's.
     pub async fn refund(&self, request_id: &str, user: Option<&UserId>) -> Result<Refund, Error> {
         self.ensure_accepting()?;
+        self.ensure_loggable()?;
         match &self.inner.shared {
             Some(t) => self.refund_shared(t, request_id, user).await,
             None => self.refund_local(request_id, user).await,

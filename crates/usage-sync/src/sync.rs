@@ -125,9 +125,15 @@ pub struct ShutdownReport {
     /// Units still pending or in flight when the deadline passed (0 when
     /// everything reached the store).
     pub remaining_units: i64,
-    /// The remaining units are in the write-ahead log and will be
-    /// recovered by the next start (false without a log: they are lost).
+    /// Every acknowledged unit among the remaining ones is in the
+    /// write-ahead log and will be recovered by the next start (false
+    /// without a log, or after a failed `fdatasync`: they may be lost).
     pub remaining_logged: bool,
+    /// Why the log could not write at shutdown (a full disk), if it could
+    /// not. Acknowledged units are still in the log; what it could not
+    /// write was never acknowledged (those requests answered 503), so it
+    /// is not recovered.
+    pub log_stalled: Option<String>,
 }
 
 /// Makes a flush cancel-safe. Between the moment a batch leaves the ledger
@@ -761,7 +767,8 @@ impl Engine {
         ShutdownReport {
             flushed_units: flushed,
             remaining_units: remaining,
-            remaining_logged: inner.wal.as_ref().is_some_and(|w| !w.failed()),
+            remaining_logged: inner.wal.as_ref().is_some_and(|w| !w.failed_permanently()),
+            log_stalled: inner.wal.as_ref().and_then(|w| w.failure()),
         }
     }
 

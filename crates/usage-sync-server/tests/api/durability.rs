@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Binary, db_total};
+use crate::helpers::{Binary, db_total, eventually};
 
 const UNLIMITED: &str =
     "[plans.free]\nlimits = { premium = \"unlimited\", fast = \"unlimited\" }\n";
@@ -474,4 +474,190 @@ async fn a_30s_database_outage_under_load_fails_no_request_and_loses_nothing() {
     eprintln!(
         "outage: {i} requests in 30 s, {acked} units acknowledged, all persisted {catch_up:?} after the database came back"
     );
+}
+
+/// Unmounts a test's tmpfs even when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk stalls the log instead of wedging it, in both durable
+/// modes: while the log cannot write, consumes answer 503 `unavailable`,
+/// `/readyz` says why and the metric is 0; once space returns the log
+/// writes again with no restart. Retried under their request ids, the
+/// batch that met the full disk counts once; the database ends with
+/// exactly the acknowledged units, and so does a restart.
+#[tokio::test]
+async fn a_full_disk_stalls_the_log_and_it_heals_when_space_returns() {
+    for mode in ["batched", "fsync"] {
+        full_disk_heals(mode).await;
+    }
+}
+
+async fn full_disk_heals(mode: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the full-disk test mounts a tmpfs: CI runs as root"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _unmount = Mounted(data.clone());
+    let config = root.path().join("config.toml");
+    std::fs::write(&config, UNLIMITED).unwrap();
+    let db = root.path().join("usage.db");
+    let env = [
+        ("USAGE_SYNC_DATA_DIR", data.to_str().unwrap()),
+        ("DATABASE_URL", &format!("sqlite://{}", db.display())),
+        ("USAGE_SYNC_CONFIG", config.to_str().unwrap()),
+        ("USAGE_SYNC_DURABILITY", mode),
+    ];
+    let bin = Binary::start(root.path(), &env).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let client = client.clone();
+        let url = format!("{}{path}", bin.address);
+        async move {
+            let r = client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let batch = |k: usize| {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"user_id": "disk", "kind": "fast", "request_id": format!("{mode}-{k}-{i}")}))
+            .collect();
+        json!({ "events": events })
+    };
+    // Fill the volume, then consume until the log cannot grow (the fsync
+    // segment has zeros written ahead, so it takes a few batches).
+    let mut filler = std::fs::File::create(data.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let mut acked = 0i64;
+    let mut failing = None;
+    for k in 0..200 {
+        let (s, v) = post("/v1/consume/batch", batch(k)).await;
+        if s == 503 || v["results"][0]["status"] == json!(503) {
+            failing = Some(k);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+        let ok = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["status"] == json!(200))
+            .count();
+        assert_eq!(
+            ok, 1000,
+            "{mode}: a batch is acknowledged whole or not at all"
+        );
+        acked += 1000;
+    }
+    let failing = failing.expect("the log met the full disk");
+
+    // Stalled: nothing is acknowledged, and everyone can see why.
+    let (s, v) = post("/v1/consume", json!({"user_id": "disk", "kind": "fast"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{v}"
+    );
+    let ready = client
+        .get(format!("{}/readyz", bin.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let why: Value = ready.json().await.unwrap();
+    assert!(
+        why["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write"),
+        "{why}"
+    );
+    let metrics = || {
+        let client = client.clone();
+        let url = format!("{}/metrics", bin.address);
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(metrics().await.contains("usage_sync_wal_writable 0"));
+
+    // Space returns: the log heals by itself.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let healed = eventually(Duration::from_secs(30), || async {
+        post(
+            "/v1/consume",
+            json!({"user_id": "disk", "kind": "fast", "request_id": format!("{mode}-probe")}),
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert!(
+        healed,
+        "{mode}: consumes are acknowledged again without a restart"
+    );
+    acked += 1;
+    assert!(metrics().await.contains("usage_sync_wal_writable 1"));
+    let ready = client
+        .get(format!("{}/readyz", bin.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    // The batch that met the full disk, retried under its ids: each event
+    // counts once, whether its record reached the log before or after.
+    let (s, v) = post("/v1/consume/batch", batch(failing)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == json!(200)),
+        "{v}"
+    );
+    acked += 1000;
+    assert_eq!(post("/admin/v1/sync", json!({})).await.0, 200);
+    assert_eq!(db_total(&db, "disk", "fast").await, acked, "{mode}");
+
+    bin.signal("TERM");
+    assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
+    let bin = Binary::start(root.path(), &env).await;
+    let usage: Value = client
+        .get(format!("{}/v1/users/disk/usage", bin.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["kinds"]["fast"]["used"], json!(acked), "{mode}");
+    bin.signal("TERM");
+    assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
 }

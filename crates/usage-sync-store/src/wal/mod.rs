@@ -125,6 +125,10 @@ pub const WRITER_LINGER: Duration = Duration::from_millis(1);
 /// segment's end (`codec::scan`).
 const ZERO_STEP: u64 = 1 << 20;
 
+/// How often a stalled log (a write failed, typically a full disk)
+/// tries its buffer again.
+pub const STALL_RETRY: Duration = Duration::from_millis(500);
+
 /// Largest buffer kept for reuse after a write (a checkpoint can make one
 /// of many megabytes; that one is dropped).
 const SPARE_CAPACITY: usize = 1 << 20;
@@ -164,6 +168,9 @@ struct Shared {
     outstanding: HashMap<FlushId, Vec<u8>>,
     /// Bytes appended to the current segment.
     segment_bytes: u64,
+    /// Bytes of the checkpoint at the head of the current segment
+    /// (`u64::MAX` while one is being written).
+    checkpoint_bytes: u64,
     segment_seq: u64,
     /// Checkpoints whose end record is appended: once the record with that
     /// sequence number is on disk, segments older than `seq` may go.
@@ -181,10 +188,21 @@ pub struct Wal {
     durable: watch::Sender<Lsn>,
     /// `fsync` mode: requests waiting for their record to be on disk.
     durable_waiters: LsnWaiters,
-    /// Set when the writer hit an I/O error: nothing more can be made
-    /// durable, so nothing more may be acknowledged.
+    /// Set while the log cannot write: nothing may be acknowledged. A
+    /// failed `write` (a full disk, a quota) *stalls* the log: the bytes
+    /// go back to the head of the buffer, a partial write is cut off the
+    /// file, and the writer retries every [`STALL_RETRY`] until a write
+    /// succeeds, which clears this flag. A failed `fdatasync` is
+    /// permanent (`permanent`): after it, the kernel may have dropped the
+    /// pages it could not write, so a later successful sync proves
+    /// nothing about them.
     failed: AtomicBool,
+    permanent: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Append mode: the length of the current segment after the last
+    /// successful write, so a partial write can be cut off before the
+    /// retry (writes are serialised by `Shared::writing`).
+    segment_end: std::sync::atomic::AtomicU64,
     /// The segment being written, for the syncer thread.
     current: Mutex<Option<Arc<File>>>,
     syncer: Mutex<SyncerState>,
@@ -417,6 +435,14 @@ impl Wal {
         // be replayed, let alone deleted.
         let dir_lock = lock::DirLock::acquire(&config.dir)?;
         let recovered = replay::recover(&config.dir)?;
+        if let Some(path) = &recovered.interrupted {
+            // Nothing but a partial checkpoint (a crash, or a full disk,
+            // while writing it): the next checkpoint goes to a segment
+            // after it, and recovery accepts an incomplete checkpoint only
+            // in the newest segment.
+            std::fs::remove_file(path).map_err(|e| io_err(path, e))?;
+            sync_dir(&config.dir);
+        }
         let last_seq = list_segments(&config.dir)?.last().map_or(0, |(s, _)| *s);
         let (written, _) = watch::channel(0);
         let (durable, _) = watch::channel(0);
@@ -432,6 +458,7 @@ impl Wal {
                 rotations: VecDeque::new(),
                 outstanding: HashMap::new(),
                 segment_bytes: 0,
+                checkpoint_bytes: 0,
                 segment_seq: last_seq,
                 completed_checkpoints: Vec::new(),
                 checkpoint_requested: false,
@@ -442,7 +469,9 @@ impl Wal {
             durable,
             durable_waiters: LsnWaiters::default(),
             failed: AtomicBool::new(false),
+            permanent: AtomicBool::new(false),
             failure: Mutex::new(None),
+            segment_end: std::sync::atomic::AtomicU64::new(0),
             current: Mutex::new(None),
             syncer: Mutex::new(SyncerState::default()),
             syncer_wake: Condvar::new(),
@@ -506,7 +535,17 @@ impl Wal {
                 self.wake.notify_one();
             }
         }
-        if g.segment_bytes > self.config.max_segment_bytes && !g.checkpoint_requested {
+        // A checkpoint is due once the records appended *after* the
+        // current one pass both the configured size and the checkpoint's
+        // own size. Counting the checkpoint itself made one larger than
+        // the segment size request the next at once, back to back, for
+        // good (a day of request ids is tens of MiB of checkpoint); with
+        // this rule checkpoints at most double the bytes written.
+        let since = g.segment_bytes.saturating_sub(g.checkpoint_bytes);
+        if g.checkpoint_bytes != u64::MAX
+            && since > self.config.max_segment_bytes.max(g.checkpoint_bytes)
+            && !g.checkpoint_requested
+        {
             g.checkpoint_requested = true;
             self.checkpoint_wanted.notify_one();
         }
@@ -529,6 +568,7 @@ impl Wal {
                 let at = g.buf.len();
                 g.rotations.push_back(Rotation { at, seq });
                 g.segment_bytes = 0;
+                g.checkpoint_bytes = u64::MAX;
                 g.checkpoint_requested = false;
                 let n = codec::encode_marker(Some(seq), &mut g.buf);
                 self.push(&mut g, n);
@@ -546,6 +586,7 @@ impl Wal {
             let mut g = self.shared();
             let n = codec::encode_marker(None, &mut g.buf);
             let end = self.push(&mut g, n);
+            g.checkpoint_bytes = g.segment_bytes;
             let seq = g.segment_seq;
             g.completed_checkpoints.push((seq, end));
             end
@@ -648,12 +689,14 @@ impl Wal {
         };
         let res = (&*file).write_all(&bytes);
         if let Err(e) = res {
-            // Failed *before* `writing` is cleared: a later writer must not
-            // write (and publish) past the bytes that were lost. `writing`
-            // stays set, so nobody else takes the buffer.
-            self.fail("write", e);
+            // Nothing is published past the failed bytes: they go back to
+            // the head of the buffer (still under `writing`, so nobody else
+            // writes meanwhile) and the writer thread retries them.
+            self.stall(Some(&file), e, bytes, Vec::new(), Vec::new());
             return Err(self.failure_error());
         }
+        self.segment_end
+            .fetch_add(bytes.len() as u64, Ordering::AcqRel);
         self.end_write(bytes);
         self.publish_written(upto);
         Ok(true)
@@ -694,9 +737,33 @@ impl Wal {
         StoreError::Task(msg)
     }
 
-    /// Whether the writer hit an I/O error (nothing is acknowledged then).
+    /// Whether the log cannot write now (nothing is acknowledged then):
+    /// stalled on a write error, or failed for good.
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Whether the log failed for good (an `fdatasync` error): it will not
+    /// heal, and records written since the last good sync may be lost.
+    pub fn failed_permanently(&self) -> bool {
+        self.permanent.load(Ordering::Acquire)
+    }
+
+    /// Why the log cannot write, while it cannot.
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed() {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether enough was appended since the last checkpoint for the next
+    /// one (see `push`); the engine is told through `checkpoint_wanted`.
+    pub fn checkpoint_due(&self) -> bool {
+        self.shared().checkpoint_requested
     }
 
     /// Bytes in the current segment, and its sequence number.
@@ -722,15 +789,91 @@ impl Wal {
             .take();
     }
 
+    /// Fails the log for good (see `failed`).
     fn fail(&self, what: &str, e: std::io::Error) {
-        let msg = format!("write-ahead log {what} failed: {e}");
+        let msg = format!(
+            "write-ahead log {what} failed in {}: {e}; restart the service once the cause is fixed",
+            self.config.dir.display()
+        );
         tracing::error!(target: "flush", "{msg}; no further request can be acknowledged");
         *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+        self.permanent.store(true, Ordering::Release);
         self.failed.store(true, Ordering::Release);
+        self.wake_all_waiters();
+    }
+
+    fn wake_all_waiters(&self) {
         // Wake waiters so they see the failure.
         self.written.send_modify(|_| {});
         self.durable.send_modify(|_| {});
         self.durable_waiters.wake_upto(Lsn::MAX);
+    }
+
+    /// A write failed: the log stalls instead of losing `bytes`.
+    ///
+    /// `bytes` (what the failed round took, from its first unwritten byte)
+    /// go back in front of the buffer, with `rotations` (offsets into
+    /// `bytes`) and the checkpoints that round was to complete; rotations
+    /// appended meanwhile shift behind them. In append mode the file is
+    /// cut back to its last good length, so the retry does not leave the
+    /// failed write's partial frame in front of its own (in `fsync` mode
+    /// the retry overwrites at the same position). Waiters are woken with
+    /// the failure (their requests answer 503); the writer thread retries.
+    /// Called while `writing` is set; clears it.
+    fn stall(
+        &self,
+        file: Option<&File>,
+        e: std::io::Error,
+        bytes: Vec<u8>,
+        rotations: Vec<Rotation>,
+        checkpoints: Vec<(u64, Lsn)>,
+    ) {
+        let positional = self.config.durability == Durability::Fsync;
+        if !positional
+            && let Some(file) = file
+            && let Err(t) = file.set_len(self.segment_end.load(Ordering::Acquire))
+        {
+            // Cannot remove the partial frame: a retry would append after
+            // it, and replay would call it corruption. Give up for good.
+            return self.fail(&format!("write ({e}), then truncation"), t);
+        }
+        let msg = format!(
+            "write-ahead log cannot write in {}: {e}; consumes answer 503 until it can \
+             (retried every {} ms; free space or raise the volume's quota)",
+            self.config.dir.display(),
+            STALL_RETRY.as_millis()
+        );
+        let first = !self.failed.swap(true, Ordering::AcqRel);
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+        if first {
+            tracing::error!(target: "flush", "{msg}");
+        }
+        {
+            let mut g = self.shared();
+            let n = bytes.len();
+            let mut buf = bytes;
+            buf.extend_from_slice(&g.buf);
+            g.buf = buf;
+            let later: Vec<Rotation> = g.rotations.drain(..).collect();
+            g.rotations.extend(rotations);
+            g.rotations.extend(later.into_iter().map(|r| Rotation {
+                at: r.at + n,
+                seq: r.seq,
+            }));
+            g.completed_checkpoints.extend(checkpoints);
+            g.writing = false;
+        }
+        self.wake_all_waiters();
+        // The thread retries (it may be waiting for an append).
+        self.wake.notify_one();
+    }
+
+    /// A write succeeded after a stall: acknowledgements resume.
+    fn heal(&self) {
+        if self.failed.load(Ordering::Acquire) && !self.permanent.load(Ordering::Acquire) {
+            self.failed.store(false, Ordering::Release);
+            tracing::warn!(target: "flush", dir = %self.config.dir.display(), "write-ahead log writes again; consumes are acknowledged again");
+        }
     }
 
     /// The writer thread: drain, write, publish, repeat. In `fsync` mode it
@@ -747,7 +890,12 @@ impl Wal {
                 while g.buf.is_empty() && !g.closing {
                     g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
-                if linger {
+                if self.failed.load(Ordering::Acquire) && !self.permanent.load(Ordering::Acquire) {
+                    // Stalled: try the buffer again after a pause, or at
+                    // once when closing (a last chance to keep it).
+                    let deadline = Instant::now() + STALL_RETRY;
+                    g = wait_until(&self.wake, g, deadline, |g| g.closing);
+                } else if linger {
                     // Let records gather (waiting requests write their own
                     // meanwhile); skipped when closing or someone needs us.
                     let deadline = Instant::now() + WRITER_LINGER;
@@ -755,8 +903,7 @@ impl Wal {
                 }
                 // One writer at a time: a leading request's write is short
                 // (it never includes a rotation), so poll for its end.
-                // (A leader that failed leaves `writing` set: stop waiting.)
-                while g.writing && !self.failed.load(Ordering::Acquire) {
+                while g.writing && !self.permanent.load(Ordering::Acquire) {
                     g = self
                         .wake
                         .wait_timeout(g, Duration::from_micros(100))
@@ -780,7 +927,7 @@ impl Wal {
                 g.completed_checkpoints = later;
                 (bytes, rotations, upto, g.closing, done)
             };
-            if self.failed.load(Ordering::Acquire) {
+            if self.permanent.load(Ordering::Acquire) {
                 self.shared().writing = false;
                 if closing {
                     self.stop_syncer();
@@ -791,28 +938,43 @@ impl Wal {
             // Write, switching segment at each rotation point. The old
             // segment is synced before the new one receives a byte, so a
             // newer segment existing implies the older one is complete.
+            // A failed write or segment creation stalls the log with
+            // everything from the first unwritten byte (`stall`); a failed
+            // sync fails it for good.
             let mut pos = 0;
-            for r in rotations {
-                if let Some(seg) = file.as_mut()
-                    && let Err(e) = seg
-                        .write(&bytes[pos..r.at])
-                        .and_then(|_| seg.file.sync_data())
-                {
-                    return self.fail("write", e);
+            let mut rotations = rotations.into_iter().peekable();
+            let mut failure = None;
+            while let Some(r) = rotations.peek() {
+                let (at, seq) = (r.at, r.seq);
+                if let Some(seg) = file.as_mut() {
+                    if let Err(e) = seg.write(&bytes[pos..at]) {
+                        failure = Some(e);
+                        break;
+                    }
+                    self.segment_end
+                        .fetch_add((at - pos) as u64, Ordering::AcqRel);
+                    if let Err(e) = seg.file.sync_data() {
+                        return self.fail("fdatasync", e);
+                    }
                 }
-                pos = r.at;
-                let path = segment_path(&self.config.dir, r.seq);
+                pos = at;
+                let path = segment_path(&self.config.dir, seq);
                 match Segment::open(&path, positional) {
                     Ok(seg) => {
                         *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(seg.file.clone());
+                        self.segment_end.store(seg.pos, Ordering::Release);
                         file = Some(seg);
                     }
-                    Err(e) => return self.fail("segment creation", e),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
                 sync_dir(&self.config.dir);
+                rotations.next();
             }
-            if pos < bytes.len() {
+            if failure.is_none() && pos < bytes.len() {
                 let Some(seg) = file.as_mut() else {
                     // Appends before the first checkpoint are a bug in the
                     // caller; refuse rather than lose them silently.
@@ -821,10 +983,38 @@ impl Wal {
                         std::io::Error::other("record appended before the first checkpoint"),
                     );
                 };
-                if let Err(e) = seg.write(&bytes[pos..]) {
-                    return self.fail("write", e);
+                match seg.write(&bytes[pos..]) {
+                    Ok(()) => {
+                        self.segment_end
+                            .fetch_add((bytes.len() - pos) as u64, Ordering::AcqRel);
+                    }
+                    Err(e) => failure = Some(e),
                 }
             }
+            if let Some(e) = failure {
+                let rest: Vec<Rotation> = rotations
+                    .map(|r| Rotation {
+                        at: r.at - pos,
+                        seq: r.seq,
+                    })
+                    .collect();
+                let unwritten = bytes[pos..].to_vec();
+                self.stall(
+                    file.as_ref().map(|s| &*s.file),
+                    e,
+                    unwritten,
+                    rest,
+                    checkpoints,
+                );
+                if closing {
+                    // The stall is final: what never reached the log was
+                    // never acknowledged (its requests answered 503).
+                    self.stop_syncer();
+                    return;
+                }
+                continue;
+            }
+            self.heal();
             // In fsync mode nothing is acknowledged before it is synced; a
             // completed checkpoint and closing are synced in every mode.
             let sync_now =
@@ -1000,5 +1190,54 @@ mod tests {
         waiters.wake_upto(Lsn::MAX);
         assert_eq!(counts(&tasks), [1, 1, 1]);
         assert!(waiters.list.lock().unwrap().is_empty());
+    }
+
+    /// A checkpoint larger than the segment size does not ask for the
+    /// next one at once: only the records appended after it count, and
+    /// they must pass the checkpoint's own size too.
+    #[test]
+    fn a_large_checkpoint_is_never_followed_by_another_back_to_back() {
+        use usage_sync_core::{LedgerConfig, RequestId, Units, UserId, default_catalogue};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WalConfig::new(dir.path(), Durability::Batched);
+        config.max_segment_bytes = 4096;
+        let (wal, _) = Wal::open(config).unwrap();
+        let (kinds, plans) = default_catalogue();
+        let fast = *kinds.get("fast").unwrap();
+        let ledger = Ledger::new(kinds, plans, LedgerConfig::default());
+        let now = Timestamp::from_millis(1_795_000_000_000);
+        let user = UserId::parse("u").unwrap();
+        let epoch = ledger.load_epoch("u");
+        ledger
+            .warm(&user, Default::default(), &[], epoch, now)
+            .unwrap();
+        wal.checkpoint(&ledger, now);
+        ledger.attach_journal(wal.clone());
+        let mut n = 0;
+        let mut consume = || {
+            n += 1;
+            let rid = RequestId::parse(&format!("request-{n:08}")).unwrap();
+            ledger
+                .consume("u", &fast, Units::ONE, Some(&rid), now)
+                .unwrap();
+        };
+        // 200 request ids at about 80 bytes each: the checkpoint
+        // that remembers them is several times the segment size.
+        for _ in 0..200 {
+            consume();
+        }
+        wal.checkpoint(&ledger, now);
+        let checkpoint = wal.segment().1;
+        assert!(checkpoint > 2 * 4096, "checkpoint of {checkpoint} bytes");
+        assert!(!wal.checkpoint_due(), "no checkpoint right after one");
+        while !wal.checkpoint_due() {
+            consume();
+        }
+        let since = wal.segment().1 - checkpoint;
+        assert!(
+            since > checkpoint && since < checkpoint + 200,
+            "due after {since} bytes of records behind a {checkpoint}-byte checkpoint"
+        );
+        wal.close();
     }
 }

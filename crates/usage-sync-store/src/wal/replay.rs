@@ -53,6 +53,10 @@ pub struct Recovered {
     pub bytes: u64,
     /// A dropped torn tail: (file, offset, bytes dropped, reason).
     pub torn: Option<(PathBuf, u64, u64, String)>,
+    /// The newest segment, ignored because its checkpoint was interrupted
+    /// (it holds nothing else). The log's owner removes it before writing,
+    /// or a second interrupted attempt would leave it in the middle.
+    pub interrupted: Option<PathBuf>,
     pub elapsed: std::time::Duration,
 }
 
@@ -182,6 +186,7 @@ impl Replayer {
 pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let segments = list_segments(dir)?;
+    let mut interrupted = None;
     for (i, (_, path)) in segments.iter().enumerate().rev() {
         let bytes = std::fs::read(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
@@ -228,6 +233,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             // such a segment holds nothing else.
             if newest {
                 tracing::warn!(file = %path.display(), "ignoring a segment whose checkpoint was interrupted");
+                interrupted = Some(path.clone());
                 continue;
             }
             return Err(StoreError::Corrupt(format!(
@@ -255,10 +261,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         }
         state.segment = Some(path.clone());
         state.bytes = valid_end;
+        state.interrupted = interrupted;
         state.elapsed = started.elapsed();
         return Ok(state);
     }
     Ok(Recovered {
+        interrupted,
         elapsed: started.elapsed(),
         ..Recovered::default()
     })

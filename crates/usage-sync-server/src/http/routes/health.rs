@@ -22,6 +22,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     if !state.engine()?.is_accepting() {
         return Err(unavailable("shutting down".into()));
     }
+    if let Some(why) = state.engine()?.log_failure() {
+        return Err(unavailable(why));
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.engine()?.store().ping()).await {
         Ok(Ok(())) => Ok(Json(
             json!({"status": "ready", "store": state.engine()?.store().backend()}),

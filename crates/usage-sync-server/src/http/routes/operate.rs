@@ -383,6 +383,13 @@ pub fn render(engine: &Engine) -> String {
             "Sequence number of the current write-ahead log segment.",
         );
         let _ = writeln!(o, "usage_sync_wal_segment {seq}");
+        metric(
+            &mut o,
+            "wal_writable",
+            "gauge",
+            "1 while the write-ahead log can write; 0 while it cannot (a full disk): consumes answer 503 until it heals.",
+        );
+        let _ = writeln!(o, "usage_sync_wal_writable {}", u8::from(!wal.failed()));
     }
     if let Some((cpu, rss)) = process_stats() {
         metric(
