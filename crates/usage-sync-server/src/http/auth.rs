@@ -22,6 +22,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// matched without regard to case (RFC 9110 §11.1: `bearer x` is the same
+/// credential as `Bearer x`), and one or more spaces may follow it.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 /// Rejects the request with 401 unless it carries `Bearer <token>`.
 pub async fn require(
     token: Option<std::sync::Arc<str>>,
@@ -33,7 +43,7 @@ pub async fn require(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return Err(ApiError::new(
@@ -48,7 +58,17 @@ pub async fn require(
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer, constant_time_eq};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR  t0k"] {
+            assert_eq!(bearer(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "Bearer", "t0k"] {
+            assert_ne!(bearer(v), Some("t0k"), "{v}");
+        }
+    }
 
     #[test]
     fn compares() {

@@ -36,6 +36,24 @@ async fn tokens_guard_their_routes() {
         )
         .await;
     assert_eq!(s, 200);
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    for (header, status) in [
+        ("bearer api-secret", 200),
+        ("BEARER api-secret", 200),
+        ("bearer API-SECRET", 401),
+        ("Basic api-secret", 401),
+    ] {
+        let r = app
+            .client
+            .post(format!("{}/v1/consume", app.address))
+            .header("authorization", header)
+            .header("content-type", "application/json")
+            .body(consume.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{header}");
+    }
     let (s, _) = app
         .request(Method::GET, "/v1/users/u/usage", None, Some("api-secret"))
         .await;

@@ -71,7 +71,7 @@ pub async fn require_admin(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(crate::http::auth::bearer);
         let given = header
             .map(str::to_owned)
             .or_else(|| {
