@@ -270,14 +270,7 @@ async fn crash_right_after_a_database_commit_is_not_counted_twice() {
     assert_eq!(db_total(&db, "u", "fast").await, 6, "the commit landed");
 
     let bin = Binary::start(dir.path(), &[]).await;
-    let usage: Value = client
-        .get(format!("{}/v1/users/u/usage", bin.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = bin.get_json("/v1/users/u/usage").await;
     assert_eq!(usage["kinds"]["fast"]["used"], json!(6));
     assert_eq!(
         usage["kinds"]["fast"]["pending"],
@@ -649,14 +642,7 @@ async fn full_disk_heals(mode: &str) {
     bin.signal("TERM");
     assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
     let bin = Binary::start(root.path(), &env).await;
-    let usage: Value = client
-        .get(format!("{}/v1/users/disk/usage", bin.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = bin.get_json("/v1/users/disk/usage").await;
     assert_eq!(usage["kinds"]["fast"]["used"], json!(acked), "{mode}");
     bin.signal("TERM");
     assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));

@@ -43,14 +43,7 @@ async fn sigterm_flushes_everything_and_a_restart_shows_the_same_usage() {
     }
 
     let bin = Binary::start(dir.path(), &[]).await;
-    let usage: serde_json::Value = client
-        .get(format!("{}/v1/users/u1/usage", bin.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = bin.get_json("/v1/users/u1/usage").await;
     assert_eq!(usage["kinds"]["premium"]["used"], json!(10));
     assert_eq!(usage["kinds"]["premium"]["persisted"], json!(10));
     let r = client
