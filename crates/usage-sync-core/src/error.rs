@@ -4,9 +4,9 @@
 /// description (never the value itself when it may be huge).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoreError {
-    #[error("user_id must be 1 to 128 bytes without control characters ({0})")]
+    #[error("user_id must be 1 to 128 bytes without control or format characters ({0})")]
     InvalidUserId(&'static str),
-    #[error("request_id must be 1 to 128 bytes without control characters ({0})")]
+    #[error("request_id must be 1 to 128 bytes without control or format characters ({0})")]
     InvalidRequestId(&'static str),
     #[error("amount must be an integer from 1 to 1000000000 (got {0})")]
     InvalidAmount(i128),

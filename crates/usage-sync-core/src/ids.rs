@@ -20,10 +20,30 @@ fn check_id(s: &str) -> Result<(), &'static str> {
     if s.len() > MAX_ID_BYTES {
         return Err("too long");
     }
-    if s.chars().any(char::is_control) {
-        return Err("control character");
+    if s.chars().any(invisible) {
+        return Err("control or format character");
     }
     Ok(())
+}
+
+/// Characters an id may not hold: controls (Cc), format characters (Cf:
+/// bidi overrides such as U+202E, zero-width spaces) and the line and
+/// paragraph separators (Zl U+2028, Zp U+2029). They render as nothing,
+/// or reorder or break what follows, so an id holding one can forge lines
+/// in logs and dashboards, or look like another id. Other Unicode is
+/// allowed. ASCII, almost every id, is decided without the table.
+fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// A user id. The same id is held by the user table, the dirty queue, the
@@ -248,8 +268,28 @@ mod tests {
         );
         assert_eq!(
             RequestId::parse("a\nb"),
-            Err(CoreError::InvalidRequestId("control character"))
+            Err(CoreError::InvalidRequestId("control or format character"))
         );
+        // Format characters and separators that fake or reorder log lines.
+        for bad in [
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "evil\u{202E}gnp",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+            "x\u{85}y",
+        ] {
+            assert_eq!(
+                UserId::parse(bad),
+                Err(CoreError::InvalidUserId("control or format character")),
+                "{bad:?}"
+            );
+            assert!(RequestId::parse(bad).is_err(), "{bad:?}");
+        }
+        // Other Unicode stays allowed.
+        for good in ["café", "用户-42", "ユーザー", "emoji-🚀", "a b"] {
+            assert!(UserId::parse(good).is_ok(), "{good:?}");
+        }
         // 128 bytes, not 128 chars: 43 three-byte chars = 129 bytes.
         assert!(UserId::parse(&"€".repeat(43)).is_err());
     }

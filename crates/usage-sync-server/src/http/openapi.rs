@@ -350,7 +350,7 @@ fn check() {}
 fn refund() {}
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/usage", tag = "metering",
-    params(("user_id" = String, Path, description = "1 to 128 bytes, no control characters")),
+    params(("user_id" = String, Path, description = "1 to 128 bytes, no control or format characters (Cc, Cf, Zl, Zp)")),
     security(("api_token" = [])),
     responses(
         (status = 200, description = "Usage including pending units; unknown users show zeros on the default plan", body = UsageDoc),

@@ -69,6 +69,18 @@ async fn bad_consume_bodies_are_rejected_without_any_state_change() {
             "invalid_request",
         ),
         (
+            "bidi override in user_id",
+            json!({"user_id": "admin\u{202E}gnp", "kind": "fast"}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "line separator in request_id",
+            json!({"user_id": "u", "kind": "fast", "request_id": "r\u{2028}1"}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
             "empty request_id",
             json!({"user_id": "u", "kind": "fast", "request_id": ""}).to_string(),
             400,
