@@ -50,7 +50,14 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
     ));
     checks.push(
         match (production, s.api_token.is_some() && s.admin_token.is_some()) {
-            (_, true) => pass("tokens", "API and admin tokens set"),
+            (_, true) => pass(
+                "tokens",
+                if production {
+                    "API and admin tokens set, distinct, at least 16 bytes"
+                } else {
+                    "API and admin tokens set"
+                },
+            ),
             (false, false) => pass(
                 "tokens",
                 "not set (allowed in development; the routes are open)",

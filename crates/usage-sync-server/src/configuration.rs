@@ -940,17 +940,75 @@ fn build(
     Ok(settings)
 }
 
+/// Shortest token the production profile accepts, in bytes.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// How the token errors tell an operator to make one.
+const MAKE_TOKEN: &str = "make one with `openssl rand -hex 32`";
+
 impl Settings {
+    /// Tokens are set both or neither: with one set, the routes of the
+    /// other stay open to anyone, which a half-configured deployment
+    /// would not notice (a warning at start is easy to miss). Blank
+    /// tokens are typos in any profile; production also refuses short
+    /// ones and one token used for both route sets.
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let rule = |m: String| Err(ConfigError::Rule(m));
+        for (t, var) in [
+            (&self.api_token, "USAGE_SYNC_API_TOKEN"),
+            (&self.admin_token, "USAGE_SYNC_ADMIN_TOKEN"),
+        ] {
+            if t.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+                return rule(format!("{var} is blank; {MAKE_TOKEN}"));
+            }
+        }
+        match (&self.api_token, &self.admin_token) {
+            (Some(_), None) => {
+                return rule(format!(
+                    "USAGE_SYNC_API_TOKEN is set but USAGE_SYNC_ADMIN_TOKEN is not: the admin routes \
+                     would stay open. Set USAGE_SYNC_ADMIN_TOKEN too ({MAKE_TOKEN}), or neither \
+                     (development only)"
+                ));
+            }
+            (None, Some(_)) => {
+                return rule(format!(
+                    "USAGE_SYNC_ADMIN_TOKEN is set but USAGE_SYNC_API_TOKEN is not: the /v1 routes \
+                     would stay open. Set USAGE_SYNC_API_TOKEN too ({MAKE_TOKEN}), or neither \
+                     (development only)"
+                ));
+            }
+            (None, None) if self.profile == Profile::Production => {
+                return rule(format!(
+                    "the production profile requires USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN \
+                     (or their _FILE variants); {MAKE_TOKEN} for each"
+                ));
+            }
+            (Some(api), Some(admin)) if self.profile == Profile::Production => {
+                for (t, var) in [
+                    (api, "USAGE_SYNC_API_TOKEN"),
+                    (admin, "USAGE_SYNC_ADMIN_TOKEN"),
+                ] {
+                    if t.expose().len() < MIN_TOKEN_BYTES {
+                        return rule(format!(
+                            "{var} is shorter than {MIN_TOKEN_BYTES} bytes, refused in production; {MAKE_TOKEN}"
+                        ));
+                    }
+                }
+                if api.expose() == admin.expose() {
+                    return rule(format!(
+                        "USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN are the same: an API client \
+                         could call the admin routes. Use two different tokens ({MAKE_TOKEN})"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Rules that involve several settings.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.profile == Profile::Production
-            && (self.api_token.is_none() || self.admin_token.is_none())
-        {
-            return Err(ConfigError::Rule(
-                "the production profile requires USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN (or their _FILE variants)"
-                    .into(),
-            ));
-        }
+        self.validate_tokens()?;
         if self.profile == Profile::Production && self.durability == Durability::None {
             return Err(ConfigError::Rule(
                 "USAGE_SYNC_DURABILITY=none can lose acknowledged usage and is refused in the production profile (use fsync or batched)"
@@ -1288,13 +1346,59 @@ mod tests {
             None,
             &env(&[
                 ("NODE_ENV", "production"),
-                ("USAGE_SYNC_API_TOKEN", "a"),
-                ("USAGE_SYNC_ADMIN_TOKEN", "b"),
+                ("USAGE_SYNC_API_TOKEN", "api-token-0123456789"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "admin-token-0123456789"),
                 ("USAGE_SYNC_ENABLE_SIMULATION", "true"),
             ]),
         )
         .unwrap_err();
         assert!(e.to_string().contains("SIMULATION"), "{e}");
+    }
+
+    #[test]
+    fn tokens_cannot_be_half_set_blank_short_or_shared_in_production() {
+        let err = |vars: &[(&str, &str)]| load_from(None, &env(vars)).unwrap_err().to_string();
+        let e = err(&[("USAGE_SYNC_API_TOKEN", "only-the-api-one")]);
+        assert!(
+            e.contains("USAGE_SYNC_ADMIN_TOKEN is not") && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
+        let e = err(&[("USAGE_SYNC_ADMIN_TOKEN", "only-the-admin-one")]);
+        assert!(e.contains("USAGE_SYNC_API_TOKEN is not"), "{e}");
+        let e = err(&[
+            ("USAGE_SYNC_API_TOKEN", " "),
+            ("USAGE_SYNC_ADMIN_TOKEN", "admin-token-0123456789"),
+        ]);
+        assert!(e.contains("USAGE_SYNC_API_TOKEN is blank"), "{e}");
+        let prod = |api: &'static str, admin: &'static str| {
+            err(&[
+                ("NODE_ENV", "production"),
+                ("USAGE_SYNC_API_TOKEN", api),
+                ("USAGE_SYNC_ADMIN_TOKEN", admin),
+            ])
+        };
+        let e = prod("short", "admin-token-0123456789");
+        assert!(
+            e.contains("USAGE_SYNC_API_TOKEN is shorter than 16 bytes"),
+            "{e}"
+        );
+        let e = prod("same-token-0123456789", "same-token-0123456789");
+        assert!(e.contains("are the same"), "{e}");
+        let e = err(&[("NODE_ENV", "production")]);
+        assert!(
+            e.contains("USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN")
+                && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
+        // Development accepts short tokens, as long as both are set.
+        load_from(
+            None,
+            &env(&[
+                ("USAGE_SYNC_API_TOKEN", "a"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "b"),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1305,8 +1409,8 @@ mod tests {
             None,
             &env(&[
                 ("NODE_ENV", "production"),
-                ("USAGE_SYNC_API_TOKEN", "a"),
-                ("USAGE_SYNC_ADMIN_TOKEN", "b"),
+                ("USAGE_SYNC_API_TOKEN", "api-token-0123456789"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "admin-token-0123456789"),
             ]),
         )
         .unwrap();
@@ -1401,7 +1505,10 @@ mod tests {
         std::fs::write(&tok, "s3cret\n").unwrap();
         let s = load_from(
             None,
-            &env(&[("USAGE_SYNC_ADMIN_TOKEN_FILE", tok.to_str().unwrap())]),
+            &env(&[
+                ("USAGE_SYNC_ADMIN_TOKEN_FILE", tok.to_str().unwrap()),
+                ("USAGE_SYNC_API_TOKEN", "api"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.admin_token.unwrap().expose(), "s3cret");
@@ -1409,7 +1516,14 @@ mod tests {
 
     #[test]
     fn redaction() {
-        let s = load_from(None, &env(&[("USAGE_SYNC_API_TOKEN", "topsecret")])).unwrap();
+        let s = load_from(
+            None,
+            &env(&[
+                ("USAGE_SYNC_API_TOKEN", "topsecret"),
+                ("USAGE_SYNC_ADMIN_TOKEN", "topsecret2"),
+            ]),
+        )
+        .unwrap();
         let shown = format!("{:?}", s.redacted());
         assert!(!shown.contains("topsecret"));
         assert!(

@@ -39,9 +39,9 @@ pub fn init(settings: &Settings) {
 
 /// Logs warnings about settings that are valid but risky.
 pub fn warn_about(settings: &Settings) {
-    if settings.api_token.is_none() || settings.admin_token.is_none() {
+    if settings.api_token.is_none() {
         tracing::warn!(
-            "USAGE_SYNC_API_TOKEN and/or USAGE_SYNC_ADMIN_TOKEN are not set: those routes are open to anyone who can reach {}",
+            "USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN are not set: every route is open to anyone who can reach {}",
             settings.listen
         );
     }

@@ -224,11 +224,18 @@ async fn status_diagnose_and_stats_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        crate::helpers::Binary::start(dir.path(), &[("USAGE_SYNC_ADMIN_TOKEN", "adm")]).await;
+    let server = crate::helpers::Binary::start(
+        dir.path(),
+        &[
+            ("USAGE_SYNC_API_TOKEN", "api"),
+            ("USAGE_SYNC_ADMIN_TOKEN", "adm"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{}/v1/consume", server.address))
+        .bearer_auth("api")
         .body(json!({"user_id": "s1", "kind": "fast", "amount": 4}).to_string())
         .send()
         .await
@@ -503,6 +510,7 @@ async fn the_dashboard_works_in_headless_chromium() {
     let bin = crate::helpers::Binary::start(
         dir.path(),
         &[
+            ("USAGE_SYNC_API_TOKEN", "dash-api-token"),
             ("USAGE_SYNC_ADMIN_TOKEN", "dash-token"),
             ("USAGE_SYNC_THRESHOLD", "5"),
         ],
@@ -520,6 +528,7 @@ async fn the_dashboard_works_in_headless_chromium() {
                 let body = json!({"user_id": format!("dash-{}", i % 10), "kind": "fast"});
                 let _ = client
                     .post(&url)
+                    .bearer_auth("dash-api-token")
                     .header("content-type", "application/json")
                     .body(body.to_string())
                     .send()

@@ -65,6 +65,7 @@ async fn check_config_reports_valid_and_invalid_settings() {
         .arg("check-config")
         .env("USAGE_SYNC_DATA_DIR", dir.path())
         .env("USAGE_SYNC_API_TOKEN", "hunter2")
+        .env("USAGE_SYNC_ADMIN_TOKEN", "hunter3")
         .env("USAGE_SYNC_PRESET", "large")
         .output()
         .unwrap();
@@ -141,6 +142,23 @@ async fn check_config_reports_valid_and_invalid_settings() {
         Some(2),
         "production refuses to start without tokens"
     );
+    // One token without the other would leave the other routes open:
+    // serve and check-config refuse it and name the missing variable.
+    for cmd in ["serve", "check-config"] {
+        let out = std::process::Command::new(bin)
+            .arg(cmd)
+            .env("USAGE_SYNC_DATA_DIR", dir.path())
+            .env("USAGE_SYNC_API_TOKEN", "only-this-one-is-set")
+            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("USAGE_SYNC_ADMIN_TOKEN is not") && err.contains("openssl rand -hex 32"),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -289,6 +307,7 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
     let server = crate::helpers::Binary::start(
         dir.path(),
         &[
+            ("USAGE_SYNC_API_TOKEN", "api"),
             ("USAGE_SYNC_ADMIN_TOKEN", "adm"),
             ("USAGE_SYNC_THRESHOLD", "5"),
         ],
@@ -302,6 +321,8 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
                 "bench",
                 "--url",
                 &address,
+                "--token",
+                "api",
                 "--admin-token",
                 "adm",
                 "--connections",
@@ -317,6 +338,7 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
                 "--json",
             ])
             .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+            .env_remove("USAGE_SYNC_API_TOKEN")
             .output()
             .unwrap()
     })
