@@ -754,3 +754,54 @@ async fn redis_mode_works_against_a_three_node_cluster() {
     }
     assert_eq!(totals.get("cx").copied().unwrap_or(0), 0);
 }
+
+/// Ids full of `{`, `}` and `:` cannot spell another user's keys, and an
+/// error on one key never degrades the instance: with fallback `deny`, a
+/// degraded instance would answer 503 to everyone. The first crafted id is
+/// the one that wrote the victim's counter key in the old key layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_ids_in_redis_mode_never_fail_other_users() {
+    let redis = system_redis_url();
+    if !redis_available(&redis).await {
+        return;
+    }
+    let prefix = unique_prefix();
+    let one = Instance::start(&[
+        ("REDIS_URL", redis.as_str()),
+        ("USAGE_SYNC_REDIS_PREFIX", prefix.as_str()),
+        ("USAGE_SYNC_REDIS_FALLBACK", "deny"),
+    ])
+    .await;
+    let victim = "a}1:r:zz";
+    let (s, v) = one.consume(victim, None).await;
+    assert_eq!(s, 200, "{v}");
+    let period = usage_sync_core::Timestamp::parse_rfc3339(v["period_start"].as_str().unwrap())
+        .unwrap()
+        .as_millis();
+    let crafted = [
+        ("a", format!("zz}}8:c:fast:{period}")),
+        ("a", "zz}8:v".to_owned()),
+        ("{", "}:c:fast:{".to_owned()),
+        ("}", "{:r:}".to_owned()),
+        ("a:b}", format!("}}{{5:a:b}}}}:c:fast:{period}")),
+    ];
+    for round in 0..3 {
+        for (user, rid) in &crafted {
+            let (s, v) = one.consume(user, Some(rid)).await;
+            assert_eq!(s, 200, "{user:?} {rid:?}: {v}");
+            assert_eq!(v["deduplicated"], json!(round > 0), "{v}");
+        }
+        let (s, v) = one.consume(victim, None).await;
+        assert_eq!((s, v["used"].clone()), (200, json!(2 + round)), "{v}");
+    }
+    let metrics = one
+        .client
+        .get(format!("{}/metrics", one.bin.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("usage_sync_redis_up 1"), "{metrics}");
+}

@@ -272,10 +272,32 @@ impl SharedTier {
         Error::Unavailable(format!("{what} ({e})"))
     }
 
-    /// Records a failure and enters the degraded state (logged once per
-    /// outage; the probe leaves it).
+    /// A failure of one request's keys (see [`RedisFailure::is_connectivity`]):
+    /// counted and logged, and turned into that request's 503. `None` for a
+    /// connectivity failure, after entering the degraded state: the caller
+    /// then decides with the fallback.
+    fn key_failure(&self, e: &RedisFailure) -> Option<Error> {
+        if e.is_connectivity() {
+            self.mark_down(e);
+            return None;
+        }
+        self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(target: "consume", error = %e, "redis refused this request's keys; the request fails, the instance stays up");
+        Some(Error::Unavailable(format!(
+            "the shared quota store (redis) refused this request: {e}"
+        )))
+    }
+
+    /// Records a failure and, if Redis could not be reached, enters the
+    /// degraded state (logged once per outage; the probe leaves it). An
+    /// error about one key never degrades the instance:
+    /// `usage_sync_redis_up` reflects connectivity only.
     fn mark_down(&self, e: &RedisFailure) {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        if !e.is_connectivity() {
+            warn!(target: "consume", error = %e, "redis refused one operation; the instance stays up");
+            return;
+        }
         if self.up.swap(false, Ordering::AcqRel) {
             self.stats.outages.fetch_add(1, Ordering::Relaxed);
             warn!(
@@ -641,7 +663,9 @@ impl Engine {
             let reply = match t.redis.admit(&adm).await {
                 Ok(r) => r,
                 Err(e) => {
-                    t.mark_down(&e);
+                    if let Some(err) = t.key_failure(&e) {
+                        return Err(err);
+                    }
                     return self.fallback(t, user, kind, &q, amount, request_id).await;
                 }
             };
@@ -736,7 +760,9 @@ impl Engine {
         let reply = match t.redis.lease(&adm, t.config.lease_size).await {
             Ok(r) => r,
             Err(e) => {
-                t.mark_down(&e);
+                if let Some(err) = t.key_failure(&e) {
+                    return Err(err);
+                }
                 return self
                     .fallback(t, user, kind, q, amount, None)
                     .await

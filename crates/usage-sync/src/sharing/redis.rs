@@ -3,19 +3,27 @@
 //! one atomic step on the server.
 //!
 //! Key layout (`P` is the configured prefix, `U` the user id, `N` its byte
-//! length):
+//! length in decimal):
 //!
-//! | key                          | holds                                         |
-//! |------------------------------|-----------------------------------------------|
-//! | `P:{U}N:c:<kind>:<start_ms>` | units admitted (or leased) in that period     |
-//! | `P:{U}N:v`                   | the user's version, bumped by admin changes   |
-//! | `P:{U}N:r:<request_id>`      | the decision made under a request id (hash)   |
-//! | `P:rq:<request_id>`          | the user a request id belongs to (refunds)    |
-//! | `P:plans:v`                  | the plan catalogue's version                  |
+//! | key                            | holds                                       |
+//! |--------------------------------|---------------------------------------------|
+//! | `P:{N:U}:c:<kind>:<start_ms>`  | units admitted (or leased) in that period   |
+//! | `P:{N:U}:v`                    | the user's version, bumped by admin changes |
+//! | `P:{N:U}:r:<request_id>`       | the decision made under a request id (hash) |
+//! | `P:rq:<request_id>`            | the user a request id belongs to (refunds)  |
+//! | `P:plans:v`                    | the plan catalogue's version                |
 //!
-//! `{U}` is a hash tag: every key of one user lands in one Redis Cluster
-//! slot, so a script may touch all of them. The length after the tag keeps
-//! the layout unambiguous whatever bytes a user id holds.
+//! Unambiguous whatever bytes the ids hold: a reader takes the digits of
+//! `N`, then exactly `N` bytes of user id, so a user id full of `}` and
+//! `:` cannot end early; kinds are `[a-z0-9_-]` and periods numbers; the
+//! request id is always last. (The length used to follow the user id,
+//! which let a crafted request id spell another user's counter key.)
+//! `decode_key` in the tests reads every key back to its parts.
+//!
+//! `{N:U...}` is a hash tag: Redis Cluster hashes the text from the first
+//! `{` to the next `}`, the same for every key of one user, so a script may
+//! touch all of them; starting with the length, it is never empty (an
+//! empty tag would hash the whole key and scatter a user's keys).
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -43,6 +51,41 @@ pub enum RedisFailure {
     NotConnected,
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+}
+
+impl RedisFailure {
+    /// Whether Redis as a whole could not be reached (connection refused
+    /// or dropped, timeouts, a cluster without a node for the slot, a
+    /// server still loading). The opposite is an error about one key or
+    /// one reply (`WRONGTYPE`, a script error, an unexpected reply): that
+    /// fails the request that met it, and must not degrade the instance
+    /// for every other user.
+    pub(crate) fn is_connectivity(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            RedisFailure::Timeout(_) | RedisFailure::NotConnected => true,
+            RedisFailure::Protocol(_) => false,
+            RedisFailure::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Io
+                            | ErrorKind::AuthenticationFailed
+                            | ErrorKind::ClusterConnectionNotFound
+                            | ErrorKind::Server(
+                                ServerErrorKind::ClusterDown
+                                    | ServerErrorKind::MasterDown
+                                    | ServerErrorKind::BusyLoading
+                                    | ServerErrorKind::TryAgain
+                                    | ServerErrorKind::ReadOnly
+                            )
+                    )
+            }
+        }
+    }
 }
 
 pub(crate) struct Redis {
@@ -144,7 +187,7 @@ impl Redis {
     // ---- keys ------------------------------------------------------------
 
     fn user_tag(&self, user: &str) -> String {
-        format!("{}:{{{}}}{}", self.prefix, user, user.len())
+        format!("{}:{{{}:{}}}", self.prefix, user.len(), user)
     }
 
     pub(crate) fn counter_key(&self, user: &str, kind: &str, period_start_ms: i64) -> String {
@@ -537,12 +580,82 @@ return {'ok', r[1], r[3]}
 mod tests {
     use super::*;
 
+    /// The parts of a key, read back as a decoder that knows only the
+    /// layout would: (user, what, kind, period, request id).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Parts {
+        Counter(String, String, i64),
+        Version(String),
+        Record(String, String),
+        Owner(String),
+        Plans,
+    }
+
+    fn decode_key(prefix: &str, key: &str) -> Option<Parts> {
+        let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
+        if let Some(rid) = rest.strip_prefix("rq:") {
+            return Some(Parts::Owner(rid.to_owned()));
+        }
+        if rest == "plans:v" {
+            return Some(Parts::Plans);
+        }
+        let rest = rest.strip_prefix('{')?;
+        let colon = rest.find(':')?;
+        let n: usize = rest[..colon].parse().ok()?;
+        let rest = &rest[colon + 1..];
+        let user = rest.get(..n)?.to_owned();
+        let rest = rest.get(n..)?.strip_prefix("}:")?;
+        if rest == "v" {
+            return Some(Parts::Version(user));
+        }
+        if let Some(rid) = rest.strip_prefix("r:") {
+            return Some(Parts::Record(user, rid.to_owned()));
+        }
+        let rest = rest.strip_prefix("c:")?;
+        let (kind, ms) = rest.split_once(':')?;
+        Some(Parts::Counter(user, kind.to_owned(), ms.parse().ok()?))
+    }
+
+    proptest::proptest! {
+        /// Every key reads back to exactly the parts it was made from, so
+        /// two different (user, kind, period, request id) can never share
+        /// a key, whatever bytes the ids hold.
+        #[test]
+        fn every_key_decodes_back_to_its_parts(
+            user in "[{}:a-c\\PC]{1,12}",
+            rid in "[{}:a-c\\PC]{1,12}",
+            kind in "[a-z0-9_-]{1,6}",
+            ms in proptest::num::i64::ANY,
+        ) {
+            let r = Redis::new(vec![], false, Duration::from_secs(1), "p".into());
+            let d = |k: String| decode_key("p", &k);
+            proptest::prop_assert_eq!(
+                d(r.counter_key(&user, &kind, ms)),
+                Some(Parts::Counter(user.clone(), kind.clone(), ms))
+            );
+            proptest::prop_assert_eq!(d(r.version_key(&user)), Some(Parts::Version(user.clone())));
+            proptest::prop_assert_eq!(
+                d(r.record_key(&user, &rid)),
+                Some(Parts::Record(user.clone(), rid.clone()))
+            );
+            proptest::prop_assert_eq!(d(r.owner_key(&rid)), Some(Parts::Owner(rid.clone())));
+        }
+    }
+
     #[test]
     fn keys_of_one_user_share_a_hash_tag_and_never_collide() {
         let r = Redis::new(vec![], false, Duration::from_secs(1), "p".into());
-        assert_eq!(r.counter_key("alice", "fast", 5), "p:{alice}5:c:fast:5");
-        assert_eq!(r.version_key("alice"), "p:{alice}5:v");
-        assert_eq!(r.record_key("alice", "r1"), "p:{alice}5:r:r1");
+        assert_eq!(r.counter_key("alice", "fast", 5), "p:{5:alice}:c:fast:5");
+        assert_eq!(r.version_key("alice"), "p:{5:alice}:v");
+        assert_eq!(r.record_key("alice", "r1"), "p:{5:alice}:r:r1");
+        assert_eq!(r.plans_key(), "p:plans:v");
+        // The request id that forged user `a}1:r:zz`'s counter key in the
+        // old layout now stays in user `a`'s record keys.
+        let forged = "zz}8:c:fast:5";
+        assert_ne!(
+            r.record_key("a", forged),
+            r.counter_key("a}1:r:zz", "fast", 5)
+        );
         // A user id with braces or colons cannot forge another user's key.
         assert_ne!(
             r.counter_key("a}1:c:fast:5", "fast", 5),
@@ -555,8 +668,9 @@ mod tests {
             let close = open + 1 + k[open + 1..].find('}').unwrap();
             k[open + 1..close].to_owned()
         };
-        for user in ["u", "u}x", "{a}", "a:b"] {
+        for user in ["u", "u}x", "{a}", "a:b", "}", "}}"] {
             let t = tag(&r.counter_key(user, "k", 1));
+            assert!(!t.is_empty(), "an empty tag would scatter {user:?}'s keys");
             assert_eq!(t, tag(&r.version_key(user)));
             assert_eq!(t, tag(&r.record_key(user, "rid")));
         }
