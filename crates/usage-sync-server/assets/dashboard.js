@@ -1,10 +1,9 @@
 // The live dashboard: polls GET /admin/v1/status every second, turns its
 // cumulative counters into rates, and draws them with uPlot (vendored; the
-// page loads nothing from outside the service). The admin token comes from
-// the page's own URL (?token=...) and goes to the API as a bearer header.
+// page loads nothing from outside the service). It reads its data from
+// /dashboard/data/..., authorised by the HttpOnly cookie the service set
+// when the page was opened with ?token= (the script never sees the token).
 "use strict";
-const token = new URLSearchParams(location.search).get("token");
-const headers = token ? { Authorization: "Bearer " + token } : {};
 const WINDOW = 300; // points kept (5 minutes at 1 s)
 const triggers = ["threshold", "check", "heartbeat", "session_end", "guarantee", "shutdown", "manual", "recovery"];
 const results = ["allowed", "denied", "deduplicated"];
@@ -39,7 +38,7 @@ function push(chart, t, values) {
 let prev = null;
 async function poll() {
   try {
-    const r = await fetch("/admin/v1/status", { headers });
+    const r = await fetch("/dashboard/data/status");
     if (!r.ok) throw new Error("status " + r.status + ": " + (await r.text()));
     const s = await r.json();
     const t = Date.now() / 1000;
@@ -90,7 +89,7 @@ document.getElementById("lookup").addEventListener("submit", async ev => {
   const id = document.getElementById("user").value.trim();
   const out = document.getElementById("diagnose");
   if (!id) return;
-  const r = await fetch("/admin/v1/users/" + encodeURIComponent(id) + "/diagnose", { headers });
+  const r = await fetch("/dashboard/data/users/" + encodeURIComponent(id) + "/diagnose");
   out.textContent = JSON.stringify(await r.json(), null, 2);
   out.dataset.status = r.status;
 });

@@ -122,27 +122,39 @@ pub fn router(
         .route("/admin/v1/alerts", get(operate::alerts))
         .route("/admin/v1/users/{user_id}/diagnose", get(operate::diagnose))
         .route("/admin/v1/stats/reset", post(operate::reset_stats));
-    let dashboard_page = {
+    let dashboard_guard = |exchange: bool| {
         let token = admin_token.clone();
-        Router::new()
-            .route("/dashboard", get(dashboard::page))
-            .route_layer(middleware::from_fn(move |req: Request, next: Next| {
-                let token = token.clone();
-                async move { dashboard::require_admin(token, req, next).await }
-            }))
+        middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { dashboard::require_admin(token, exchange, req, next).await }
+        })
     };
-    let dashboard_assets = Router::new()
+    let dashboard_page = Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route_layer(dashboard_guard(true));
+    // The page's data, behind the dashboard cookie (see `dashboard`).
+    let dashboard_data = Router::new()
+        .route("/dashboard/data/status", get(operate::status))
+        .route(
+            "/dashboard/data/users/{user_id}/diagnose",
+            get(operate::diagnose),
+        )
+        .route_layer(dashboard_guard(false));
+    let dashboard = Router::new()
+        .merge(dashboard_page)
+        .merge(dashboard_data)
         .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/app.css", get(dashboard::app_css))
         .route("/dashboard/uPlot.iife.min.js", get(dashboard::uplot_js))
-        .route("/dashboard/uPlot.min.css", get(dashboard::uplot_css));
+        .route("/dashboard/uPlot.min.css", get(dashboard::uplot_css))
+        .layer(middleware::from_fn(dashboard::hardened));
     // Scrapers expect no token; USAGE_SYNC_METRICS_TOKEN makes one required.
     let metrics = Router::new().route("/metrics", get(operate::metrics));
     Router::new()
         .merge(guarded(api, api_token))
         .merge(guarded(admin, admin_token))
         .merge(guarded(metrics, metrics_token))
-        .merge(dashboard_page)
-        .merge(dashboard_assets)
+        .merge(dashboard)
         .route("/openapi.json", get(openapi::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -81,6 +81,8 @@ async fn tokens_guard_their_routes() {
         ),
         (Method::GET, "/dashboard", json!(null)),
         (Method::GET, "/dashboard?token=wrong", json!(null)),
+        (Method::GET, "/dashboard/data/status", json!(null)),
+        (Method::GET, "/dashboard/data/users/u/diagnose", json!(null)),
     ];
     for (m, path, body) in &admin_routes {
         for token in [None, Some("api-secret"), Some("wrong")] {
@@ -108,18 +110,76 @@ async fn tokens_guard_their_routes() {
         )
         .await;
     assert_eq!(s, 200);
-    // The dashboard page takes the admin token as a header or ?token=
-    // (a browser cannot send a header when it navigates); its assets hold
-    // no data and need none.
-    let (s, _) = app
-        .request(Method::GET, "/dashboard?token=admin-secret", None, None)
-        .await;
-    assert_eq!(s, 200);
+    // The dashboard page takes the admin token as a header, or once as
+    // ?token= (a browser cannot send a header when it navigates): that is
+    // exchanged for an HttpOnly cookie scoped to /dashboard and a redirect
+    // to the page without the token. Its assets hold no data and need none.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser
+        .get(format!("{}/dashboard?token=admin-secret", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/dashboard");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("admin-secret"),
+        "the token is not stored as is: {cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for path in [
+        "/dashboard",
+        "/dashboard/data/status",
+        "/dashboard/data/users/u/diagnose",
+    ] {
+        let r = browser
+            .get(format!("{}{path}", app.address))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path} with the cookie");
+    }
+    let r = browser
+        .get(format!("{}/dashboard/data/status", app.address))
+        .header("cookie", "usage_sync_dashboard=00")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a forged cookie");
     let (s, _) = app
         .request(Method::GET, "/dashboard", None, Some("admin-secret"))
         .await;
     assert_eq!(s, 200);
-    assert_eq!(app.get("/dashboard/uPlot.iife.min.js").await.0, 200);
+    // Every dashboard response is hardened for browsers.
+    for path in [
+        "/dashboard",
+        "/dashboard/app.js",
+        "/dashboard/uPlot.iife.min.js",
+    ] {
+        let r = browser
+            .get(format!("{}{path}", app.address))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
     // Probes need no token.
     assert_eq!(app.get("/healthz").await.0, 200);
     let (s, v) = app.get("/readyz").await;

@@ -565,6 +565,12 @@ async fn the_dashboard_works_in_headless_chromium() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(v["status"], json!(200), "{v}");
+    assert_eq!(
+        v["url"],
+        json!(format!("{}/dashboard", bin.address)),
+        "the token leaves the address bar: {v}"
+    );
+    assert_eq!(v["csp_violations"], json!([]), "{v}");
     assert!(v["points"]["consumes"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["points"]["flushes"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["max_allowed_per_s"].as_f64().unwrap() > 0.0, "{v}");

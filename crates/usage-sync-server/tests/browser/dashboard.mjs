@@ -15,8 +15,15 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const requests = [];
   page.on("request", r => requests.push(r.url()));
+  // Content-Security-Policy violations (an inline style or script left in
+  // the page) are reported on the console.
+  out.csp_violations = [];
+  page.on("console", m => { if (/Content Security Policy/i.test(m.text())) out.csp_violations.push(m.text()); });
   const resp = await page.goto(`${base}/dashboard?token=${encodeURIComponent(token)}`);
   out.status = resp.status();
+  // The token was exchanged for a cookie: it is no longer in the address.
+  out.url = page.url();
+
   // The charts hold data once two polls have produced a rate; wait for a
   // point where consumes were allowed (the test drives load meanwhile).
   await page.waitForFunction(() => {
