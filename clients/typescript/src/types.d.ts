@@ -87,7 +87,7 @@ export interface ErrorBody {
 
 /** Stable error codes. Clients switch on these; never rename one. (The
 OpenAPI document lists them from this enum.) */
-export type ErrorCode = "invalid_request" | "unknown_kind" | "limit_exceeded" | "unauthorized" | "not_found" | "unknown_request" | "already_refunded" | "request_id_conflict" | "payload_too_large" | "unavailable" | "internal";
+export type ErrorCode = "invalid_request" | "unknown_kind" | "limit_exceeded" | "unauthorized" | "not_found" | "unknown_request" | "already_refunded" | "request_id_conflict" | "payload_too_large" | "request_timeout" | "unavailable" | "internal";
 
 export interface ErrorDetail {
   /** Stable machine-readable code. */

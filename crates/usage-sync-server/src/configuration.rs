@@ -155,7 +155,18 @@ pub struct Settings {
     pub alert_interval: Duration,
     pub alert_webhook: Option<Secret>,
     pub max_concurrent_syncs_ceiling: usize,
+    /// How long SIGTERM waits for in-flight requests, and then again at
+    /// most for the final flush.
     pub shutdown_timeout: Duration,
+    /// Time a client has to send a request's headers, counted from when the
+    /// connection is ready for a request: it also closes a keep-alive
+    /// connection idle that long.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    /// 0 in the settings means three quarters of the open-files limit.
+    pub max_connections: usize,
     pub dedup_window: Duration,
     pub durability: Durability,
     pub fsync_interval: Duration,
@@ -305,6 +316,17 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
         &["USAGE_SYNC_SHUTDOWN_TIMEOUT"],
         Ty::Duration,
     ),
+    (
+        "header_timeout",
+        &["USAGE_SYNC_HEADER_TIMEOUT"],
+        Ty::Duration,
+    ),
+    ("body_timeout", &["USAGE_SYNC_BODY_TIMEOUT"], Ty::Duration),
+    (
+        "max_connections",
+        &["USAGE_SYNC_MAX_CONNECTIONS"],
+        Ty::Count,
+    ),
     ("dedup_window", &["USAGE_SYNC_DEDUP_WINDOW"], Ty::Duration),
     ("durability", &["USAGE_SYNC_DURABILITY"], Ty::Text),
     (
@@ -375,7 +397,10 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("alert_interval", "15s"),
         ("max_concurrent_syncs_ceiling", "12"),
         ("listen", "127.0.0.1:8080"),
-        ("shutdown_timeout", "30s"),
+        ("shutdown_timeout", "15s"),
+        ("header_timeout", "10s"),
+        ("body_timeout", "10s"),
+        ("max_connections", "0"),
         ("dedup_window", "24h"),
         ("durability", durability),
         ("fsync_interval", "10ms"),
@@ -747,6 +772,14 @@ fn build(
         Ok(n)
     };
     let boolean = |k: &'static str| parse_bool(&text(k)).map_err(|m| invalid(k, m));
+    // A zero timeout would close every connection at once.
+    let positive = |k: &'static str| {
+        let d = dur(k)?;
+        if d.is_zero() {
+            return Err(invalid(k, "must be longer than 0".into()));
+        }
+        Ok(d)
+    };
     let secret = |k: &'static str| {
         get(k)
             .filter(|(v, _)| !v.is_empty())
@@ -923,6 +956,12 @@ fn build(
         alert_webhook: secret("alert_webhook"),
         max_concurrent_syncs_ceiling: count("max_concurrent_syncs_ceiling", 1, 1024)? as usize,
         shutdown_timeout: dur("shutdown_timeout")?,
+        header_timeout: positive("header_timeout")?,
+        body_timeout: positive("body_timeout")?,
+        max_connections: match count("max_connections", 0, 1_000_000)? {
+            0 => default_max_connections(),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
         dedup_window: dur("dedup_window")?,
         durability,
         fsync_interval: dur("fsync_interval")?,
@@ -938,6 +977,22 @@ fn build(
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// Three quarters of the soft open-files limit (`RLIMIT_NOFILE`, read from
+/// `/proc/self/limits`), leaving the rest for the database pool, the log
+/// and Redis; 768 when the limit cannot be read (a 1024 default).
+fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    (soft / 4 * 3).max(16)
 }
 
 /// Shortest token the production profile accepts, in bytes.
@@ -1235,6 +1290,9 @@ impl Settings {
                 self.max_concurrent_syncs_ceiling.to_string(),
             ),
             ("shutdown_timeout", format_duration(self.shutdown_timeout)),
+            ("header_timeout", format_duration(self.header_timeout)),
+            ("body_timeout", format_duration(self.body_timeout)),
+            ("max_connections", self.max_connections.to_string()),
             ("dedup_window", format_duration(self.dedup_window)),
             ("durability", self.durability.as_str().to_owned()),
             ("fsync_interval", format_duration(self.fsync_interval)),

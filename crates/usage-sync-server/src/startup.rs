@@ -134,7 +134,12 @@ impl Application {
             durability: self.settings.durability.as_str().to_owned(),
             simulation: self.settings.enable_simulation,
         };
-        let state = AppState::new(self.engine.clone(), self.settings.verbose_logging, info);
+        let state = AppState::new(
+            self.engine.clone(),
+            self.settings.verbose_logging,
+            info,
+            self.settings.body_timeout,
+        );
         let alerts = state.alerts.clone();
         let router = http::router(
             state,
@@ -142,15 +147,18 @@ impl Application {
             token(&self.settings.admin_token),
             token(&self.settings.metrics_token),
         );
-        let mut server_stop = stop_rx.clone();
         let listen = self.listener.local_addr()?;
-        let server = tokio::spawn(
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|stop| *stop).await;
-                })
-                .into_future(),
-        );
+        let limits = http::serve::ConnectionLimits {
+            header_timeout: self.settings.header_timeout,
+            max_connections: self.settings.max_connections,
+        };
+        let server = tokio::spawn(http::serve::serve(
+            self.listener,
+            router,
+            limits,
+            stop_rx.clone(),
+            self.settings.shutdown_timeout,
+        ));
         tracing::info!(%listen, "listening; recovering before accepting requests");
 
         // Recovery needs the store (to resolve unfinished flushes and load
@@ -201,11 +209,11 @@ impl Application {
             profile = self.settings.profile.as_str(),
             "usage-sync is ready"
         );
-        server
-            .await
-            .context("HTTP server task failed")?
-            .context("HTTP server failed")?;
-        tracing::info!("stopped accepting requests; flushing pending usage");
+        let cut = server.await.context("HTTP server task failed")?;
+        tracing::info!(
+            connections_cut = cut,
+            "stopped accepting requests; flushing pending usage"
+        );
         Ok(engine.shutdown(self.settings.shutdown_timeout).await)
     }
 }

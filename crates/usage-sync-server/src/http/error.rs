@@ -23,6 +23,7 @@ pub enum Code {
     AlreadyRefunded,
     RequestIdConflict,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     Internal,
 }
@@ -39,6 +40,7 @@ impl Code {
             Code::AlreadyRefunded => "already_refunded",
             Code::RequestIdConflict => "request_id_conflict",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::RequestTimeout => "request_timeout",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use usage_sync_core::UserId;
 
+use super::AppState;
 use super::error::{ApiError, Code};
 
 /// Largest accepted request body.
@@ -23,14 +24,13 @@ pub const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
 /// `invalid_request`.
 pub struct JsonBody<T, const MAX: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S, T, const MAX: usize> FromRequest<S> for JsonBody<T, MAX>
+impl<T, const MAX: usize> FromRequest<AppState> for JsonBody<T, MAX>
 where
-    S: Send + Sync,
     T: DeserializeOwned,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let BodyBytes(bytes) = BodyBytes::<MAX>::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
@@ -40,10 +40,14 @@ where
 /// [`parse_json`] into types that borrow from it.
 pub struct BodyBytes<const MAX: usize>(pub Bytes);
 
-impl<S: Send + Sync, const MAX: usize> FromRequest<S> for BodyBytes<MAX> {
+impl<const MAX: usize> FromRequest<AppState> for BodyBytes<MAX> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    /// Reads the body within `USAGE_SYNC_BODY_TIMEOUT`: a client that
+    /// sends its body a byte at a time gets 408 `request_timeout` and its
+    /// connection closed, instead of holding a connection (and memory)
+    /// for as long as it likes.
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -51,7 +55,20 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for BodyBytes<MAX> {
                 format!("request body exceeds {MAX} bytes"),
             )
         };
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+        let limit = state.body_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Code::RequestTimeout,
+                    format!(
+                        "the request body was not received within {} ms (USAGE_SYNC_BODY_TIMEOUT)",
+                        limit.as_millis()
+                    ),
+                )
+            })?;
+        let bytes = read.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
             } else {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 
 use std::sync::{Arc, OnceLock};
 
@@ -45,6 +46,9 @@ pub struct AppStateInner {
     pub info: Arc<ServiceInfo>,
     /// Alerts as last evaluated.
     pub alerts: crate::alerts::SharedAlerts,
+    /// How long a client may take to send a body once its headers are in
+    /// (`USAGE_SYNC_BODY_TIMEOUT`); the body extractors enforce it.
+    pub body_timeout: std::time::Duration,
 }
 
 /// What the status document reports about the configuration.
@@ -58,12 +62,18 @@ pub struct ServiceInfo {
 }
 
 impl AppState {
-    pub fn new(engine: Arc<OnceLock<Engine>>, verbose: bool, info: ServiceInfo) -> Self {
+    pub fn new(
+        engine: Arc<OnceLock<Engine>>,
+        verbose: bool,
+        info: ServiceInfo,
+        body_timeout: std::time::Duration,
+    ) -> Self {
         AppState(Arc::new(AppStateInner {
             engine,
             verbose,
             info: Arc::new(info),
             alerts: Arc::default(),
+            body_timeout,
         }))
     }
 

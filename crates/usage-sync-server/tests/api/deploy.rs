@@ -89,7 +89,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
     }
     // The grace period outlasts the shutdown flush deadline.
     let cm = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
-    assert!(cm.contains("USAGE_SYNC_SHUTDOWN_TIMEOUT: 30s"));
+    assert!(cm.contains("USAGE_SYNC_SHUTDOWN_TIMEOUT: 15s"));
     // Every variable the ConfigMap and Secret set is a real setting.
     let doc = std::fs::read_to_string(deploy_dir().join("../docs/configuration.md")).unwrap();
     let secret = std::fs::read_to_string(dir.join("secret.yaml")).unwrap();

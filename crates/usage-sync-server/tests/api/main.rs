@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod client;
+mod connections;
 mod consume;
 mod deploy;
 mod durability;
