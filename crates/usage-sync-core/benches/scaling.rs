@@ -3,7 +3,9 @@
 //! 1 000 000 users tracked, 0 % and 10 % of them with pending units; and
 //! resident memory per tracked user. None of the passes may walk every
 //! user: the heartbeat reads the front of the activity queue, the check
-//! the front of the dirty FIFO, the guarantee only the dirty users.
+//! the front of the dirty FIFO, the guarantee only the dirty users. Also
+//! the totals a metrics scrape reads (kept per shard), against a walk over
+//! every user in the same run (`top_pending`, which the status page does).
 //!
 //!   cargo bench -p usage-sync-core --bench scaling
 //!   (SCALING_MAX=100000 to stop at 100 000 users)
@@ -51,9 +53,9 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     println!(
-        "| users tracked | pending | heartbeat pass | check pass (≤ 100 users) | guarantee pass | users flushed by the guarantee |"
+        "| users tracked | pending | heartbeat pass | check pass (≤ 100 users) | guarantee pass | users flushed by the guarantee | metrics totals | walk over every user (baseline) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut memory = Vec::new();
     for n in [1_000usize, 100_000, 1_000_000] {
         if n > max {
@@ -86,10 +88,18 @@ fn main() {
             let mut hb = Vec::new();
             let mut check = Vec::new();
             let mut guarantee = Vec::new();
+            let mut totals = Vec::new();
+            let mut walk = Vec::new();
             let mut flushed = 0;
             for round in 0..5 {
                 let now = T0.saturating_add_ms(1000 * (round as i64 + 1));
                 dirty(&l, &ids, &fast, percent, now);
+                let t = Instant::now();
+                std::hint::black_box(l.totals());
+                totals.push(t.elapsed());
+                let t = Instant::now();
+                std::hint::black_box(l.top_pending(10));
+                walk.push(t.elapsed());
                 // Heartbeat: a session timeout of an hour, so nobody is idle.
                 let t = Instant::now();
                 let out = l.heartbeat(now, 3_600_000, usize::MAX, 500);
@@ -106,10 +116,12 @@ fn main() {
                 land(&l, &batches, now);
             }
             println!(
-                "| {n} | {percent} % | {:.1} µs | {:.1} µs | {:.1} µs | {flushed} |",
+                "| {n} | {percent} % | {:.1} µs | {:.1} µs | {:.1} µs | {flushed} | {:.1} µs | {:.1} µs |",
                 median(hb).as_secs_f64() * 1e6,
                 median(check).as_secs_f64() * 1e6,
                 median(guarantee).as_secs_f64() * 1e6,
+                median(totals).as_secs_f64() * 1e6,
+                median(walk).as_secs_f64() * 1e6,
             );
         }
         drop(l);

@@ -370,6 +370,12 @@ impl UserEntry {
         self.slots().any(|(_, s)| s.pending != 0)
     }
 
+    /// Holds units not known to be in the store (pending or in flight).
+    fn has_units(&self) -> bool {
+        self.slots()
+            .any(|(_, s)| s.pending != 0 || s.in_flight != 0)
+    }
+
     fn is_clean(&self) -> bool {
         self.slots().all(|(_, s)| s.is_clean())
     }
@@ -474,6 +480,41 @@ struct Shard {
     threshold: Vec<UserId>,
     /// Bumped on every eviction and external profile change in this shard.
     epoch: u64,
+    /// This shard's part of [`Ledger::totals`], kept up to date by every
+    /// change of a counter's units, under the shard's lock: a metrics
+    /// scrape then costs one lock per shard, not a walk over every
+    /// resident user (150 000 users made a scrape take 25 ms and raised the
+    /// consume p99 twentyfold under four scrapers).
+    totals: ShardTotals,
+}
+
+/// Units outside the store in one shard, and how many of its users hold
+/// any. Invariant: equal to the sums over the shard's entries' slots.
+#[derive(Default)]
+struct ShardTotals {
+    pending: i64,
+    in_flight: i64,
+    users_with_units: usize,
+    /// Users put back at the end of the dirty FIFO with their *original*
+    /// time (units left behind a counter already in flight): the FIFO's
+    /// front is then not always the oldest, so these are kept apart,
+    /// oldest first, for the oldest-pending figure. Invalidated lazily by
+    /// the entry's generation, like the FIFO.
+    requeued: BinaryHeap<Reverse<(Timestamp, u32, UserId)>>,
+}
+
+impl ShardTotals {
+    /// Records a change of one entry: its units moved by the deltas, and
+    /// it held units before (`had`) and holds units now (`has`).
+    fn change(&mut self, had: bool, has: bool, pending: i64, in_flight: i64) {
+        self.pending += pending;
+        self.in_flight += in_flight;
+        match (had, has) {
+            (false, true) => self.users_with_units += 1,
+            (true, false) => self.users_with_units -= 1,
+            _ => {}
+        }
+    }
 }
 
 impl Shard {
@@ -631,6 +672,7 @@ impl Ledger {
                     activity: VecDeque::new(),
                     threshold: Vec::new(),
                     epoch: 0,
+                    totals: ShardTotals::default(),
                 }))
             })
             .collect();
@@ -991,8 +1033,10 @@ impl Ledger {
             };
         let mut threshold_reached = false;
         if allowed {
+            let had = e.has_units();
+            e.current[k].pending += amount;
+            shard.totals.change(had, e.has_units(), amount, 0);
             let slot = &mut e.current[k];
-            slot.pending += amount;
             let near_limit = self.near_limit_percent.is_some_and(|p| {
                 slot.limit().is_some_and(|l| {
                     l > 0 && (slot.used().max(0) as u128) * 100 >= l as u128 * p as u128
@@ -1157,6 +1201,7 @@ impl Ledger {
                 .ok_or(CoreError::NotResident)?;
             e.refresh(&self.plans, version, now);
             let k = kind.index();
+            let had = e.has_units();
             match e.slot_mut(k, period_start) {
                 Some(slot) => slot.pending -= amount as i64,
                 None => {
@@ -1165,6 +1210,7 @@ impl Ledger {
                     e.stale.push((k as u16, slot));
                 }
             }
+            shard.totals.change(had, e.has_units(), -(amount as i64), 0);
             e.last_activity = now;
             Shard::mark_dirty(&mut shard.dirty, e, now);
         }
@@ -1299,11 +1345,13 @@ impl Ledger {
     /// returns true (the re-queued entry is the last of `dirty`).
     fn take_entry(
         dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
+        totals: &mut ShardTotals,
         e: &mut UserEntry,
         kinds: &Kinds,
         b: &mut BatchBuilder<'_>,
     ) -> bool {
         let mut left_behind = false;
+        let mut moved = 0;
         let all = e
             .current
             .iter_mut()
@@ -1323,10 +1371,13 @@ impl Ledger {
                 period_start: s.period_start,
                 delta: s.pending,
             });
+            moved += s.pending;
             s.in_flight += s.pending;
             s.pending = 0;
             s.flushing = true;
         }
+        // Units move from pending to in flight; the entry holds as many.
+        totals.change(true, true, -moved, moved);
         e.threshold_queued = false;
         // Invalidate the old dirty entry; re-queue (keeping the original
         // time) if units had to stay behind.
@@ -1335,6 +1386,9 @@ impl Ledger {
             let since = e.dirty_since.unwrap_or(e.last_activity);
             e.dirty_since = Some(since);
             dirty.push_back((since, e.dirty_gen, e.id.clone()));
+            totals
+                .requeued
+                .push(Reverse((since, e.dirty_gen, e.id.clone())));
         } else {
             e.dirty_since = None;
         }
@@ -1366,7 +1420,7 @@ impl Ledger {
             }
             for id in std::mem::take(&mut shard.threshold) {
                 if let Some(e) = shard.users.get_mut(id.as_str()) {
-                    Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+                    Self::take_entry(&mut shard.dirty, &mut shard.totals, e, &self.kinds, &mut b);
                 }
             }
         }
@@ -1381,6 +1435,34 @@ impl Ledger {
                 Some(e) if e.dirty_gen == *gen_ && e.dirty_since.is_some() => return Some(*since),
                 _ => {
                     shard.dirty.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// Drops invalidated re-queued entries once they outnumber the shard's
+    /// users, so the heap stays bounded without metrics scrapes (which pop
+    /// only from its top). Amortised: runs after that many re-queues.
+    fn prune_requeued(shard: &mut Shard) {
+        if shard.totals.requeued.len() <= 2 * shard.users.len() + 64 {
+            return;
+        }
+        let users = &shard.users;
+        shard.totals.requeued.retain(|Reverse((_, gen_, id))| {
+            users
+                .get(id.as_str())
+                .is_some_and(|e| e.dirty_gen == *gen_ && e.dirty_since.is_some())
+        });
+    }
+
+    /// The oldest still-valid re-queued entry (see `ShardTotals::requeued`).
+    fn requeued_front(shard: &mut Shard) -> Option<Timestamp> {
+        while let Some(Reverse((since, gen_, id))) = shard.totals.requeued.peek() {
+            match shard.users.get(id.as_str()) {
+                Some(e) if e.dirty_gen == *gen_ && e.dirty_since.is_some() => return Some(*since),
+                _ => {
+                    shard.totals.requeued.pop();
                 }
             }
         }
@@ -1419,7 +1501,7 @@ impl Ledger {
                     .users
                     .get_mut(id.as_str())
                     .expect("valid entries are resident");
-                if Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b) {
+                if Self::take_entry(&mut shard.dirty, &mut shard.totals, e, &self.kinds, &mut b) {
                     // Some counters were already flushing and the user was
                     // re-queued: put it aside so this pass does not pick it
                     // again, and re-queue it after.
@@ -1469,7 +1551,7 @@ impl Ledger {
                 if e.dirty_gen != g || e.dirty_since.is_none() {
                     continue;
                 }
-                if !Self::take_entry(&mut left, e, &self.kinds, &mut b) {
+                if !Self::take_entry(&mut left, &mut shard.totals, e, &self.kinds, &mut b) {
                     users += 1;
                 }
             }
@@ -1489,7 +1571,7 @@ impl Ledger {
         if let Some(e) = shard.users.get_mut(user)
             && e.dirty_since.is_some()
         {
-            Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+            Self::take_entry(&mut shard.dirty, &mut shard.totals, e, &self.kinds, &mut b);
         }
         self.log_intents(b.finish())
     }
@@ -1514,8 +1596,11 @@ impl Ledger {
                 continue;
             };
             let k = d.kind.index();
+            let had = e.has_units();
+            let mut landed = 0;
             if let Some(s) = e.slot_mut(k, d.period_start) {
                 s.in_flight -= d.delta;
+                landed = d.delta;
                 s.persisted = after;
                 s.loaded = true;
                 s.flushing = false;
@@ -1525,6 +1610,7 @@ impl Ledger {
                     due = true;
                 }
             }
+            shard.totals.change(had, e.has_units(), 0, -landed);
             e.stale.retain(|(_, s)| !s.is_clean());
             e.last_sync_at = Some(now);
             e.last_sync_trigger = Some(batch.trigger);
@@ -1553,6 +1639,7 @@ impl Ledger {
         for s in self.shards.iter() {
             let mut guard = lock(&s.0);
             let shard = &mut *guard;
+            Self::prune_requeued(shard);
             // Bounded by the queue length at the start, so re-queued entries
             // are not visited twice in one pass.
             let mut budget = shard.activity.len();
@@ -1582,7 +1669,13 @@ impl Ledger {
                     out.evicted += 1;
                 } else {
                     if idle && e.dirty_since.is_some() {
-                        Self::take_entry(&mut shard.dirty, e, &self.kinds, &mut b);
+                        Self::take_entry(
+                            &mut shard.dirty,
+                            &mut shard.totals,
+                            e,
+                            &self.kinds,
+                            &mut b,
+                        );
                         out.session_end_users += 1;
                     }
                     // Evicted on a later pass, once the flush has landed.
@@ -1659,19 +1752,40 @@ impl Ledger {
 
     /// Totals over all resident users: (pending units, in-flight units,
     /// users with pending units, time the oldest pending unit was counted).
-    /// Walks every user: for diagnostics and tests, not for triggers.
+    /// One lock per shard, whatever the number of users: the shards keep
+    /// these figures up to date as units change (`ShardTotals`).
     pub fn totals(&self) -> LedgerTotals {
+        let mut t = LedgerTotals::default();
+        for s in self.shards.iter() {
+            let mut shard = lock(&s.0);
+            t.pending += shard.totals.pending;
+            t.in_flight += shard.totals.in_flight;
+            t.users_with_pending += shard.totals.users_with_units;
+            let fronts = [
+                Self::dirty_front(&mut shard),
+                Self::requeued_front(&mut shard),
+            ];
+            for since in fronts.into_iter().flatten() {
+                t.oldest_pending =
+                    Some(t.oldest_pending.map_or(since, |o: Timestamp| o.min(since)));
+            }
+        }
+        t
+    }
+
+    /// [`Ledger::totals`] by walking every resident user: what the kept
+    /// totals must always equal (the tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn totals_walked(&self) -> LedgerTotals {
         let mut t = LedgerTotals::default();
         for s in self.shards.iter() {
             let shard = lock(&s.0);
             for e in shard.users.values() {
-                let mut has = false;
                 for (_, s) in e.slots() {
                     t.pending += s.pending;
                     t.in_flight += s.in_flight;
-                    has |= s.pending != 0 || s.in_flight != 0;
                 }
-                if has {
+                if e.has_units() {
                     t.users_with_pending += 1;
                 }
                 if let Some(since) = e.dirty_since {
@@ -1740,7 +1854,11 @@ impl Ledger {
             return;
         };
         e.refresh(&self.plans, version, now);
+        let had = e.has_units();
+        let (mut pending, mut in_flight) = (0, 0);
         for r in slots {
+            pending += r.pending;
+            in_flight += r.in_flight;
             if e.slot_mut(r.kind, r.period_start).is_none() {
                 e.stale
                     .push((r.kind as u16, Slot::unloaded(r.period_start, None)));
@@ -1751,6 +1869,7 @@ impl Ledger {
             slot.flushing |= r.in_flight != 0;
         }
         e.stale.retain(|(_, s)| !s.is_clean());
+        shard.totals.change(had, e.has_units(), pending, in_flight);
         Shard::mark_dirty(&mut shard.dirty, e, now);
     }
 

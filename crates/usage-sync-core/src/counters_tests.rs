@@ -537,6 +537,7 @@ proptest! {
                 }
             }
             let t = l.totals();
+            prop_assert_eq!(&t, &l.totals_walked());
             let stored: i64 = store.values().sum();
             prop_assert_eq!(admitted - refunded, stored + t.pending + t.in_flight);
         }
@@ -961,6 +962,8 @@ proptest! {
             for (&(_, p), &used) in &db.0 {
                 prop_assert!(used <= 10, "the store holds {used} for period {p:?}");
             }
+            // The totals kept per shard always equal a walk over the users.
+            prop_assert_eq!(l.totals(), l.totals_walked());
         }
         for b in held.drain(..) {
             db.apply(&l, &b, now);

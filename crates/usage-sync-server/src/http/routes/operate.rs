@@ -2,9 +2,11 @@
 //! per-user diagnosis, and resetting the sync statistics.
 //!
 //! Metrics carry no per-user labels (their cardinality would grow with the
-//! user base); per-user detail is in `diagnose`. Gauges that need a walk
-//! over resident users (pending units, oldest pending) cost O(users) per
-//! scrape: about 50 ms per million users, fine at scrape intervals.
+//! user base); per-user detail is in `diagnose`. A scrape never walks the
+//! users: pending units, users with units and the oldest pending unit come
+//! from totals each ledger shard keeps as units change (one lock per
+//! shard). The status document's top-users list still walks every
+//! resident user: an operator's view, polled by the dashboard.
 
 use std::fmt::Write;
 
