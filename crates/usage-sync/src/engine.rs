@@ -414,7 +414,18 @@ impl Engine {
 
     /// Current usage of `user`: persisted + pending for the current period.
     /// A user not in memory is read from the store without being loaded.
+    /// In a shared mode, `used` is the shared count, the same on every
+    /// instance (see [`Engine::shared_view`]).
     pub async fn usage(&self, user: &UserId) -> Result<UserUsage, Error> {
+        let mut u = self.local_usage(user).await?;
+        if let Some(t) = self.shared() {
+            self.shared_view(t, &mut u).await;
+        }
+        Ok(u)
+    }
+
+    /// [`Engine::usage`] from this instance's own counts.
+    async fn local_usage(&self, user: &UserId) -> Result<UserUsage, Error> {
         let now = self.now();
         if let Some(u) = self.inner.ledger.usage(user.as_str(), now) {
             return Ok(u);

@@ -218,6 +218,24 @@ impl Instance {
     }
 }
 
+/// Every instance answers the same `used` and `remaining` for each user,
+/// before any of them has flushed: the shared count, not each instance's
+/// own memory.
+async fn same_answer_everywhere(inst: &[Instance], users: &[String], used: u64, limit: u64) {
+    for u in users {
+        for (n, i) in inst.iter().enumerate() {
+            let (s, v) = i.send("GET", &format!("/v1/users/{u}/usage"), None).await;
+            assert_eq!(s, 200, "{v}");
+            let fast = &v["kinds"]["fast"];
+            assert_eq!(
+                (fast["used"].clone(), fast["remaining"].clone()),
+                (json!(used), json!(limit - used)),
+                "instance {n}, user {u}: {v}"
+            );
+        }
+    }
+}
+
 /// A config file with one plan whose `fast` limit is `limit`.
 fn plan_file(dir: &Path, limit: u64) -> String {
     let path = dir.join("plans.toml");
@@ -318,6 +336,7 @@ async fn three_instances_in_redis_mode_admit_exactly_the_limit() {
     for u in &users {
         assert_eq!(admitted.get(u), Some(&40), "user {u}: {admitted:?}");
     }
+    same_answer_everywhere(&inst, &users, 40, 40).await;
     // Spent everywhere: every instance denies.
     for i in &inst {
         let (s, v) = i.consume("s0", None).await;
@@ -427,6 +446,8 @@ async fn three_instances_in_lease_mode_admit_exactly_the_limit_once_leases_expir
     for u in &users {
         assert_eq!(admitted.get(u), Some(&40), "user {u}");
     }
+    // Spent: no lease holds units any more, so the shared count is exact.
+    same_answer_everywhere(&inst, &users, 40, 40).await;
     // And never more: after the leases expire, everyone is still denied.
     tokio::time::sleep(Duration::from_millis(400)).await;
     for i in &inst {

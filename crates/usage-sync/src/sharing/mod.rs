@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use usage_sync_core::{
     ConsumeOutcome, CoreError, Decision, Kind, Quota, RequestId, Timestamp, Units, UserId,
+    UserUsage,
 };
 
 use crate::engine::{Engine, Refund};
@@ -830,6 +831,44 @@ impl Engine {
             *lock(&t.debts).entry(key).or_default() += amount.get();
         }
         Ok(out)
+    }
+
+    /// Replaces this instance's view of `u`'s counts with the shared one,
+    /// so every instance answers the same `used` and `remaining`: the Redis
+    /// counter holds every instance's admitted units, including those not
+    /// yet in the database, where this instance's memory holds only its
+    /// own. `persisted` (the database) and `pending` (this instance's
+    /// units not yet flushed, which diagnose explains) stay as they are, so
+    /// `used` may exceed their sum by other instances' pending units. In
+    /// lease mode the
+    /// counter also holds units leased to instances and not yet spent (at
+    /// most `lease_size` per instance and counter), so `used` may read that
+    /// much high, the same everywhere. A counter Redis does not hold (none
+    /// admitted this period since Redis started), or Redis unreachable,
+    /// leaves the local view.
+    pub(crate) async fn shared_view(&self, t: &SharedTier, u: &mut UserUsage) {
+        if !t.is_up() {
+            return;
+        }
+        for k in &mut u.kinds {
+            let key =
+                t.redis
+                    .counter_key(u.user.as_str(), k.kind.name(), u.period_start.as_millis());
+            t.ops(1);
+            let shared = match t.redis.counter(&key).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    t.mark_down(&e);
+                    return;
+                }
+            };
+            // Never below this instance's own view: units it admitted
+            // while Redis was unreachable reach the counter only when the
+            // debts are paid.
+            k.used = shared.max(k.used);
+            k.remaining = k.limit.map(|l| l.saturating_sub(k.used));
+        }
     }
 
     /// The consume question in a shared mode, without counting.
