@@ -43,7 +43,14 @@ before(async () => {
   throw new Error("usage-sync did not become ready");
 });
 
-after(() => { server.kill("SIGTERM"); rmSync(dir, { recursive: true, force: true }); });
+after(async () => {
+  // Wait for the exit: the final flush and checkpoint write into the data
+  // dir while the process stops.
+  const exited = new Promise(r => server.once("exit", r));
+  server.kill("SIGTERM");
+  await exited;
+  rmSync(dir, { recursive: true, force: true });
+});
 
 const client = (extra = {}) => new UsageSyncClient({ baseUrl: base, apiToken: "api-t", adminToken: "admin-t", backoffMs: 10, ...extra });
 

@@ -418,10 +418,46 @@ impl Engine {
     /// instance (see [`Engine::shared_view`]).
     pub async fn usage(&self, user: &UserId) -> Result<UserUsage, Error> {
         let mut u = self.local_usage(user).await?;
-        if let Some(t) = self.shared() {
-            self.shared_view(t, &mut u).await;
+        match self.shared() {
+            Some(t) => self.shared_view(t, &mut u).await,
+            None => self.database_view(&mut u).await,
         }
         Ok(u)
+    }
+
+    /// Without a shared tier, on PostgreSQL (which several instances may
+    /// share), adds to a resident user's counts the units other instances
+    /// flushed since this one last read or flushed them: the database holds
+    /// more than this instance's `persisted`. One query per call; a counter
+    /// with a batch of this instance in flight is left as it is (its units
+    /// may already be in the database), and a store error leaves the local
+    /// view rather than failing the read. Decisions are unaffected: without
+    /// Redis each instance enforces the limit on its own counts
+    /// (docs/sharing.md).
+    async fn database_view(&self, u: &mut UserUsage) {
+        if !u.resident || self.inner.store.backend() != "postgres" {
+            return;
+        }
+        let Ok((_, rows)) = self.read_user(&u.user).await else {
+            return;
+        };
+        for k in &mut u.kinds {
+            if k.in_flight != 0 {
+                continue;
+            }
+            let Some(db) = rows
+                .iter()
+                .find(|r| r.kind == k.kind.index() && r.period_start == u.period_start)
+                .and_then(|r| u64::try_from(r.used).ok())
+            else {
+                continue;
+            };
+            if db > k.persisted {
+                k.used = k.used.saturating_add(db - k.persisted);
+                k.persisted = db;
+                k.remaining = k.limit.map(|l| l.saturating_sub(k.used));
+            }
+        }
     }
 
     /// [`Engine::usage`] from this instance's own counts.

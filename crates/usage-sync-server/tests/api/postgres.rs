@@ -96,6 +96,43 @@ async fn the_service_runs_on_postgres() {
     assert_eq!((s, v["store"].clone()), (200, json!("postgres")));
 }
 
+/// Two instances on one PostgreSQL database without Redis: once one has
+/// flushed, the other's usage view includes those units (it reads the
+/// database's value), while its own pending units still count.
+#[tokio::test]
+async fn without_redis_usage_reads_what_other_instances_flushed() {
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("USAGE_SYNC_DB_POOL_SIZE", "2"),
+    ];
+    let (a, b) = (spawn_app_with(&env).await, spawn_app_with(&env).await);
+    for _ in 0..3 {
+        assert_eq!(a.consume("both", "fast", 1).await.0, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(b.consume("both", "fast", 1).await.0, 200);
+    }
+    // Before a flush, each instance knows only its own units.
+    assert_eq!(b.usage("both").await["kinds"]["fast"]["used"], json!(2));
+    a.sync_all().await;
+    let fast = b.usage("both").await["kinds"]["fast"].clone();
+    assert_eq!(
+        (
+            fast["persisted"].clone(),
+            fast["pending"].clone(),
+            fast["used"].clone()
+        ),
+        (json!(3), json!(2), json!(5)),
+        "{fast}"
+    );
+    assert_eq!(fast["remaining"], json!(45));
+    b.sync_all().await;
+    assert_eq!(a.usage("both").await["kinds"]["fast"]["used"], json!(5));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
     let Some(db) = TempDatabase::create().await else {
