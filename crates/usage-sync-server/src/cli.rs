@@ -25,7 +25,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the service (HTTP API and sync engine) until SIGTERM or SIGINT.
-    Serve,
+    Serve {
+        /// Start even if the write-ahead log lost records it had made
+        /// durable (a deleted, truncated or zeroed segment, a gap): the
+        /// loss is written to the log output and the lost units are not
+        /// counted. Without it such a start is refused (exit 2).
+        #[arg(long)]
+        accept_log_loss: bool,
+    },
     /// Print the effective settings, where each came from, secrets
     /// redacted; exit non-zero if the configuration is invalid.
     CheckConfig,
@@ -134,7 +141,7 @@ pub fn run() -> ExitCode {
             json: *json,
         });
     }
-    let settings = match configuration::load(cli.config.as_deref()) {
+    let mut settings = match configuration::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("✗ invalid configuration: {e}");
@@ -185,7 +192,8 @@ pub fn run() -> ExitCode {
             Ok(())
         }),
         Command::Status { .. } | Command::Bench { .. } => unreachable!("handled above"),
-        Command::Serve => runtime(|| async {
+        Command::Serve { accept_log_loss } => runtime(|| async {
+            settings.accept_log_loss = accept_log_loss;
             telemetry::init(&settings);
             telemetry::warn_about(&settings);
             let app = Application::build(settings).await?;

@@ -174,6 +174,10 @@ pub struct Settings {
     pub fault_crash_after_commit: Option<u64>,
     /// Test-only fault injection (see `SyncConfig::crash_in_recovery`).
     pub fault_crash_in_recovery: bool,
+    /// `serve --accept-log-loss`: start even if the write-ahead log lost
+    /// records it had made durable, reporting the loss. A command-line
+    /// flag only, for one start: never a setting that stays on.
+    pub accept_log_loss: bool,
     /// `POST /admin/v1/users/{id}/simulate` is enabled (never in production).
     pub enable_simulation: bool,
     pub log_format: LogFormat,
@@ -967,6 +971,7 @@ fn build(
         fsync_interval: dur("fsync_interval")?,
         fault_crash_after_commit,
         fault_crash_in_recovery: boolean("fault_crash_in_recovery")?,
+        accept_log_loss: false,
         enable_simulation: boolean("enable_simulation")?,
         log_format,
         log_level: text("log_level"),
@@ -1128,6 +1133,7 @@ impl Settings {
             dedup_window: self.dedup_window,
             wal: Some(WalConfig {
                 fsync_interval: self.fsync_interval,
+                accept_loss: self.accept_log_loss,
                 ..WalConfig::new(self.data_dir.join("wal"), self.durability)
             }),
             crash_after_commit: self.fault_crash_after_commit,

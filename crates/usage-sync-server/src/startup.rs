@@ -65,6 +65,12 @@ fn open_error(settings: &Settings, e: usage_sync::Error) -> anyhow::Error {
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         );
     }
+    if let usage_sync::Error::Store(usage_sync_store::StoreError::LogDamage(what)) = &e {
+        return anyhow::anyhow!(
+            "the write-ahead log in {}/wal is damaged: {what}",
+            settings.data_dir.display()
+        );
+    }
     anyhow::Error::new(e)
 }
 

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use usage_sync_core::{FlushId, Timestamp};
-use usage_sync_store::wal::codec::{LogRecord, LoggedDecision, encode_owned};
+use usage_sync_store::wal::codec::{LogRecord, LoggedDecision, encode_owned_numbered};
 use usage_sync_store::wal::replay;
 
 fn main() {
@@ -14,6 +14,12 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let period = Timestamp(1_793_491_200_000);
     let mut buf = Vec::with_capacity(80 << 20);
+    // Numbered frames, as the log writes them.
+    let mut frame = 0u64;
+    let mut encode_owned = |rec: &LogRecord, buf: &mut Vec<u8>| {
+        encode_owned_numbered(rec, Some(frame), buf);
+        frame += 1;
+    };
     encode_owned(&LogRecord::CheckpointStart { seq: 1 }, &mut buf);
     encode_owned(&LogRecord::CheckpointEnd, &mut buf);
     let mut rng = fastrand::Rng::with_seed(7);
@@ -62,7 +68,7 @@ fn main() {
     // Warm the page cache, as a restart right after a crash would find it.
     let _ = std::fs::read(&path).unwrap();
     let start = Instant::now();
-    let rec = replay::recover(dir.path()).unwrap();
+    let rec = replay::recover(dir.path(), false).unwrap();
     let took = start.elapsed();
     println!(
         "replay: {} records, {:.1} MiB, {} counters, {} request ids: {:.3} s ({:.2} M records/s)",

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// Data in the store that this version cannot read.
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    /// The write-ahead log lost or garbled records it had made durable.
+    #[error("the write-ahead log is damaged: {0}")]
+    LogDamage(String),
     /// A failure injected by [`crate::FaultyStore`].
     #[error("injected fault: {0}")]
     Injected(&'static str),
@@ -76,7 +79,10 @@ impl StoreError {
             },
             StoreError::Pool(_) => true,
             StoreError::Open { .. } | StoreError::Injected(_) | StoreError::Task(_) => true,
-            StoreError::InvalidUrl(_) | StoreError::Corrupt(_) | StoreError::InUse { .. } => false,
+            StoreError::InvalidUrl(_)
+            | StoreError::Corrupt(_)
+            | StoreError::LogDamage(_)
+            | StoreError::InUse { .. } => false,
         }
     }
 }

@@ -647,3 +647,69 @@ async fn full_disk_heals(mode: &str) {
     bin.signal("TERM");
     assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
 }
+
+/// A log that lost records it had made durable refuses the start (exit 2,
+/// naming the loss and the way out); `serve --accept-log-loss` starts with
+/// what is left and says what was lost.
+#[tokio::test]
+async fn a_damaged_log_refuses_the_start_unless_the_loss_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let r = client
+            .post(format!("{}/v1/consume", bin.address))
+            .body(
+                json!({"user_id": "dmg", "kind": "fast", "request_id": format!("d{i}")})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    bin.signal("TERM");
+    assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
+    // Cut the newest segment in half: its checkpoint is gone.
+    let wal = dir.path().join("wal");
+    let seg = usage_sync_store::wal::list_segments(&wal)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
+    let bytes = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() / 2]).unwrap();
+
+    let refused = Binary::spawn_unready(dir.path(), &[]);
+    assert_eq!(refused.wait(Duration::from_secs(30)).await, Some(2));
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        logs.contains("write-ahead log")
+            && logs.contains("is damaged")
+            && logs.contains("--accept-log-loss"),
+        "{logs}"
+    );
+
+    let accepted = Binary::spawn_with_args(dir.path(), &[], &["--accept-log-loss"]);
+    let ready = eventually(Duration::from_secs(20), || {
+        let client = client.clone();
+        let url = format!("{}/readyz", accepted.address);
+        async move { matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    assert!(ready, "starts with --accept-log-loss");
+    // The units had reached the database at the clean stop.
+    let usage = accepted.get_json("/v1/users/dmg/usage").await;
+    assert_eq!(usage["kinds"]["fast"]["used"], json!(10));
+    accepted.signal("TERM");
+    assert_eq!(accepted.wait(Duration::from_secs(30)).await, Some(0));
+    // The next start is clean again.
+    let again = Binary::start(dir.path(), &[]).await;
+    again.signal("TERM");
+    assert_eq!(again.wait(Duration::from_secs(30)).await, Some(0));
+}

@@ -217,6 +217,11 @@ impl Binary {
 
     /// Starts the binary without waiting for it.
     pub fn spawn_unready(dir: &Path, extra: &[(&str, &str)]) -> Binary {
+        Binary::spawn_with_args(dir, extra, &[])
+    }
+
+    /// Starts `usage-sync serve ARGS…` without waiting for it.
+    pub fn spawn_with_args(dir: &Path, extra: &[(&str, &str)], args: &[&str]) -> Binary {
         let port = free_port();
         let mut env = quiet_env(dir);
         env.insert("USAGE_SYNC_LISTEN".into(), format!("127.0.0.1:{port}"));
@@ -226,6 +231,7 @@ impl Binary {
         let log = std::fs::File::create(dir.join(format!("binary-{port}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_usage-sync"))
             .arg("serve")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env)

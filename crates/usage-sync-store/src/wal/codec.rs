@@ -8,6 +8,14 @@
 //! integers little-endian, strings as one length byte and UTF-8 bytes (ids
 //! are at most 128 bytes, kinds 64).
 //!
+//! **Sequenced segments.** Every segment this version writes starts with a
+//! `CheckpointStart` of tag 9, and every payload in it starts with the
+//! frame's sequence number in the segment (`u64` LE, 0 for that first
+//! frame), then the record. Replay applies them strictly in order: a
+//! repeated number (a frame written twice) is skipped, never applied
+//! twice; a missing number refuses the start. Segments of earlier versions
+//! (tag 7, no numbers) are still read.
+//!
 //! Reading distinguishes a *torn tail* (the last frame of the file was cut
 //! short by a crash or power loss: dropped, reported, never acknowledged)
 //! from *corruption* (a bad frame followed by more data: the start stops
@@ -28,6 +36,8 @@ const T_UNPERSISTED: u8 = 5;
 const T_DEDUP: u8 = 6;
 const T_CHECKPOINT_START: u8 = 7;
 const T_CHECKPOINT_END: u8 = 8;
+/// `CheckpointStart` of a sequenced segment (see the module docs).
+const T_CHECKPOINT_START_SEQUENCED: u8 = 9;
 
 /// The decision stored with a consume (for deduplication after a restart).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,8 +206,8 @@ enum Deltas<'a> {
     Logged(&'a [LoggedDelta]),
 }
 
-fn encode_view(v: &View<'_>, out: &mut Vec<u8>) -> usize {
-    frame(out, |e| match v {
+fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
+    frame(out, seq, |e| match v {
         View::Consume {
             user,
             kind,
@@ -290,16 +300,21 @@ fn encode_view(v: &View<'_>, out: &mut Vec<u8>) -> usize {
             e.u8(*refunded as u8);
             e.i64(*at);
         }
-        View::CheckpointStart { seq } => {
-            e.u8(T_CHECKPOINT_START);
-            e.u64(*seq);
+        View::CheckpointStart { seq: segment } => {
+            e.u8(if seq.is_some() {
+                T_CHECKPOINT_START_SEQUENCED
+            } else {
+                T_CHECKPOINT_START
+            });
+            e.u64(*segment);
         }
         View::CheckpointEnd => e.u8(T_CHECKPOINT_END),
     })
 }
 
-/// Appends one framed record from the ledger. Returns the frame's length.
-pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
+/// Appends one framed record from the ledger, as frame `seq` of its
+/// segment. Returns the frame's length.
+pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
     let view = match rec {
         Record::Consume {
             user,
@@ -373,20 +388,38 @@ pub fn encode_frame(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             at: at.0,
         },
     };
-    encode_view(&view, out)
+    encode_view(&view, Some(seq), out)
 }
 
-/// Appends a checkpoint marker frame: the start of the checkpoint of
-/// segment `seq`, or (`None`) its end.
-pub fn encode_marker(start: Option<u64>, out: &mut Vec<u8>) -> usize {
+/// Appends a checkpoint marker frame, as frame `seq` of its segment: the
+/// start of the checkpoint of segment `segment`, or (`None`) its end.
+pub fn encode_marker(start: Option<u64>, seq: u64, out: &mut Vec<u8>) -> usize {
     match start {
-        Some(seq) => encode_view(&View::CheckpointStart { seq }, out),
-        None => encode_view(&View::CheckpointEnd, out),
+        Some(segment) => encode_view(&View::CheckpointStart { seq: segment }, Some(seq), out),
+        None => encode_view(&View::CheckpointEnd, Some(seq), out),
     }
 }
 
-/// Appends a decoded record (checkpoints re-log intents this way; tests).
+/// The record bytes of a frame (its payload without the sequence number):
+/// what a checkpoint re-logs, under a new number, for an intent.
+pub fn record_body(frame: &[u8], sequenced: bool) -> &[u8] {
+    &frame[HEADER + if sequenced { 8 } else { 0 }..]
+}
+
+/// Appends `body` (see [`record_body`]) as frame `seq`.
+pub fn encode_body(body: &[u8], seq: u64, out: &mut Vec<u8>) -> usize {
+    frame(out, Some(seq), |e| e.0.extend_from_slice(body))
+}
+
+/// Appends a decoded record, unnumbered (the format of segments written
+/// before frames were numbered; intents restored at start-up; tests).
 pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
+    encode_owned_numbered(rec, None, out)
+}
+
+/// Appends a decoded record as frame `seq` of a numbered segment (`None`:
+/// unnumbered).
+pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
     let view = match rec {
         LogRecord::Consume {
             user,
@@ -462,12 +495,15 @@ pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
         LogRecord::CheckpointStart { seq } => View::CheckpointStart { seq: *seq },
         LogRecord::CheckpointEnd => View::CheckpointEnd,
     };
-    encode_view(&view, out)
+    encode_view(&view, seq, out)
 }
 
-fn frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Enc<'_>)) -> usize {
+fn frame(out: &mut Vec<u8>, seq: Option<u64>, body: impl FnOnce(&mut Enc<'_>)) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
+    if let Some(seq) = seq {
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
     body(&mut Enc(out));
     let len = out.len() - start - HEADER;
     let crc = crc32fast::hash(&out[start + HEADER..]);
@@ -596,7 +632,9 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
             refunded: d.bool()?,
             at: Timestamp(d.i64()?),
         },
-        T_CHECKPOINT_START => LogRecord::CheckpointStart { seq: d.u64()? },
+        T_CHECKPOINT_START | T_CHECKPOINT_START_SEQUENCED => {
+            LogRecord::CheckpointStart { seq: d.u64()? }
+        }
         T_CHECKPOINT_END => LogRecord::CheckpointEnd,
         t => return Err(format!("unknown record type {t}")),
     };
@@ -624,10 +662,19 @@ pub enum ScanEnd {
     Corrupt { offset: u64, reason: String },
 }
 
-/// Decodes every frame of `bytes`, calling `f(offset, record)` for each
-/// valid one, and reports how the scan ended. Stops at the first problem.
-pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, LogRecord)) -> ScanEnd {
+/// Whether a segment's first payload opens a sequenced segment: frame
+/// number 0, then the sequenced `CheckpointStart` tag.
+fn opens_sequenced(payload: &[u8]) -> bool {
+    payload.len() > 8 && payload[..8] == [0; 8] && payload[8] == T_CHECKPOINT_START_SEQUENCED
+}
+
+/// Decodes every frame of `bytes`, calling `f(offset, seq, record)` for
+/// each valid one (`seq` is the frame's number in a sequenced segment, see
+/// the module docs), and reports how the scan ended. Stops at the first
+/// problem.
+pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, Option<u64>, LogRecord)) -> ScanEnd {
     let mut o = 0usize;
+    let mut sequenced = None;
     while o < bytes.len() {
         let rest = &bytes[o..];
         // Zeros to the end are the unwritten part of a zero-filled segment.
@@ -683,8 +730,24 @@ pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, LogRecord)) -> ScanEnd {
         if crc32fast::hash(payload) != crc {
             return torn_or_corrupt("checksum mismatch".into(), o + 1);
         }
-        match decode(payload) {
-            Ok(r) => f(o as u64, r),
+        let sequenced = *sequenced.get_or_insert_with(|| opens_sequenced(payload));
+        let (seq, body) = if sequenced {
+            if payload.len() < 8 {
+                return ScanEnd::Corrupt {
+                    offset: o as u64,
+                    reason: "a frame without its sequence number".into(),
+                };
+            }
+            let (n, body) = payload.split_at(8);
+            (
+                Some(u64::from_le_bytes(n.try_into().expect("8 bytes"))),
+                body,
+            )
+        } else {
+            (None, payload)
+        };
+        match decode(body) {
+            Ok(r) => f(o as u64, seq, r),
             Err(e) => {
                 return ScanEnd::Corrupt {
                     offset: o as u64,
@@ -847,7 +910,7 @@ mod tests {
                 encode_owned(r, &mut buf);
             }
             let mut got = Vec::new();
-            let end = scan(&buf, |_, r| got.push(r));
+            let end = scan(&buf, |_, _, r| got.push(r));
             prop_assert_eq!(end, ScanEnd::Clean { end: buf.len() as u64 });
             prop_assert_eq!(got, recs);
         }
@@ -864,7 +927,7 @@ mod tests {
             }
             let cut = cut.index(buf.len());
             let mut got = Vec::new();
-            let end = scan(&buf[..cut], |_, r| got.push(r));
+            let end = scan(&buf[..cut], |_, _, r| got.push(r));
             let whole = ends.iter().filter(|&&e| e <= cut).count();
             prop_assert_eq!(&got[..], &recs[..whole]);
             if ends.contains(&cut) || cut == 0 {
@@ -890,7 +953,7 @@ mod tests {
             let pos = which.index(last_start);
             buf[pos] ^= 1 << bit;
             let frame_start = *starts.iter().rfind(|&&s| s <= pos).unwrap();
-            let end = scan(&buf, |_, _| {});
+            let end = scan(&buf, |_, _, _| {});
             match end {
                 ScanEnd::Corrupt { offset, .. } => prop_assert_eq!(offset as usize, frame_start),
                 ScanEnd::Torn { .. } => {
@@ -930,7 +993,9 @@ mod tests {
                 delta: -3,
             }],
         };
+        // A sequenced segment: its checkpoint start is frame 0.
         let mut buf = Vec::new();
+        encode_marker(Some(1), 0, &mut buf);
         encode_frame(
             &Record::Consume {
                 user: &user,
@@ -941,6 +1006,7 @@ mod tests {
                 decision: &decision,
                 at: Timestamp(11),
             },
+            1,
             &mut buf,
         );
         encode_frame(
@@ -952,10 +1018,11 @@ mod tests {
                 amount: 2,
                 at: Timestamp(12),
             },
+            2,
             &mut buf,
         );
-        encode_frame(&Record::Intent { batch: &batch }, &mut buf);
-        encode_frame(&Record::Done { id: FlushId(99) }, &mut buf);
+        encode_frame(&Record::Intent { batch: &batch }, 3, &mut buf);
+        encode_frame(&Record::Done { id: FlushId(99) }, 4, &mut buf);
         encode_frame(
             &Record::Unpersisted {
                 user: &user,
@@ -963,6 +1030,7 @@ mod tests {
                 period_start: Timestamp(10),
                 units: 7,
             },
+            5,
             &mut buf,
         );
         encode_frame(
@@ -976,15 +1044,22 @@ mod tests {
                 refunded: true,
                 at: Timestamp(11),
             },
+            6,
             &mut buf,
         );
         let mut got = Vec::new();
+        let mut seqs = Vec::new();
         assert_eq!(
-            scan(&buf, |_, r| got.push(r)),
+            scan(&buf, |_, seq, r| {
+                seqs.push(seq);
+                got.push(r)
+            }),
             ScanEnd::Clean {
                 end: buf.len() as u64
             }
         );
+        assert_eq!(seqs, (0..7).map(Some).collect::<Vec<_>>());
+        assert_eq!(got.remove(0), LogRecord::CheckpointStart { seq: 1 });
         let d = LoggedDecision {
             allowed: true,
             used: 4,
@@ -1045,7 +1120,7 @@ mod tests {
         buf.extend_from_slice(&[0u8; 100]);
         let mut n = 0;
         assert_eq!(
-            scan(&buf, |_, _| n += 1),
+            scan(&buf, |_, _, _| n += 1),
             ScanEnd::Clean { end: valid as u64 }
         );
         assert_eq!(n, 1);
@@ -1060,18 +1135,18 @@ mod tests {
         half.truncate(valid + 15);
         half.extend_from_slice(&[0u8; 100]);
         assert!(
-            matches!(scan(&half, |_, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+            matches!(scan(&half, |_, _, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
         );
         // ...and so is garbage left by an interrupted write...
         buf.extend_from_slice(b"garbage");
         assert!(
-            matches!(scan(&buf, |_, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+            matches!(scan(&buf, |_, _, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
         );
         // ...but a valid record after the damage means real data would be
         // skipped: corruption, at the damaged offset.
         encode_owned(&LogRecord::Done { id: FlushId(8) }, &mut buf);
         assert!(
-            matches!(scan(&buf, |_, _| {}), ScanEnd::Corrupt { offset, .. } if offset as usize == valid)
+            matches!(scan(&buf, |_, _, _| {}), ScanEnd::Corrupt { offset, .. } if offset as usize == valid)
         );
     }
 }

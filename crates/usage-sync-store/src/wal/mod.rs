@@ -30,6 +30,7 @@
 
 pub mod codec;
 pub mod lock;
+pub mod manifest;
 pub mod replay;
 
 use std::collections::{HashMap, VecDeque};
@@ -93,6 +94,9 @@ pub struct WalConfig {
     /// A checkpoint (and a new segment) is requested when the current
     /// segment grows past this.
     pub max_segment_bytes: u64,
+    /// Start even if the log lost records it had made durable (see
+    /// [`manifest`]): report the loss and go on (`serve --accept-log-loss`).
+    pub accept_loss: bool,
 }
 
 impl WalConfig {
@@ -102,6 +106,7 @@ impl WalConfig {
             durability,
             fsync_interval: Duration::from_millis(10),
             max_segment_bytes: 64 << 20,
+            accept_loss: false,
         }
     }
 }
@@ -128,6 +133,10 @@ const ZERO_STEP: u64 = 1 << 20;
 /// How often a stalled log (a write failed, typically a full disk)
 /// tries its buffer again.
 pub const STALL_RETRY: Duration = Duration::from_millis(500);
+
+/// How often, at most, the manifest records a new position within a
+/// segment (see [`manifest`]).
+const MANIFEST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Largest buffer kept for reuse after a write (a checkpoint can make one
 /// of many megabytes; that one is dropped).
@@ -163,9 +172,15 @@ struct Shared {
     /// Sequence number the next appended record gets.
     next_lsn: Lsn,
     rotations: VecDeque<Rotation>,
-    /// Encoded frames of batch intents without a `Done` yet, re-logged by
-    /// every checkpoint so a new segment is self-contained.
+    /// Record bytes (see `codec::record_body`) of batch intents without a
+    /// `Done` yet, re-logged by every checkpoint, under new frame numbers,
+    /// so a new segment is self-contained.
     outstanding: HashMap<FlushId, Vec<u8>>,
+    /// Where the next frame goes: its number in the current segment, the
+    /// units the segment's records counted so far (consumes admitted minus
+    /// refunds, checkpoint excluded), and whether the segment's checkpoint
+    /// is complete. Written to the manifest once durable.
+    position: Position,
     /// Bytes appended to the current segment.
     segment_bytes: u64,
     /// Bytes of the checkpoint at the head of the current segment
@@ -213,6 +228,11 @@ pub struct Wal {
     /// The directory's lock (see [`lock`]), held from before the log is
     /// read until [`Wal::close`].
     dir_lock: Mutex<Option<lock::DirLock>>,
+    /// The position after the last successful write (writes are
+    /// serialised), for the syncer to record once it has synced.
+    written_pos: Mutex<Position>,
+    /// The position last recorded in the manifest, and when.
+    manifest: Mutex<(Position, Instant)>,
 }
 
 impl Shared {
@@ -223,6 +243,22 @@ impl Shared {
         let spare = std::mem::take(&mut self.spare);
         std::mem::replace(&mut self.buf, spare)
     }
+}
+
+/// A point in the log: segment, frames in it, the units its records
+/// counted (consumes admitted minus refunds, checkpoint excluded), and
+/// whether its checkpoint is complete. What the manifest records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub segment: u64,
+    pub frames: u64,
+    pub units: i64,
+    pub checkpointed: bool,
+}
+
+/// Units a record counts, as a signed number (amounts are at most 10^9).
+fn units(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
 }
 
 /// The segment the writer thread writes to.
@@ -434,7 +470,7 @@ impl Wal {
         // Before anything is read: another live owner's segments must not
         // be replayed, let alone deleted.
         let dir_lock = lock::DirLock::acquire(&config.dir)?;
-        let recovered = replay::recover(&config.dir)?;
+        let recovered = replay::recover(&config.dir, config.accept_loss)?;
         if let Some(path) = &recovered.interrupted {
             // Nothing but a partial checkpoint (a crash, or a full disk,
             // while writing it): the next checkpoint goes to a segment
@@ -457,6 +493,7 @@ impl Wal {
                 next_lsn: 1,
                 rotations: VecDeque::new(),
                 outstanding: HashMap::new(),
+                position: Position::default(),
                 segment_bytes: 0,
                 checkpoint_bytes: 0,
                 segment_seq: last_seq,
@@ -478,6 +515,8 @@ impl Wal {
             checkpoint_wanted: Notify::new(),
             writer: Mutex::new(None),
             dir_lock: Mutex::new(Some(dir_lock)),
+            written_pos: Mutex::new(Position::default()),
+            manifest: Mutex::new((Position::default(), Instant::now())),
         });
         let w = wal.clone();
         let handle = std::thread::Builder::new()
@@ -516,13 +555,15 @@ impl Wal {
                 },
                 &mut frame,
             );
-            g.outstanding.insert(*id, frame);
+            g.outstanding
+                .insert(*id, codec::record_body(&frame, false).to_vec());
         }
     }
 
     fn push(&self, g: &mut Shared, frame_len: usize) -> Lsn {
         let lsn = g.next_lsn;
         g.next_lsn += 1;
+        g.position.frames += 1;
         g.segment_bytes += frame_len as u64;
         if g.buf.len() == frame_len {
             // The buffer was empty: the writer may be asleep. In `fsync`
@@ -570,22 +611,30 @@ impl Wal {
                 g.segment_bytes = 0;
                 g.checkpoint_bytes = u64::MAX;
                 g.checkpoint_requested = false;
-                let n = codec::encode_marker(Some(seq), &mut g.buf);
+                g.position = Position {
+                    segment: seq,
+                    ..Position::default()
+                };
+                let n = codec::encode_marker(Some(seq), 0, &mut g.buf);
                 self.push(&mut g, n);
-                let frames: Vec<Vec<u8>> = g.outstanding.values().cloned().collect();
-                for f in frames {
-                    g.buf.extend_from_slice(&f);
-                    self.push(&mut g, f.len());
+                let bodies: Vec<Vec<u8>> = g.outstanding.values().cloned().collect();
+                for body in bodies {
+                    let frame_seq = g.position.frames;
+                    let n = codec::encode_body(&body, frame_seq, &mut g.buf);
+                    self.push(&mut g, n);
                 }
             }
             snap.emit(now, &mut |rec| {
                 let mut g = self.shared();
-                let n = codec::encode_frame(&rec, &mut g.buf);
+                let frame_seq = g.position.frames;
+                let n = codec::encode_frame(&rec, frame_seq, &mut g.buf);
                 self.push(&mut g, n);
             });
             let mut g = self.shared();
-            let n = codec::encode_marker(None, &mut g.buf);
+            let frame_seq = g.position.frames;
+            let n = codec::encode_marker(None, frame_seq, &mut g.buf);
             let end = self.push(&mut g, n);
+            g.position.checkpointed = true;
             g.checkpoint_bytes = g.segment_bytes;
             let seq = g.segment_seq;
             g.completed_checkpoints.push((seq, end));
@@ -661,7 +710,7 @@ impl Wal {
     /// Writes the buffer from the calling task if no write is in progress
     /// and nothing in it needs the thread. Returns whether it wrote.
     fn lead_write(&self) -> Result<bool, StoreError> {
-        let (bytes, upto, file) = {
+        let (bytes, upto, file, pos) = {
             let mut g = self.shared();
             if self.failed.load(Ordering::Acquire) {
                 return Err(self.failure_error());
@@ -685,7 +734,7 @@ impl Wal {
                 self.wake.notify_one();
                 return Ok(false);
             };
-            (g.start_write(), g.next_lsn - 1, file)
+            (g.start_write(), g.next_lsn - 1, file, g.position)
         };
         let res = (&*file).write_all(&bytes);
         if let Err(e) = res {
@@ -697,6 +746,7 @@ impl Wal {
         }
         self.segment_end
             .fetch_add(bytes.len() as u64, Ordering::AcqRel);
+        *self.written_pos.lock().unwrap_or_else(|e| e.into_inner()) = pos;
         self.end_write(bytes);
         self.publish_written(upto);
         Ok(true)
@@ -868,6 +918,37 @@ impl Wal {
         self.wake.notify_one();
     }
 
+    /// Records `pos`, now on disk, in the manifest: at most about once a
+    /// second within a segment (the manifest costs two syncs), at once for
+    /// a new segment or when `force`d (close). Never a position inside an
+    /// unfinished checkpoint, and never backwards. A failed manifest write
+    /// is logged and leaves the older manifest, which stays true (it only
+    /// claims less).
+    fn record_durable(&self, pos: Position, force: bool) {
+        if !pos.checkpointed {
+            return;
+        }
+        let mut m = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, at) = &mut *m;
+        if (pos.segment, pos.frames) <= (last.segment, last.frames) {
+            return;
+        }
+        if !force && pos.segment == last.segment && at.elapsed() < MANIFEST_INTERVAL {
+            return;
+        }
+        match manifest::write(&self.config.dir, &pos) {
+            Ok(()) => {
+                *last = pos;
+                *at = Instant::now();
+            }
+            Err(e) => {
+                // Retried at the next durable write, so not before a second.
+                *at = Instant::now();
+                tracing::warn!(target: "flush", error = %e, dir = %self.config.dir.display(), "could not update the write-ahead log manifest; it keeps an older position");
+            }
+        }
+    }
+
     /// A write succeeded after a stall: acknowledgements resume.
     fn heal(&self) {
         if self.failed.load(Ordering::Acquire) && !self.permanent.load(Ordering::Acquire) {
@@ -885,7 +966,7 @@ impl Wal {
         let linger = self.config.durability != Durability::Fsync;
         let positional = self.config.durability == Durability::Fsync;
         loop {
-            let (bytes, rotations, upto, closing, checkpoints) = {
+            let (bytes, rotations, upto, closing, checkpoints, position) = {
                 let mut g = self.shared();
                 while g.buf.is_empty() && !g.closing {
                     g = self.wake.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -925,7 +1006,7 @@ impl Wal {
                     .drain(..)
                     .partition(|&(_, end)| end <= upto);
                 g.completed_checkpoints = later;
-                (bytes, rotations, upto, g.closing, done)
+                (bytes, rotations, upto, g.closing, done, g.position)
             };
             if self.permanent.load(Ordering::Acquire) {
                 self.shared().writing = false;
@@ -1025,11 +1106,13 @@ impl Wal {
             {
                 return self.fail("fdatasync", e);
             }
+            *self.written_pos.lock().unwrap_or_else(|e| e.into_inner()) = position;
             // Clear `writing` before publishing (see `wait_written`).
             self.end_write(bytes);
             self.publish_written(upto);
             if sync_now {
                 self.publish_durable(upto);
+                self.record_durable(position, closing || !checkpoints.is_empty());
             }
             // A checkpoint whose end record is now on disk makes the older
             // segments redundant. (Not at rotation time: the checkpoint may
@@ -1110,6 +1193,7 @@ impl Wal {
             if target <= *self.durable.borrow() {
                 continue;
             }
+            let pos = *self.written_pos.lock().unwrap_or_else(|e| e.into_inner());
             let f = self
                 .current
                 .lock()
@@ -1121,6 +1205,7 @@ impl Wal {
                 return self.fail("fdatasync", e);
             }
             self.publish_durable(target);
+            self.record_durable(pos, false);
         }
     }
 }
@@ -1129,15 +1214,20 @@ impl Journal for Wal {
     fn append(&self, record: Record<'_>) -> Lsn {
         let mut g = self.shared();
         let start = g.buf.len();
-        let n = codec::encode_frame(&record, &mut g.buf);
+        let seq = g.position.frames;
+        let n = codec::encode_frame(&record, seq, &mut g.buf);
         match &record {
             Record::Intent { batch } => {
-                let frame = g.buf[start..].to_vec();
-                g.outstanding.insert(batch.id, frame);
+                let body = codec::record_body(&g.buf[start..], true).to_vec();
+                g.outstanding.insert(batch.id, body);
             }
             Record::Done { id } => {
                 g.outstanding.remove(id);
             }
+            Record::Consume {
+                amount, decision, ..
+            } if decision.allowed => g.position.units += units(*amount),
+            Record::Refund { amount, .. } => g.position.units -= units(*amount),
             _ => {}
         }
         self.push(&mut g, n)

@@ -69,6 +69,10 @@ pub struct Replayer {
     checkpoint_started: bool,
     checkpoint_complete: bool,
     unknown_done: u64,
+    /// Units the segment's own records counted (consumes admitted minus
+    /// refunds, checkpoint excluded), as the writer counts them for the
+    /// manifest.
+    units: i64,
 }
 
 impl Replayer {
@@ -97,6 +101,7 @@ impl Replayer {
                     *s.unpersisted
                         .entry((user.clone(), kind.clone(), period_start))
                         .or_default() += amount as i64;
+                    self.units += amount as i64;
                 }
                 if let Some(rid) = request_id {
                     s.dedup.insert(
@@ -124,6 +129,7 @@ impl Replayer {
                 if amount > 0 {
                     *s.unpersisted.entry((user, kind, period_start)).or_default() -= amount as i64;
                 }
+                self.units -= amount as i64;
                 if let Some(d) = s.dedup.get_mut(&request_id) {
                     d.refunded = true;
                 }
@@ -182,12 +188,75 @@ impl Replayer {
     }
 }
 
-/// Reads the newest complete segment of `dir`.
-pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+/// Reads the newest complete segment of `dir`, and checks it against the
+/// manifest (see [`super::manifest`]): a log that ends before the last
+/// position recorded as durable lost acknowledged records, and the start
+/// is refused unless `accept_loss`, which reports the loss and goes on.
+pub fn recover(dir: &Path, accept_loss: bool) -> Result<Recovered, StoreError> {
+    let manifest = super::manifest::read(dir)?;
+    let (rec, replayed) = recover_segments(dir, accept_loss)?;
+    let Some(m) = manifest else {
+        return Ok(rec);
+    };
+    let loss = match &replayed {
+        None => Some(format!(
+            "{}: no complete segment, but the manifest records segment {} with {} records ({} units) on disk",
+            dir.display(),
+            m.segment,
+            m.frames,
+            m.units
+        )),
+        Some(r) if r.segment < m.segment => Some(format!(
+            "{}: segment {} is missing (the manifest records it with {} records, {} units, on disk); \
+             the newest complete segment is {}",
+            dir.display(),
+            m.segment,
+            m.frames,
+            m.units,
+            r.segment
+        )),
+        Some(r) if r.segment == m.segment && r.frames < m.frames => Some(format!(
+            "{} ends at offset {} after {} records, but the manifest records {} on disk: {} records \
+             and {} units cannot be accounted for",
+            rec.segment
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            rec.bytes,
+            r.frames,
+            m.frames,
+            m.frames - r.frames,
+            m.units - r.units
+        )),
+        _ => None,
+    };
+    match loss {
+        None => Ok(rec),
+        Some(what) if accept_loss => {
+            tracing::error!(target: "flush", loss = %what, "write-ahead log damage accepted (--accept-log-loss): starting with what the log still holds; the lost units are not in the database and are not counted");
+            Ok(rec)
+        }
+        Some(what) => Err(StoreError::LogDamage(format!(
+            "{what}; refusing to start. Restore the log from a backup, or start with \
+             `usage-sync serve --accept-log-loss` to go on without the lost records"
+        ))),
+    }
+}
+
+/// How far a replay got in the segment it chose.
+struct Replayed {
+    segment: u64,
+    frames: u64,
+    units: i64,
+}
+
+fn recover_segments(
+    dir: &Path,
+    accept_loss: bool,
+) -> Result<(Recovered, Option<Replayed>), StoreError> {
     let started = Instant::now();
     let segments = list_segments(dir)?;
     let mut interrupted = None;
-    for (i, (_, path)) in segments.iter().enumerate().rev() {
+    for (i, (segment, path)) in segments.iter().enumerate().rev() {
         let bytes = std::fs::read(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -196,7 +265,28 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         let mut first = true;
         let mut bad_start = false;
         let mut last_progress = Instant::now();
-        let end = codec::scan(&bytes, |offset, rec| {
+        // Frame numbers (sequenced segments): the next one expected, the
+        // repeats skipped, and the first gap.
+        let mut expected = 0u64;
+        let mut repeats = 0u64;
+        let mut gap: Option<(u64, u64, u64)> = None;
+        let end = codec::scan(&bytes, |offset, seq, rec| {
+            if gap.is_some() {
+                return;
+            }
+            if let Some(seq) = seq {
+                if seq < expected {
+                    // Written twice (a frame, or a run of frames): applied
+                    // once.
+                    repeats += 1;
+                    return;
+                }
+                if seq > expected {
+                    gap = Some((offset, expected, seq));
+                    return;
+                }
+                expected += 1;
+            }
             if first {
                 first = false;
                 bad_start = !matches!(rec, LogRecord::CheckpointStart { .. });
@@ -212,16 +302,33 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                 );
             }
         });
+        if repeats > 0 {
+            tracing::warn!(file = %path.display(), frames = repeats, "frames written twice were skipped (each applied once)");
+        }
+        if let Some((offset, want, got)) = gap {
+            let what = format!(
+                "{} at offset {offset}: records {want} to {} are missing (the next record is number {got})",
+                path.display(),
+                got - 1
+            );
+            if !accept_loss {
+                return Err(StoreError::LogDamage(format!(
+                    "{what}; refusing to start. Restore the log from a backup, or start with \
+                     `usage-sync serve --accept-log-loss` to go on without them"
+                )));
+            }
+            tracing::error!(target: "flush", loss = %what, "write-ahead log damage accepted (--accept-log-loss): records after the gap are ignored");
+        }
         let newest = i == segments.len() - 1;
         if bad_start {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::LogDamage(format!(
                 "{}: does not start with a checkpoint",
                 path.display()
             )));
         }
         match &end {
             ScanEnd::Corrupt { offset, reason } => {
-                return Err(StoreError::Corrupt(format!(
+                return Err(StoreError::LogDamage(format!(
                     "{} at offset {offset}: {reason}; refusing to start (move the file away only if its records are known to be in the database)",
                     path.display()
                 )));
@@ -236,11 +343,20 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                 interrupted = Some(path.clone());
                 continue;
             }
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::LogDamage(format!(
                 "{}: checkpoint incomplete in a segment that is not the newest",
                 path.display()
             )));
         }
+        let replayed = Replayed {
+            segment: *segment,
+            frames: if expected > 0 {
+                expected
+            } else {
+                r.state.records
+            },
+            units: r.units,
+        };
         let mut state = r.finish();
         let valid_end = match &end {
             ScanEnd::Clean { end } => *end,
@@ -263,11 +379,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         state.bytes = valid_end;
         state.interrupted = interrupted;
         state.elapsed = started.elapsed();
-        return Ok(state);
+        return Ok((state, Some(replayed)));
     }
-    Ok(Recovered {
-        interrupted,
-        elapsed: started.elapsed(),
-        ..Recovered::default()
-    })
+    Ok((
+        Recovered {
+            interrupted,
+            elapsed: started.elapsed(),
+            ..Recovered::default()
+        },
+        None,
+    ))
 }

@@ -219,7 +219,7 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     // In `fsync` mode the segment is zero-filled ahead of its records, in
     // whole steps of 1 MiB; the records end where the zeros start.
     assert_eq!(good.len() % (1 << 20), 0);
-    let ScanEnd::Clean { end } = codec::scan(&good, |_, _| {}) else {
+    let ScanEnd::Clean { end } = codec::scan(&good, |_, _, _| {}) else {
         panic!("a cleanly halted log ends cleanly");
     };
     let end = end as usize;
@@ -230,7 +230,7 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     // the reported length is exact, and before bytes that are not zero so
     // the zeros after it cannot complete it).
     let mut last = 0;
-    codec::scan(&good, |offset, _| last = offset as usize);
+    codec::scan(&good, |offset, _, _| last = offset as usize);
     let frame = &good[last..end];
     let cut = frame[..20].iter().rposition(|&b| b != 0).unwrap() + 1;
     assert!(frame[cut..].iter().any(|&b| b != 0));
@@ -246,7 +246,7 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     // A flipped byte in the middle of the newest segment's records.
     let seg = segments(dir.path()).pop().unwrap();
     let mut bad = std::fs::read(&seg).unwrap();
-    let ScanEnd::Clean { end } = codec::scan(&bad, |_, _| {}) else {
+    let ScanEnd::Clean { end } = codec::scan(&bad, |_, _, _| {}) else {
         panic!("a cleanly halted log ends cleanly");
     };
     let mid = end as usize / 2;
@@ -265,4 +265,190 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
         err.contains(&seg.display().to_string()) && err.contains("at offset"),
         "{err}"
     );
+}
+
+/// What a start after a damage must do.
+enum Expect {
+    /// Refused, with these words in the error.
+    Refused(&'static [&'static str]),
+    /// Started, with exactly this many units of user `u`.
+    Units(u64),
+}
+
+/// The log a halted engine left after 10 acknowledged units (request ids
+/// `r0`..`r9`), in `batched` mode: the segment, its bytes, and where each
+/// frame starts.
+async fn damaged_log_fixture(dir: &Path) -> (PathBuf, Vec<u8>, Vec<usize>) {
+    let a = open(dir, wal_config(dir, Durability::Batched)).await;
+    for i in 0..10 {
+        a.consume("u", "fast", 1, Some(&format!("r{i}"))).await;
+    }
+    a.engine.halt();
+    let seg = segments(dir).pop().unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let mut frames = Vec::new();
+    let end = codec::scan(&bytes, |offset, seq, _| {
+        assert_eq!(seq, Some(frames.len() as u64), "a sequenced segment");
+        frames.push(offset as usize);
+    });
+    assert_eq!(
+        end,
+        ScanEnd::Clean {
+            end: bytes.len() as u64
+        }
+    );
+    (seg, bytes, frames)
+}
+
+/// Every kind of damage a log can suffer, one case each: the ones that
+/// lose records the log had made durable refuse the start and say where
+/// and how much (the manifest records the durable position outside the
+/// segment); the ones that lose nothing (a frame or a run of frames
+/// written twice, garbage appended) start with exactly the acknowledged
+/// units, each counted once.
+#[tokio::test]
+async fn log_damage_is_refused_or_harmless_case_by_case() {
+    type Damage = fn(&Path, &[u8], &[usize]);
+    let cases: Vec<(&str, Damage, Expect)> = vec![
+        (
+            "truncate inside the last record",
+            |seg, b, f| std::fs::write(seg, &b[..f[f.len() - 1] + 5]).unwrap(),
+            Expect::Refused(&[
+                "records",
+                "units cannot be accounted for",
+                "--accept-log-loss",
+            ]),
+        ),
+        (
+            "truncate in the middle",
+            |seg, b, f| std::fs::write(seg, &b[..f[f.len() / 2]]).unwrap(),
+            Expect::Refused(&["ends at offset", "units cannot be accounted for"]),
+        ),
+        (
+            "flip a byte in the last record",
+            |seg, b, f| {
+                let mut b = b.to_vec();
+                b[f[f.len() - 1] + 14] ^= 0x10;
+                std::fs::write(seg, b).unwrap()
+            },
+            Expect::Refused(&["units cannot be accounted for"]),
+        ),
+        (
+            "flip a byte in the middle",
+            |seg, b, f| {
+                let mut b = b.to_vec();
+                b[f[f.len() / 2] + 14] ^= 0x10;
+                std::fs::write(seg, b).unwrap()
+            },
+            Expect::Refused(&["at offset", "checksum mismatch"]),
+        ),
+        (
+            "zeros from the middle to the end",
+            |seg, b, f| {
+                let mut b = b.to_vec();
+                let mid = f[f.len() / 2];
+                b[mid..].fill(0);
+                std::fs::write(seg, b).unwrap()
+            },
+            Expect::Refused(&["ends at offset", "units cannot be accounted for"]),
+        ),
+        (
+            "delete the segment",
+            |seg, _, _| std::fs::remove_file(seg).unwrap(),
+            Expect::Refused(&["no complete segment", "--accept-log-loss"]),
+        ),
+        (
+            "truncate the checkpoint",
+            |seg, b, f| std::fs::write(seg, &b[..f[1]]).unwrap(),
+            Expect::Refused(&["no complete segment"]),
+        ),
+        (
+            "duplicate the last frame",
+            |seg, b, f| {
+                let mut b = b.to_vec();
+                let last = b[f[f.len() - 1]..].to_vec();
+                b.extend_from_slice(&last);
+                std::fs::write(seg, b).unwrap()
+            },
+            Expect::Units(10),
+        ),
+        (
+            "duplicate a run of frames",
+            |seg, b, f| {
+                let n = f.len();
+                let run = b[f[n - 6]..f[n - 3]].to_vec();
+                let mut out = b[..f[n - 3]].to_vec();
+                out.extend_from_slice(&run);
+                out.extend_from_slice(&b[f[n - 3]..]);
+                std::fs::write(seg, out).unwrap()
+            },
+            Expect::Units(10),
+        ),
+        (
+            "append garbage",
+            |seg, b, _| {
+                let mut b = b.to_vec();
+                b.extend_from_slice(b"\x17garbage that is no frame\xff\x01");
+                std::fs::write(seg, b).unwrap()
+            },
+            Expect::Units(10),
+        ),
+    ];
+    for (name, damage, expect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, bytes, frames) = damaged_log_fixture(dir.path()).await;
+        damage(&seg, &bytes, &frames);
+        let opened = super::try_open_engine(
+            dir.path(),
+            wal_config(dir.path(), Durability::Batched),
+            Arc::new(SystemClock),
+        )
+        .await;
+        match (expect, opened) {
+            (Expect::Refused(words), Err(e)) => {
+                let e = e.to_string();
+                for w in words {
+                    assert!(e.contains(w), "{name}: missing '{w}' in: {e}");
+                }
+                assert!(!e.contains("store unavailable: store task"), "{name}: {e}");
+            }
+            (Expect::Units(n), Ok((engine, store))) => {
+                engine.start();
+                let node = Node { engine, store };
+                assert_eq!(node.used("u", "fast").await, n, "{name}");
+                // Each request id is remembered once: a retry counts nothing.
+                assert_eq!(
+                    node.consume("u", "fast", 1, Some("r9")).await,
+                    (true, true),
+                    "{name}"
+                );
+                node.engine.sync_all().await.unwrap();
+                assert_eq!(node.db("u", "fast").await, n as i64, "{name}");
+                node.engine.halt();
+            }
+            (Expect::Refused(_), Ok(_)) => panic!("{name}: the start must be refused"),
+            (Expect::Units(_), Err(e)) => panic!("{name}: the start must succeed: {e}"),
+        }
+    }
+}
+
+/// With `--accept-log-loss` a damaged log starts with what it still holds,
+/// and the next start (the damage is now behind a new checkpoint) is clean.
+#[tokio::test]
+async fn accepting_the_loss_starts_with_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, bytes, frames) = damaged_log_fixture(dir.path()).await;
+    // Keep the checkpoint and the first four consumes.
+    let kept = frames.len() - 10 + 4;
+    std::fs::write(&seg, &bytes[..frames[kept]]).unwrap();
+    let mut config = wal_config(dir.path(), Durability::Batched);
+    config.wal.as_mut().unwrap().accept_loss = true;
+    let b = open(dir.path(), config).await;
+    assert_eq!(b.used("u", "fast").await, 4);
+    b.engine.halt();
+    let c = open(dir.path(), wal_config(dir.path(), Durability::Batched)).await;
+    assert_eq!(c.used("u", "fast").await, 4);
+    c.engine.sync_all().await.unwrap();
+    assert_eq!(c.db("u", "fast").await, 4);
+    c.engine.halt();
 }
