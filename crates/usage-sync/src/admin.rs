@@ -162,11 +162,19 @@ impl Engine {
         });
         let matched = all.len();
         let limit = q.limit.max(1);
-        let users = all
+        let mut users: Vec<UserUsage> = all
             .into_iter()
             .skip(q.page.max(1).saturating_sub(1).saturating_mul(limit))
             .take(limit)
             .collect();
+        // The page shows the shared count, as the usage route does (one
+        // Redis read per user and kind of the page); sorting, filtering
+        // and the totals use this instance's view.
+        if let Some(t) = self.shared() {
+            for u in &mut users {
+                self.shared_view(t, u).await;
+            }
+        }
         Ok(UserList {
             users,
             matched,

@@ -232,6 +232,23 @@ async fn same_answer_everywhere(inst: &[Instance], users: &[String], used: u64, 
                 (json!(used), json!(limit - used)),
                 "instance {n}, user {u}: {v}"
             );
+            // The admin user list shows the same for the users it returns.
+            let (s, v) = i
+                .send("GET", &format!("/admin/v1/users?search={u}"), None)
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let row = v["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["user_id"] == json!(u))
+                .unwrap_or_else(|| panic!("{u} listed: {v}"))
+                .clone();
+            assert_eq!(
+                row["kinds"]["fast"]["used"],
+                json!(used),
+                "instance {n}: {row}"
+            );
         }
     }
 }
