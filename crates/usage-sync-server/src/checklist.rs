@@ -69,6 +69,18 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
             ),
         },
     );
+    if !s.unknown_env.is_empty() {
+        let list: Vec<String> = s
+            .unknown_env
+            .iter()
+            .map(|(v, c)| format!("{v} (did you mean {c}?)"))
+            .collect();
+        checks.push(fail(
+            "environment",
+            format!("not settings, ignored: {}", list.join(", ")),
+            "fix the variable names (docs/configuration.md lists every setting)",
+        ));
+    }
     checks.push(data_dir_writable(s));
     checks.push(database(s).await);
     if let Some(c) = &s.sharing {

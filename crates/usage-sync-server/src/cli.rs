@@ -25,7 +25,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the service (HTTP API and sync engine) until SIGTERM or SIGINT.
+    /// It listens on USAGE_SYNC_LISTEN (127.0.0.1:8080 by default) and keeps
+    /// its log in USAGE_SYNC_DATA_DIR (./data); two instances need one of
+    /// each of their own.
     Serve {
+        /// Address to listen on, host:port [env: USAGE_SYNC_LISTEN; default
+        /// 127.0.0.1:8080].
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
         /// Start even if the write-ahead log lost records it had made
         /// durable (a deleted, truncated or zeroed segment, a gap): the
         /// loss is written to the log output and the lost units are not
@@ -192,8 +199,17 @@ pub fn run() -> ExitCode {
             Ok(())
         }),
         Command::Status { .. } | Command::Bench { .. } => unreachable!("handled above"),
-        Command::Serve { accept_log_loss } => runtime(|| async {
+        Command::Serve {
+            listen,
+            accept_log_loss,
+        } => runtime(|| async {
             settings.accept_log_loss = accept_log_loss;
+            if let Some(l) = listen {
+                settings.listen = configuration::parse_listen(&l).map_err(|m| {
+                    anyhow::Error::msg(format!("--listen: {m}"))
+                        .context(crate::startup::CannotStart)
+                })?;
+            }
             telemetry::init(&settings);
             telemetry::warn_about(&settings);
             let app = Application::build(settings).await?;

@@ -174,6 +174,10 @@ pub struct Settings {
     pub fault_crash_after_commit: Option<u64>,
     /// Test-only fault injection (see `SyncConfig::crash_in_recovery`).
     pub fault_crash_in_recovery: bool,
+    /// `USAGE_SYNC_*` variables in the environment that no setting reads,
+    /// with the closest known name: warned about at start and by
+    /// check-config.
+    pub unknown_env: Vec<(String, &'static str)>,
     /// `serve --accept-log-loss`: start even if the write-ahead log lost
     /// records it had made durable, reporting the loss. A command-line
     /// flag only, for one start: never a setting that stays on.
@@ -612,14 +616,41 @@ pub fn load_from(
             );
         }
     }
-    build(
+    let mut settings = build(
         profile,
         profile_src,
         preset,
         preset_src,
         raw,
         plans_from_file,
-    )
+    )?;
+    settings.unknown_env = unknown_env(env);
+    Ok(settings)
+}
+
+/// Every variable a setting is read from.
+fn known_env() -> impl Iterator<Item = &'static str> {
+    KEYS.iter()
+        .flat_map(|(_, vars, _)| vars.iter().copied())
+        .chain(SECRET_FILES.iter().map(|(_, v)| *v))
+        .chain(["USAGE_SYNC_ENV", "USAGE_SYNC_PRESET", "USAGE_SYNC_CONFIG"])
+}
+
+/// `USAGE_SYNC_*` variables no setting reads (a typo such as
+/// `USAGE_SYNC_DURABLITY` would otherwise pass without a word), each with
+/// the closest known name. The test suite's own `USAGE_SYNC_TEST_*` are
+/// not settings and are left alone.
+fn unknown_env(env: &BTreeMap<String, String>) -> Vec<(String, &'static str)> {
+    env.keys()
+        .filter(|k| k.starts_with("USAGE_SYNC_") && !k.starts_with("USAGE_SYNC_TEST_"))
+        .filter(|k| !known_env().any(|v| v == k.as_str()))
+        .map(|k| {
+            let closest = known_env()
+                .min_by_key(|v| edit_distance(v, k))
+                .expect("settings exist");
+            (k.clone(), closest)
+        })
+        .collect()
 }
 
 fn parse_profile(v: &str, src: Source) -> Result<Profile, ConfigError> {
@@ -808,12 +839,7 @@ fn build(
         ));
     }
     let listen_text = text("listen");
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        invalid(
-            "listen",
-            format!("'{listen_text}' is not an address like 127.0.0.1:8080"),
-        )
-    })?;
+    let listen = parse_listen(&listen_text).map_err(|m| invalid("listen", m))?;
     let performance_mode = match text("performance_mode").trim() {
         "standard" => PerformanceMode::Standard,
         "optimized" => PerformanceMode::Optimized,
@@ -972,9 +998,10 @@ fn build(
         fault_crash_after_commit,
         fault_crash_in_recovery: boolean("fault_crash_in_recovery")?,
         accept_log_loss: false,
+        unknown_env: Vec::new(),
         enable_simulation: boolean("enable_simulation")?,
         log_format,
-        log_level: text("log_level"),
+        log_level: log_filter(&text("log_level")).map_err(|m| invalid("log_level", m))?,
         kinds,
         default_plan: text("default_plan"),
         plans: plans_from_file.unwrap_or_else(default_plans),
@@ -982,6 +1009,72 @@ fn build(
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// `host:port`, the host an IP address or a name (`localhost:18081`),
+/// resolved once here to the first address it names.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let t = text.trim();
+    if let Ok(a) = t.parse() {
+        return Ok(a);
+    }
+    let shape = || format!("'{t}' is not host:port (for example 127.0.0.1:8080 or localhost:8080)");
+    match t.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(shape()),
+    }
+    t.to_socket_addrs()
+        .map_err(|e| format!("'{t}' cannot be resolved: {e}"))?
+        .next()
+        .ok_or_else(shape)
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter: comma-separated directives, each a level
+/// (`warn`) or `target=level` (`flush=debug`). A bare word that is no
+/// level (`warnn`) would be taken by the filter as a target name and
+/// silence everything else, the warnings included: refused, with the
+/// closest level.
+fn log_filter(raw: &str) -> Result<String, String> {
+    let v = raw.trim();
+    for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match d.split_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("'{d}' names no target before '='")),
+            None if d.contains('[') => continue,
+            None => d,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            let closest = LEVELS
+                .iter()
+                .min_by_key(|l| edit_distance(l, &level.to_ascii_lowercase()))
+                .expect("levels exist");
+            return Err(format!(
+                "'{level}' is not a level (did you mean '{closest}'?): use trace, debug, info, warn, error or off, \
+                 optionally with target=level directives such as info,flush=debug"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(v).map_err(|e| e.to_string())?;
+    Ok(v.to_owned())
+}
+
+/// Levenshtein distance, for "did you mean" hints on short names.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Three quarters of the soft open-files limit (`RLIMIT_NOFILE`, read from
@@ -1526,6 +1619,37 @@ mod tests {
         assert_eq!(s.sync_check_interval, Duration::from_secs(300));
         let s = load_from(None, &env(&[("ENABLE_VERBOSE_LOGGING", "false")])).unwrap();
         assert!(!s.verbose_logging);
+    }
+
+    #[test]
+    fn listen_takes_names_and_typos_are_named() {
+        let s = load_from(None, &env(&[("USAGE_SYNC_LISTEN", "localhost:18081")])).unwrap();
+        assert_eq!(s.listen.port(), 18081);
+        assert!(s.listen.ip().is_loopback());
+        // A misspelt variable is reported with the name it was meant to be.
+        let s = load_from(
+            None,
+            &env(&[
+                ("USAGE_SYNC_DURABLITY", "fsync"),
+                ("USAGE_SYNC_TEST_X", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.unknown_env,
+            vec![("USAGE_SYNC_DURABLITY".to_owned(), "USAGE_SYNC_DURABILITY")]
+        );
+        // A level typo would silence the service: refused with the level meant.
+        let e = load_from(None, &env(&[("USAGE_SYNC_LOG_LEVEL", "warnn")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("USAGE_SYNC_LOG_LEVEL") && e.contains("did you mean 'warn'"),
+            "{e}"
+        );
+        for ok in ["info", "warn,flush=debug", "usage_sync_server=trace", "OFF"] {
+            load_from(None, &env(&[("USAGE_SYNC_LOG_LEVEL", ok)])).unwrap();
+        }
     }
 
     #[test]

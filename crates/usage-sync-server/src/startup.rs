@@ -100,9 +100,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another process, maybe another usage-sync, listens there: choose another \
+                 port with --listen or USAGE_SYNC_LISTEN, and give a second instance its own \
+                 USAGE_SYNC_DATA_DIR too)"
+            } else {
+                " (set another address with --listen or USAGE_SYNC_LISTEN)"
+            };
+            anyhow::Error::new(e)
+                .context(format!("cannot listen on {}{hint}", settings.listen))
+                .context(CannotStart)
+        })?;
         Ok(Application {
             listener,
             settings,

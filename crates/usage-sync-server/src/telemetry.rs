@@ -39,6 +39,9 @@ pub fn init(settings: &Settings) {
 
 /// Logs warnings about settings that are valid but risky.
 pub fn warn_about(settings: &Settings) {
+    for (var, closest) in &settings.unknown_env {
+        tracing::warn!("{var} is not a usage-sync setting and is ignored; did you mean {closest}?");
+    }
     if settings.api_token.is_none() {
         tracing::warn!(
             "USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN are not set: every route is open to anyone who can reach {}",

@@ -478,3 +478,65 @@ async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
     third.signal("TERM");
     assert_eq!(third.wait(Duration::from_secs(30)).await, Some(0));
 }
+
+/// The first hour of a newcomer: a port already taken, a misspelt
+/// variable, a log level typo. Each is said plainly; the ones that cannot
+/// work exit 2.
+#[tokio::test]
+async fn startup_mistakes_are_named_with_the_fix() {
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            std::process::Command::new(bin)
+                .args(["serve", "--listen", &format!("localhost:{port}")])
+                .env("USAGE_SYNC_DATA_DIR", &dir)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("--listen or USAGE_SYNC_LISTEN"),
+        "{err}"
+    );
+    drop(taken);
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .env("USAGE_SYNC_DURABLITY", "fsync")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ environment")
+            && text.contains("USAGE_SYNC_DURABLITY (did you mean USAGE_SYNC_DURABILITY?)"),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin)
+        .arg("serve")
+        .env("USAGE_SYNC_DATA_DIR", dir.path())
+        .env("USAGE_SYNC_LOG_LEVEL", "warnn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean 'warn'"), "{err}");
+    let help = std::process::Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("USAGE_SYNC_LISTEN") && help.contains("--listen"),
+        "{help}"
+    );
+}
