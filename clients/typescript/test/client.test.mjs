@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
@@ -20,6 +20,9 @@ const freePort = () => new Promise(res => {
 });
 
 before(async () => {
+  if (!existsSync(BIN)) {
+    throw new Error(`no usage-sync binary at ${BIN}: build it (cargo build) or set USAGE_SYNC_BIN to its path`);
+  }
   dir = mkdtempSync(join(tmpdir(), "usage-sync-ts-"));
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
@@ -36,11 +39,14 @@ before(async () => {
     },
     stdio: ["ignore", "ignore", "inherit"],
   });
+  let exited = null;
+  server.once("exit", code => { exited = code; });
   for (let i = 0; i < 400; i++) {
+    if (exited !== null) throw new Error(`usage-sync (${BIN}) exited with code ${exited} before it was ready; see its output above`);
     try { if ((await fetch(`${base}/readyz`)).status === 200) return; } catch {}
     await new Promise(r => setTimeout(r, 50));
   }
-  throw new Error("usage-sync did not become ready");
+  throw new Error("usage-sync did not become ready within 20 s");
 });
 
 after(async () => {

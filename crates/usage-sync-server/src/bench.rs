@@ -30,6 +30,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// An error with its causes: reqwest's own words ("error sending request
+/// for url") hide the one that matters ("Connection refused").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    out
+}
+
 /// What one run measured.
 #[derive(Clone, Debug, Default)]
 pub struct BenchResult {
@@ -37,6 +49,9 @@ pub struct BenchResult {
     pub allowed: u64,
     pub denied: u64,
     pub errors: u64,
+    /// The first error of the run, with its cause: an HTTP status and the
+    /// service's code and message, or the connection error.
+    pub first_error: Option<String>,
     pub seconds: f64,
     /// Sorted latencies in microseconds.
     latencies_us: Vec<u32>,
@@ -152,6 +167,7 @@ pub async fn load(args: &BenchArgs, progress: bool) -> BenchResult {
             let url = format!("{}/v1/consume", args.url);
             let mut rng = fastrand::Rng::with_seed(run_id ^ c as u64);
             let (mut allowed, mut denied, mut errors) = (0u64, 0u64, 0u64);
+            let mut first_error: Option<String> = None;
             let mut lat = Vec::with_capacity(1 << 16);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -173,19 +189,35 @@ pub async fn load(args: &BenchArgs, progress: bool) -> BenchResult {
                 match req.send().await {
                     Ok(r) => {
                         let s = r.status().as_u16();
-                        let _ = r.bytes().await;
+                        let body = r.bytes().await.unwrap_or_default();
                         match s {
                             200 => allowed += 1,
                             429 => denied += 1,
-                            _ => errors += 1,
+                            _ => {
+                                errors += 1;
+                                if first_error.is_none() {
+                                    let v: serde_json::Value =
+                                        serde_json::from_slice(&body).unwrap_or_default();
+                                    first_error = Some(format!(
+                                        "{s} {}: {}",
+                                        v["error"]["code"].as_str().unwrap_or("?"),
+                                        v["error"]["message"].as_str().unwrap_or("?")
+                                    ));
+                                }
+                            }
                         }
                     }
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        if first_error.is_none() {
+                            first_error = Some(error_chain(&e));
+                        }
+                    }
                 }
                 lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 sent.fetch_add(1, Ordering::Relaxed);
             }
-            (allowed, denied, errors, lat)
+            (allowed, denied, errors, lat, first_error)
         }));
     }
     let deadline = started + args.duration;
@@ -216,11 +248,12 @@ pub async fn load(args: &BenchArgs, progress: bool) -> BenchResult {
     stop.store(true, Ordering::Relaxed);
     let mut r = BenchResult::default();
     for t in tasks {
-        if let Ok((a, d, e, lat)) = t.await {
+        if let Ok((a, d, e, lat, first)) = t.await {
             r.allowed += a;
             r.denied += d;
             r.errors += e;
             r.latencies_us.extend(lat);
+            r.first_error = r.first_error.or(first);
         }
     }
     r.seconds = started.elapsed().as_secs_f64();
@@ -265,12 +298,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
             Err(e) => {
-                eprintln!("✗ cannot reach {}: {e}", args.url);
+                eprintln!("✗ cannot reach {}: {}", args.url, error_chain(&e));
                 return ExitCode::from(2);
             }
         }
         let before = status(&client, &args).await;
-        let r = load(&args, !args.json).await;
+        // The progress line rewrites itself with `\r`: only on a terminal.
+        let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let r = load(&args, progress).await;
         let after = status(&client, &args).await;
         let (avg, err_pct, per_hour, flushes, units) =
             after.as_ref().map(sync_figures).unwrap_or_default();
@@ -283,7 +318,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         let advice = recommendations(avg, err_pct, r.success_percent(), per_hour, pool);
         if args.json {
             let doc = json!({
-                "requests": r.requests, "allowed": r.allowed, "denied": r.denied, "errors": r.errors,
+                "requests": r.requests, "allowed": r.allowed, "denied": r.denied, "errors": r.errors, "first_error": r.first_error,
                 "seconds": r.seconds, "requests_per_second": r.throughput(),
                 "success_percent": r.success_percent(),
                 "latency_ms": {"p50": r.percentile_ms(0.5), "p90": r.percentile_ms(0.9),
@@ -310,6 +345,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 "requests      {:>12}  ({} allowed, {} denied, {} errors)",
                 r.requests, r.allowed, r.denied, r.errors
             );
+            if let Some(e) = &r.first_error {
+                let _ = writeln!(o, "first error   {e}");
+            }
             let _ = writeln!(o, "throughput    {:>12.0} requests/s", r.throughput());
             let _ = writeln!(o, "success       {:>11.2} %  (answered 200 or 429)", r.success_percent());
             let _ = writeln!(

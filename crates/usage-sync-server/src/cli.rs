@@ -13,7 +13,12 @@ use crate::{shutdown, telemetry};
 /// Meters per-user usage and enforces quotas, in memory, with batched and
 /// exactly-once writes to the database.
 #[derive(Parser, Debug)]
-#[command(name = "usage-sync", version, about, long_about = None)]
+#[command(
+    name = "usage-sync",
+    version,
+    about = "Meter per-user usage and enforce quotas: decides and counts in memory, writes batched, exactly-once deltas to SQLite or PostgreSQL",
+    long_about = None
+)]
 pub struct Cli {
     /// TOML config file (layered between the preset and the environment).
     #[arg(long, global = true, env = "USAGE_SYNC_CONFIG", value_name = "FILE")]

@@ -48,13 +48,22 @@ pub fn run(
     let (status, doc) = match doc {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("✗ cannot reach {url}: {e}");
+            eprintln!("✗ cannot reach {url}: {}", crate::bench::error_chain(&e));
             return ExitCode::from(2);
         }
     };
     if !status.is_success() {
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            if token.is_some() {
+                " (the admin token given is not this instance's)"
+            } else {
+                " (pass the admin token with --token, or set USAGE_SYNC_ADMIN_TOKEN)"
+            }
+        } else {
+            ""
+        };
         eprintln!(
-            "✗ {url} answered {status}: {}",
+            "✗ {url} answered {status}: {}{hint}",
             doc["error"]["message"].as_str().unwrap_or("?")
         );
         return ExitCode::from(2);

@@ -28,8 +28,12 @@ pub fn filter(settings: &Settings) -> EnvFilter {
 
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init(settings: &Settings) {
+    // Colours only on a terminal: in a file or a pipe, escape codes are
+    // noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match settings.log_format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),

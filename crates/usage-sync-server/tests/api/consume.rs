@@ -588,3 +588,24 @@ async fn limits_above_i64_max_are_refused() {
         "{v}"
     );
 }
+
+/// A denial says why: the limit reached, or more asked for than remains.
+#[tokio::test]
+async fn a_429_says_whether_the_limit_is_reached_or_the_amount_too_large() {
+    let app = spawn_app().await;
+    let (s, v) = app.consume("why", "premium", 11).await;
+    assert_eq!((s, v["used"].clone()), (429, json!(0)), "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("11 premium units asked for, but only 10 of the 10"),
+        "{m}"
+    );
+    assert_eq!(app.consume("why", "premium", 10).await.0, 200);
+    let (s, v) = app.consume("why", "premium", 1).await;
+    assert_eq!(s, 429);
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("limit of 10 premium units for this period reached"),
+        "{m}"
+    );
+}

@@ -295,13 +295,28 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
         "wrong".into(),
     ]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("401"), "{err}");
+    assert!(
+        err.contains("401") && err.contains("not this instance's"),
+        "{err}"
+    );
+    // No token at all: the answer says how to give one.
+    let (code, _, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        server.address.clone(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--token"), "{err}");
     let (code, _, err) = run(vec![
         "status".into(),
         "--url".into(),
         "http://127.0.0.1:1".into(),
     ]);
     assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("onnection refused"),
+        "the cause is named: {err}"
+    );
 }
 
 /// Polls `GET /admin/v1/alerts` until `pred` holds (wall time, bounded).

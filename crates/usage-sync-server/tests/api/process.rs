@@ -388,6 +388,37 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("onnection refused"),
+        "the cause is named: {err}"
+    );
+    // A kind the service does not know: every request fails, and the
+    // report says why.
+    let address = server.address.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args([
+                "bench",
+                "--url",
+                &address,
+                "--token",
+                "api",
+                "--kinds",
+                "nope",
+                "--duration",
+                "300ms",
+                "--connections",
+                "1",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("first error   400 unknown_kind"), "{text}");
+    assert!(!text.contains('\r') && !String::from_utf8_lossy(&out.stderr).contains('\r'));
 }
 
 /// A second `serve` on a data dir in use (the natural way around "address

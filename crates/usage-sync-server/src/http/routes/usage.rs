@@ -93,11 +93,19 @@ fn decision_response(
     let error = (!d.allowed).then(|| {
         ApiError::body(
             Code::LimitExceeded,
-            &format!(
-                "limit of {} {} units for this period reached",
-                d.limit.unwrap_or(0),
-                kind.name()
-            ),
+            &match d.remaining {
+                Some(left) if left > 0 => format!(
+                    "{amount} {} units asked for, but only {left} of the {} for this period \
+                     remain; nothing was counted",
+                    kind.name(),
+                    d.limit.unwrap_or(0)
+                ),
+                _ => format!(
+                    "limit of {} {} units for this period reached",
+                    d.limit.unwrap_or(0),
+                    kind.name()
+                ),
+            },
         )
     });
     let status = if d.allowed || deduplicated.is_none() {
