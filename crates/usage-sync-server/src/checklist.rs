@@ -202,11 +202,18 @@ async fn database(s: &Settings) -> Check {
     };
     match tokio::time::timeout(Duration::from_secs(5), store.ping()).await {
         Ok(Ok(())) => pass("database", format!("{url} reachable ({})", store.backend())),
-        Ok(Err(e)) => fail(
-            "database",
-            format!("{url} unreachable: {e}"),
-            "start the database or fix DATABASE_URL",
-        ),
+        Ok(Err(e)) => {
+            use usage_sync_store::StoreError;
+            let fix = match &e {
+                StoreError::Auth(_) => "fix the user or password in DATABASE_URL",
+                StoreError::MissingDatabase(_) => {
+                    "create the database (createdb) or fix its name in DATABASE_URL"
+                }
+                _ => "start the database or fix DATABASE_URL",
+            };
+            // The error names the URL (redacted) and the server's words.
+            fail("database", e.to_string(), fix)
+        }
         Err(_) => fail(
             "database",
             format!("{url} did not answer within 5 s"),

@@ -71,11 +71,41 @@ fn open_error(settings: &Settings, e: usage_sync::Error) -> anyhow::Error {
             settings.data_dir.display()
         );
     }
+    // The store's own message names the URL and the cause; "store
+    // unavailable" in front of a refused login would mislead.
+    if let usage_sync::Error::Store(s) = &e {
+        return anyhow::anyhow!("{s}");
+    }
     anyhow::Error::new(e)
+}
+
+/// Makes sure the data dir exists and is writable, so a file in its place
+/// or a directory without permission stops the start (exit 2) with the
+/// path and the cause, instead of a retry every second forever.
+fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    let probe = dir.join(".usage-sync-write-test");
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b"ok"))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "data dir {} is not a writable directory (USAGE_SYNC_DATA_DIR)",
+                dir.display()
+            )
+        })
 }
 
 /// Opens the engine: migrations, plans, recovery from the log.
 pub async fn open_engine(settings: &Settings) -> Result<Engine, (bool, anyhow::Error)> {
+    prepare_data_dir(settings).map_err(|e| {
+        // A full disk can heal; a file in the way or missing permission
+        // cannot by waiting.
+        let heals = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull);
+        (heals, e)
+    })?;
     let store = open_store(settings).map_err(|e| (true, e))?;
     let (kinds, plans) = settings
         .catalogue()

@@ -11,6 +11,16 @@ pub enum StoreError {
     /// No connection could be had from the pool in time.
     #[error("postgres connection pool: {0}")]
     Pool(String),
+    /// The database server could not be reached (refused, timed out,
+    /// dropped): may heal, retried.
+    #[error("cannot reach the database at {0}")]
+    Unreachable(String),
+    /// The server refused the user or password: waiting will not help.
+    #[error("the database refused the login at {0}")]
+    Auth(String),
+    /// The database named in the URL does not exist.
+    #[error("the database does not exist at {0}")]
+    MissingDatabase(String),
     #[error("cannot open the database at {path}: {source}")]
     Open {
         path: String,
@@ -77,7 +87,8 @@ impl StoreError {
                         || *code == SqlState::LOCK_NOT_AVAILABLE
                 }
             },
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Unreachable(_) => true,
+            StoreError::Auth(_) | StoreError::MissingDatabase(_) => false,
             StoreError::Open { .. } | StoreError::Injected(_) | StoreError::Task(_) => true,
             StoreError::InvalidUrl(_)
             | StoreError::Corrupt(_)

@@ -55,6 +55,38 @@ fn ms(col: &str) -> String {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// The URL with its password redacted, for error messages.
+    url: String,
+}
+
+/// `url` with the password of its user info replaced.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// An error and its causes, one after the other: tokio-postgres says
+/// "db error" and keeps the server's words in its source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !out.ends_with(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        src = s.source();
+    }
+    out
 }
 
 /// Lifts the connection's timeouts for the rest of a transaction.
@@ -116,8 +148,11 @@ impl PostgresStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
-        Ok(PostgresStore { pool })
+            .map_err(|e| StoreError::Pool(format!("{}: {e}", redact_url(url))))?;
+        Ok(PostgresStore {
+            pool,
+            url: redact_url(url),
+        })
     }
 
     /// Pool size and connections currently checked out.
@@ -127,10 +162,39 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+        self.pool.get().await.map_err(|e| self.connect_error(e))
+    }
+
+    /// Why no connection could be had, with the server's own words and the
+    /// URL: unreachable (may heal: retried), authentication refused or the
+    /// database missing (cannot heal by waiting: the start exits 2).
+    fn connect_error(&self, e: deadpool_postgres::PoolError) -> StoreError {
+        use deadpool_postgres::PoolError;
+        let url = &self.url;
+        match &e {
+            PoolError::Backend(pg) => {
+                if let Some(db) = pg.as_db_error() {
+                    let code = db.code().code();
+                    let what = format!("{url}: {} (SQLSTATE {code})", db.message());
+                    if code.starts_with("28") {
+                        return StoreError::Auth(format!(
+                            "{what}; check the user and password in DATABASE_URL"
+                        ));
+                    }
+                    if code == "3D000" {
+                        return StoreError::MissingDatabase(format!(
+                            "{what}; create it (createdb) or fix the database name in DATABASE_URL"
+                        ));
+                    }
+                    return StoreError::Unreachable(what);
+                }
+                StoreError::Unreachable(format!("{url}: {}", chain(pg)))
+            }
+            PoolError::Timeout(_) => StoreError::Unreachable(format!(
+                "{url}: no connection within 5 s ({e}); is the server up and the address right?"
+            )),
+            _ => StoreError::Pool(format!("{url}: {}", chain(&e))),
+        }
     }
 
     async fn apply(&self, batch: &FlushBatch) -> Result<FlushOutcome, StoreError> {

@@ -13,8 +13,11 @@ pub enum Error {
     Core(#[from] CoreError),
     /// The store failed while the operation needed it (loading a user who
     /// is not in memory, an admin change, a manual sync).
+    ///
+    /// Not marked as the error's source: the message already holds the
+    /// store's, and an error chain would print it twice.
     #[error("store unavailable: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The engine cannot answer right now (starting, stopping, sync
     /// disabled).
     #[error("{0}")]
@@ -22,6 +25,12 @@ pub enum Error {
     /// Invalid admin input (unknown plan, bad limits).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
 }
 
 impl Error {

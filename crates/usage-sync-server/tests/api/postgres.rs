@@ -220,3 +220,139 @@ async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
         "postgres outage: {i} requests in 30 s, {acked} units, all persisted {catch_up:?} after it came back"
     );
 }
+
+/// Store errors keep their cause and say what to do: an unknown role and a
+/// missing database are refused logins that waiting cannot heal (exit 2,
+/// the URL with its password redacted, the server's own words); a closed
+/// port is unreachable (retried; readyz stays 503). check-config tells
+/// them apart too.
+#[tokio::test]
+async fn database_errors_name_their_cause_and_the_ones_that_cannot_heal_exit_2() {
+    let Some(_db) = TempDatabase::create().await else {
+        return;
+    };
+    let admin = usage_sync_store::testing::postgres_admin_url();
+    let (scheme, rest) = admin.split_once("://").unwrap();
+    let (auth, hostdb) = rest.split_once('@').unwrap();
+    let host = hostdb.split_once('/').unwrap().0;
+    let secret = auth
+        .split_once(':')
+        .map(|(_, p)| format!(":{p}"))
+        .unwrap_or_default();
+    let cases = [
+        (
+            format!(
+                "{scheme}://nobody_{:x}{secret}@{host}/postgres",
+                fastrand::u32(..)
+            ),
+            "refused the login",
+            "password in DATABASE_URL",
+        ),
+        (
+            format!(
+                "{scheme}://{auth}@{host}/no_such_db_{:x}",
+                fastrand::u32(..)
+            ),
+            "does not exist",
+            "createdb",
+        ),
+    ];
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    for (url, cause, fix) in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::task::spawn_blocking({
+            let (url, dir) = (url.clone(), dir.path().to_owned());
+            move || {
+                std::process::Command::new(bin)
+                    .arg("serve")
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("USAGE_SYNC_DATA_DIR", &dir)
+                    .env("USAGE_SYNC_LISTEN", "127.0.0.1:0")
+                    .env("DATABASE_URL", &url)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains(cause) && err.contains(fix), "{url}: {err}");
+        assert!(
+            !err.contains("db error"),
+            "the server's own words, not 'db error': {err}"
+        );
+        if !secret.is_empty() {
+            assert!(
+                err.contains("<redacted>") && !err.contains(&secret[1..]),
+                "{err}"
+            );
+        }
+        let out = std::process::Command::new(bin)
+            .arg("check-config")
+            .env("USAGE_SYNC_DATA_DIR", dir.path())
+            .env("DATABASE_URL", url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("✗ database") && text.contains(cause) && text.contains(fix),
+            "{text}"
+        );
+    }
+    // A closed port can heal: the service keeps trying and stays unready,
+    // saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::spawn_unready(
+        dir.path(),
+        &[(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/test?connect_timeout=1",
+        )],
+    );
+    let log = dir.path().to_owned();
+    let said = crate::helpers::eventually(Duration::from_secs(20), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_dir(&log)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
+                .any(|e| {
+                    let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    t.contains("cannot reach the database") && t.contains("onnection refused")
+                })
+        }
+    })
+    .await;
+    assert!(said, "the retry says the port refused the connection");
+    let r = reqwest::get(format!("{}/readyz", bin.address))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+}
+
+/// A data dir that is a file cannot heal: exit 2 with the path and the
+/// cause, at once.
+#[tokio::test]
+async fn a_data_dir_that_is_a_file_exits_2_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"))
+        .arg("serve")
+        .env("USAGE_SYNC_DATA_DIR", &file)
+        .env("USAGE_SYNC_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "data dir {} is not a writable directory",
+            file.display()
+        )) && (err.contains("File exists") || err.contains("Not a directory")),
+        "{err}"
+    );
+}
