@@ -69,6 +69,9 @@ pub struct AlertConfig {
     /// `SYNC_PERFORMANCE_MODE=optimized`: the adaptive controller owns the
     /// cadence (and `HighCPUUsage` leaves it to it).
     pub adaptive: bool,
+    /// What 100 % CPU is, in cores: the cgroup quota, else one core
+    /// (`operate::cpu_basis_cores`).
+    pub cpu_cores: f64,
 }
 
 /// One reading of the cumulative counters.
@@ -131,8 +134,10 @@ impl Evaluator {
         let time = last.flush_time.saturating_sub(first.flush_time);
         let wall = last.at.duration_since(first.at).as_secs_f64();
         WindowFigures {
-            avg_flush_ms: if flushes > 0 {
-                time.as_secs_f64() * 1000.0 / flushes as f64
+            // Over every attempt: a database that times out every flush
+            // has no successful flush to average, and must still read slow.
+            avg_flush_ms: if flushes + failures > 0 {
+                time.as_secs_f64() * 1000.0 / (flushes + failures) as f64
             } else {
                 0.0
             },
@@ -142,7 +147,8 @@ impl Evaluator {
                 0.0
             },
             cpu_percent: if wall > 0.0 {
-                ((last.cpu_seconds - first.cpu_seconds) / wall * 100.0).max(0.0)
+                ((last.cpu_seconds - first.cpu_seconds) / wall / self.config.cpu_cores * 100.0)
+                    .max(0.0)
             } else {
                 0.0
             },
@@ -350,7 +356,49 @@ mod tests {
             interval: Duration::from_secs(15),
             webhook: None,
             concurrency_ceiling: 8,
+            cpu_cores: 1.0,
         }
+    }
+
+    /// Under a CPU quota, 100 % is the quota: the process that uses 0.4 of
+    /// a core under a 500m limit is at 80 % and fires `HighCPUUsage`
+    /// (measured against one core it read 40 % and could never reach 80).
+    #[test]
+    fn cpu_is_measured_against_the_quota() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(AlertConfig {
+            cpu_cores: 0.5,
+            cpu_percent: 70.0,
+            ..cfg()
+        });
+        e.observe(reading(t0, 0, 0, 0, 0, 0.0));
+        let fired = e.observe(reading(t0, 10, 0, 0, 0, 4.0));
+        assert!((e.figures().cpu_percent - 80.0).abs() < 1e-9);
+        assert_eq!(
+            fired,
+            vec![Event::Fired {
+                alert: Alert::HighCpuUsage,
+                value: 80.0
+            }]
+        );
+    }
+
+    #[test]
+    fn the_quota_is_read_from_a_cgroup_v2_or_v1_root() {
+        use crate::http::routes::operate::cpu_quota_cores;
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(cpu_quota_cores(root.path()), None, "no cgroup: no quota");
+        std::fs::write(root.path().join("cpu.max"), "50000 100000\n").unwrap();
+        assert_eq!(cpu_quota_cores(root.path()), Some(0.5));
+        std::fs::write(root.path().join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(cpu_quota_cores(root.path()), None, "unlimited");
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::create_dir(v1.path().join("cpu")).unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "150000\n").unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_period_us"), "100000\n").unwrap();
+        assert_eq!(cpu_quota_cores(v1.path()), Some(1.5));
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();
+        assert_eq!(cpu_quota_cores(v1.path()), None);
     }
 
     fn reading(
@@ -377,7 +425,8 @@ mod tests {
         assert!(e.observe(reading(t0, 0, 0, 0, 0, 0.0)).is_empty());
         assert!(e.observe(reading(t0, 15, 100, 1, 1000, 3.0)).is_empty());
         let f = e.figures();
-        assert!((f.avg_flush_ms - 10.0).abs() < 1e-9);
+        // 1 000 ms over 101 attempts, the failed one included.
+        assert!((f.avg_flush_ms - 1000.0 / 101.0).abs() < 1e-9);
         assert!((f.error_rate - 1.0 / 101.0).abs() < 1e-9);
         assert!((f.cpu_percent - 20.0).abs() < 1e-9);
     }

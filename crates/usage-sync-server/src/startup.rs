@@ -245,6 +245,7 @@ impl Application {
             concurrency_ceiling: self.settings.max_concurrent_syncs_ceiling,
             adaptive: self.settings.performance_mode
                 == crate::configuration::PerformanceMode::Optimized,
+            cpu_cores: crate::http::routes::operate::cpu_basis_cores(),
         };
         tokio::spawn(crate::alerts::run(engine.clone(), alert_config, alerts));
         tracing::info!(

@@ -121,7 +121,7 @@ impl Engine {
                 flushes: FlushQueue::new(config.max_concurrent_syncs),
                 config,
                 threshold_wake: Notify::new(),
-                stats: SyncStats::new(),
+                stats: SyncStats::new(started_at),
                 accepting: AtomicBool::new(true),
                 started_at,
                 wal: wal.clone(),

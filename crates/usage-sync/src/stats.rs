@@ -35,8 +35,19 @@ pub struct SyncStatsSnapshot {
     /// Batches whose flush id was already in the store: a retry of a commit
     /// whose acknowledgement was lost. Nothing was applied twice.
     pub already_applied: u64,
+    /// Time spent in flush attempts, successful or not (a timed-out
+    /// attempt counts its whole timeout): a database that times out every
+    /// flush must show as slow, not as idle.
     pub total_flush_time: Duration,
     pub max_flush_time: Duration,
+    /// Users whose counters a successful flush wrote, counted once per
+    /// flush (the original guide's `syncCount`, which counts per-user
+    /// syncs where `flushes` counts batches).
+    pub user_syncs: u64,
+    /// When these statistics started: the engine's start, or the last
+    /// `POST /admin/v1/stats/reset`. Rates such as flushes per hour are
+    /// over the time since.
+    pub since: Option<Timestamp>,
     pub last_flush_at: Option<Timestamp>,
     pub last_error: Option<String>,
     /// Successful flushes per [`FLUSH_BUCKETS`] bucket (not cumulative);
@@ -45,11 +56,23 @@ pub struct SyncStatsSnapshot {
 }
 
 impl SyncStatsSnapshot {
+    /// Average time of a flush attempt, failed and timed-out ones included.
     pub fn avg_flush_ms(&self) -> f64 {
-        if self.flushes == 0 {
+        let attempts = self.flushes + self.failures;
+        if attempts == 0 {
             0.0
         } else {
-            self.total_flush_time.as_secs_f64() * 1000.0 / self.flushes as f64
+            self.total_flush_time.as_secs_f64() * 1000.0 / attempts as f64
+        }
+    }
+
+    /// Successful flushes per hour since [`SyncStatsSnapshot::since`].
+    pub fn flushes_per_hour(&self, now: Timestamp) -> f64 {
+        let secs = self.since.map_or(0.0, |t| now.since(t) as f64 / 1000.0);
+        if secs > 0.0 {
+            self.flushes as f64 * 3600.0 / secs
+        } else {
+            0.0
         }
     }
 
@@ -92,8 +115,9 @@ pub(crate) struct SyncStats {
 }
 
 impl SyncStats {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(since: Timestamp) -> Self {
         let snap = SyncStatsSnapshot {
+            since: Some(since),
             by_trigger: Trigger::ALL
                 .iter()
                 .map(|t| (*t, TriggerStats::default()))
@@ -109,16 +133,19 @@ impl SyncStats {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn success(
         &self,
         trigger: Trigger,
         took: Duration,
         units: i64,
         rows: u64,
+        users: u64,
         already_applied: bool,
         now: Timestamp,
     ) {
         self.with(|s| {
+            s.user_syncs += users;
             let t = &mut s.by_trigger[trigger.index()].1;
             t.flushes += 1;
             t.units += units;
@@ -139,8 +166,10 @@ impl SyncStats {
         })
     }
 
-    pub(crate) fn failure(&self, trigger: Trigger, transient: bool, error: String) {
+    pub(crate) fn failure(&self, trigger: Trigger, took: Duration, transient: bool, error: String) {
         self.with(|s| {
+            s.total_flush_time += took;
+            s.max_flush_time = s.max_flush_time.max(took);
             s.by_trigger[trigger.index()].1.failures += 1;
             s.failures += 1;
             s.transient_failures += transient as u64;
@@ -152,8 +181,9 @@ impl SyncStats {
         self.with(|s| s.clone())
     }
 
-    pub(crate) fn reset(&self) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = SyncStats::new().snapshot();
+    /// Starts the statistics over at `now`.
+    pub(crate) fn reset(&self, now: Timestamp) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = SyncStats::new(now).snapshot();
     }
 }
 
@@ -163,12 +193,13 @@ mod tests {
 
     #[test]
     fn flush_percentiles_are_bucket_upper_bounds() {
-        let s = SyncStats::new();
+        let s = SyncStats::new(Timestamp::EPOCH);
         assert_eq!(s.snapshot().flush_percentile_ms(0.5), None);
         for ms in [2, 2, 2, 40, 40, 40, 40, 40, 40, 700] {
             s.success(
                 Trigger::Check,
                 Duration::from_millis(ms),
+                1,
                 1,
                 1,
                 false,
@@ -179,7 +210,55 @@ mod tests {
         assert_eq!(snap.flush_percentile_ms(0.3), Some(2.5));
         assert_eq!(snap.flush_percentile_ms(0.5), Some(50.0));
         assert_eq!(snap.flush_percentile_ms(0.99), Some(1000.0));
-        s.reset();
+        s.reset(Timestamp::EPOCH);
         assert_eq!(s.snapshot().flush_buckets.iter().sum::<u64>(), 0);
+    }
+
+    /// The monitor as the original guide means it: failed and timed-out
+    /// attempts count in the average flush time, rates run from the last
+    /// reset, and per-user syncs are counted apart from batches.
+    #[test]
+    fn failures_count_in_the_average_and_rates_start_at_the_reset() {
+        let t = |s: i64| Timestamp::EPOCH.saturating_add_ms(s * 1000);
+        let s = SyncStats::new(t(0));
+        s.success(
+            Trigger::Check,
+            Duration::from_millis(100),
+            5,
+            3,
+            3,
+            false,
+            t(1),
+        );
+        s.failure(
+            Trigger::Check,
+            Duration::from_millis(5000),
+            true,
+            "timed out".into(),
+        );
+        let snap = s.snapshot();
+        assert!(
+            (snap.avg_flush_ms() - 2550.0).abs() < 1e-9,
+            "{}",
+            snap.avg_flush_ms()
+        );
+        assert_eq!((snap.flushes, snap.user_syncs), (1, 3));
+        // One flush an hour after the start: 1 per hour.
+        assert!((snap.flushes_per_hour(t(3600)) - 1.0).abs() < 1e-9);
+        // Reset at 6 s: a flush right after is one flush over the time
+        // since the reset, not since the start.
+        s.reset(t(6));
+        s.success(
+            Trigger::Check,
+            Duration::from_millis(10),
+            1,
+            1,
+            1,
+            false,
+            t(7),
+        );
+        let snap = s.snapshot();
+        assert!((snap.flushes_per_hour(t(3606)) - 1.0).abs() < 1e-9);
+        assert_eq!(snap.since, Some(t(6)));
     }
 }

@@ -267,6 +267,7 @@ impl Inner {
                     took,
                     batch.units(),
                     batch.rows() as u64,
+                    batch.users() as u64,
                     out.already_applied,
                     now,
                 );
@@ -297,7 +298,8 @@ impl Inner {
                         format!("flush timed out after {:?}", self.config.sync_timeout),
                     ),
                 };
-                self.stats.failure(trigger, transient, message.clone());
+                self.stats
+                    .failure(trigger, took, transient, message.clone());
                 // Log the first failure and then at 2, 4, 8, ... attempts so
                 // an outage does not flood the log.
                 if attempts == 0 || attempts.is_power_of_two() {
@@ -834,7 +836,7 @@ impl Engine {
     }
 
     pub fn reset_stats(&self) {
-        self.inner.stats.reset();
+        self.inner.stats.reset(self.inner.clock.now());
     }
 
     /// Flushes allowed to run at once right now.

@@ -43,7 +43,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(files.len(), 7, "{files:?}");
     let out = Command::new(&validate)
         .args(["--strict", "-k", "1.34.0"])
         .args(&files)
@@ -52,7 +52,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("passed").count(), 6, "{text}");
+    assert_eq!(text.matches("passed").count(), 7, "{text}");
 
     // The validator does reject a broken manifest (so the pass above means
     // something): a misspelt field under strict validation.
