@@ -50,6 +50,13 @@ pub enum Command {
     CheckConfig,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Exit 0 if the instance at URL answers GET /healthz, 1 otherwise:
+    /// a container health check for images without curl.
+    Healthcheck {
+        /// Base URL of the instance [default: http:// + USAGE_SYNC_LISTEN].
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Show the status of a running instance and its runtime checklist;
     /// exit 1 if a check fails, 2 if the instance cannot be reached.
     Status {
@@ -107,6 +114,18 @@ fn parse_bench_duration(s: &str) -> Result<std::time::Duration, String> {
 /// Runs the CLI; returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck { url } = &cli.command {
+        let settings = configuration::load(cli.config.as_deref()).ok();
+        let url = url
+            .clone()
+            .or_else(|| {
+                settings
+                    .as_ref()
+                    .map(|s| format!("http://127.0.0.1:{}", s.listen.port()))
+            })
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        return crate::status::healthcheck(&url);
+    }
     if let Command::Status { url, token, json } = &cli.command {
         // The local configuration only supplies defaults here; an invalid
         // one must not stop an operator from looking at a remote instance.
@@ -203,7 +222,9 @@ pub fn run() -> ExitCode {
             );
             Ok(())
         }),
-        Command::Status { .. } | Command::Bench { .. } => unreachable!("handled above"),
+        Command::Status { .. } | Command::Bench { .. } | Command::Healthcheck { .. } => {
+            unreachable!("handled above")
+        }
         Command::Serve {
             listen,
             accept_log_loss,

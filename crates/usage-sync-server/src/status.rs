@@ -199,3 +199,32 @@ pub fn render(url: &str, d: &Value) -> (String, bool) {
     }
     (o, all_ok)
 }
+
+/// `usage-sync healthcheck`: GET /healthz within 3 s; exit 0 on 200.
+pub fn healthcheck(url: &str) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let url = format!("{}/healthz", url.trim_end_matches('/'));
+    let ok = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .ok()?;
+        client
+            .get(&url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().is_success())
+    });
+    if ok == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("✗ {url} is not healthy");
+        ExitCode::FAILURE
+    }
+}

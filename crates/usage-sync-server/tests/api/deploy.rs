@@ -151,3 +151,106 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         "systemd-analyze complains about the unit:\n{err}"
     );
 }
+
+/// A lint of the Dockerfile and docker-compose.yml (no image is built
+/// here: the machine has no registry): two stages, the final one holding
+/// only the binary, running as a non-root user, with a health check the
+/// binary itself answers; pinned base images; and a compose file with
+/// PostgreSQL, Redis and two instances that do not share a data volume or
+/// a port, and refuse to start without tokens.
+#[tokio::test]
+async fn the_dockerfile_and_compose_file_pass_their_lint() {
+    let root = deploy_dir().join("..");
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = docker
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
+    assert!(froms[0].ends_with(" AS build"), "{}", froms[0]);
+    for f in &froms {
+        let image = f.split_whitespace().nth(1).unwrap();
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "pinned: {f}"
+        );
+    }
+    let runtime = &lines[lines.iter().position(|l| l == froms[1]).unwrap()..];
+    let copies: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY")).collect();
+    assert_eq!(
+        copies,
+        vec![&"COPY --from=build /src/target/release/usage-sync /usr/local/bin/usage-sync"],
+        "the runtime stage holds the binary only"
+    );
+    let user = runtime
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "non-root: {user}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("ADD ")),
+        "COPY, never ADD (no remote URLs)"
+    );
+    assert!(docker.contains("cargo build --release --locked --bin usage-sync"));
+    assert!(docker.contains("HEALTHCHECK") && docker.contains("\"healthcheck\""));
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l == "target"),
+        "the build context skips target/"
+    );
+    // The health check's command exists and works.
+    let bin = env!("CARGO_BIN_EXE_usage-sync");
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::Binary::start(dir.path(), &[]).await;
+    let check = |url: String| {
+        std::process::Command::new(bin)
+            .args(["healthcheck", "--url", &url])
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(check(server.address.clone()), Some(0));
+    let address = server.address.clone();
+    drop(server);
+    assert_eq!(check(address), Some(1));
+
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    for needle in [
+        "  postgres:",
+        "  redis:",
+        "  usage-sync-a:",
+        "  usage-sync-b:",
+        "\"8081:8080\"",
+        "\"8082:8080\"",
+        "a-data:/var/lib/usage-sync",
+        "b-data:/var/lib/usage-sync",
+        "USAGE_SYNC_API_TOKEN: ${USAGE_SYNC_API_TOKEN:?",
+        "USAGE_SYNC_ADMIN_TOKEN: ${USAGE_SYNC_ADMIN_TOKEN:?",
+        "REDIS_URL: redis://redis:6379",
+        "stop_grace_period: 45s",
+        "condition: service_healthy",
+    ] {
+        assert!(
+            compose.contains(needle),
+            "docker-compose.yml lacks {needle}"
+        );
+    }
+    // Every variable it sets is a real setting.
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    for line in compose.lines() {
+        let t = line.trim();
+        if let Some((k, _)) = t.split_once(':')
+            && (k.starts_with("USAGE_SYNC_") || k == "DATABASE_URL" || k == "REDIS_URL")
+        {
+            assert!(
+                doc.contains(&format!("`{k}`")),
+                "{k} is not a documented setting"
+            );
+        }
+    }
+}
