@@ -33,7 +33,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
             std::env::var_os("CI").is_none(),
             "kubernetes-validate is required in CI (.ci/run installs it)"
         );
-        eprintln!("SKIPPED: kubernetes-validate not installed; run .ci/run");
+        usage_sync_store::testing::skip("kubernetes-validate not installed; run .ci/run");
         return;
     };
     let dir = deploy_dir().join("kubernetes");
@@ -122,7 +122,7 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         assert!(unit.contains(needle), "the unit lacks {needle}");
     }
     let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("SKIPPED systemd-analyze verify: not installed");
+        usage_sync_store::testing::skip("systemd-analyze verify: not installed");
         return;
     };
     assert!(probe.status.success());

@@ -508,7 +508,7 @@ async fn full_disk_heals(mode: &str) {
             std::env::var_os("CI").is_none(),
             "the full-disk test mounts a tmpfs: CI runs as root"
         );
-        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        usage_sync_store::testing::skip("cannot mount a tmpfs (needs root)");
         return;
     }
     let _unmount = Mounted(data.clone());

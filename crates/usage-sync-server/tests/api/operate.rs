@@ -518,7 +518,9 @@ async fn the_dashboard_works_in_headless_chromium() {
             "the browser test needs node, {chromium} and `npm ci` in {}",
             browser_dir.display()
         );
-        eprintln!("SKIPPED: node, chromium or tests/browser/node_modules missing; run .ci/run");
+        usage_sync_store::testing::skip(
+            "node, chromium or tests/browser/node_modules missing; run .ci/run",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -274,7 +274,7 @@ async fn the_typescript_client_passes_its_tests_against_the_real_binary() {
             std::env::var_os("CI").is_none(),
             "Node 18+ is required in CI"
         );
-        eprintln!("SKIPPED: Node 18+ not found");
+        usage_sync_store::testing::skip("Node 18+ not found");
         return;
     }
     let out = tokio::task::spawn_blocking(move || {

@@ -43,7 +43,9 @@ async fn redis_available(url: &str) -> bool {
             std::env::var_os("CI").is_none(),
             "Redis at {url} is required in CI"
         );
-        eprintln!("SKIPPED: Redis not reachable at {url}; run .ci/run or start it");
+        usage_sync_store::testing::skip(&format!(
+            "Redis not reachable at {url}; run .ci/run or start it"
+        ));
     }
     ok
 }
@@ -59,7 +61,7 @@ fn redis_server_installed() -> bool {
             std::env::var_os("CI").is_none(),
             "redis-server is required in CI"
         );
-        eprintln!("SKIPPED: redis-server is not installed; run .ci/run");
+        usage_sync_store::testing::skip("redis-server is not installed; run .ci/run");
     }
     ok
 }
