@@ -296,13 +296,23 @@ fn print_config(s: &Settings) {
     // the exit code still tells whether the configuration is valid.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "usage-sync effective configuration\n");
-    let _ = writeln!(out, "  {:<24} {:<40} source", "setting", "value");
-    for (key, value) in s.redacted() {
+    let rows = s.redacted();
+    // Columns as wide as their longest entry, so long keys and values
+    // (a database URL) do not push the sources out of line.
+    let kw = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0).max(7);
+    let vw = rows
+        .iter()
+        .map(|(_, v)| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(5, 60);
+    let _ = writeln!(out, "  {:<kw$} {:<vw$} source", "setting", "value");
+    for (key, value) in rows {
         let source = s
             .sources
             .get(key)
             .map_or_else(|| "default".to_owned(), |src| src.to_string());
-        let _ = writeln!(out, "  {key:<24} {value:<40} {source}");
+        let _ = writeln!(out, "  {key:<kw$} {value:<vw$} {source}");
     }
 }
 

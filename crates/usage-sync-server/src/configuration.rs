@@ -674,9 +674,22 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    text.parse::<toml::Table>().map_err(|e| ConfigError::File {
-        path: path.to_owned(),
-        message: e.to_string(),
+    text.parse::<toml::Table>().map_err(|e| {
+        let mut message = e.to_string();
+        // TOML has no null: `fast = null` reads as a malformed number.
+        if text.lines().any(|l| {
+            l.split_once('=')
+                .is_some_and(|(_, v)| v.trim().trim_end_matches(['}', ',']).trim() == "null")
+                || l.contains("= null")
+        }) {
+            message.push_str(
+                "\nTOML has no null: write an unlimited limit as \"unlimited\" (fast = \"unlimited\")",
+            );
+        }
+        ConfigError::File {
+            path: path.to_owned(),
+            message,
+        }
     })
 }
 
@@ -873,7 +886,15 @@ fn build(
     };
     let redis_url = secret("redis_url");
     let mode = match get("sharing").map(|(v, _)| v.trim()) {
-        None | Some("") => redis_url.as_ref().map(|_| SharingMode::Redis),
+        None | Some("") => {
+            // Chosen by REDIS_URL: say so where check-config shows sources.
+            if redis_url.is_some()
+                && let Some(src) = sources.get("redis_url").cloned()
+            {
+                sources.insert("sharing", src);
+            }
+            redis_url.as_ref().map(|_| SharingMode::Redis)
+        }
         Some("none") => None,
         Some("redis") => Some(SharingMode::Redis),
         Some("lease") => Some(SharingMode::Lease),
@@ -1619,6 +1640,24 @@ mod tests {
         assert_eq!(s.sync_check_interval, Duration::from_secs(300));
         let s = load_from(None, &env(&[("ENABLE_VERBOSE_LOGGING", "false")])).unwrap();
         assert!(!s.verbose_logging);
+    }
+
+    #[test]
+    fn redis_url_is_the_source_of_sharing_and_toml_null_gets_a_hint() {
+        let s = load_from(None, &env(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap();
+        assert_eq!(
+            s.sources["sharing"].to_string(),
+            s.sources["redis_url"].to_string()
+        );
+        assert!(s.sources["sharing"].to_string().contains("REDIS_URL"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[plans.free]\nlimits = { premium = 5, fast = null }\n").unwrap();
+        let e = load_from(Some(&f), &env(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("write an unlimited limit as \"unlimited\""),
+            "{e}"
+        );
     }
 
     #[test]
