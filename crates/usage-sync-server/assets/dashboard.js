@@ -8,12 +8,39 @@ const WINDOW = 300; // points kept (5 minutes at 1 s)
 const triggers = ["threshold", "check", "heartbeat", "session_end", "guarantee", "shutdown", "manual", "recovery"];
 const results = ["allowed", "denied", "deduplicated"];
 
+// Colours that mean something: allowed green, denied red; the rest from a
+// palette that avoids both.
+const COLOURS = { allowed: "#2e8b57", denied: "#c0392b", deduplicated: "#7f8c8d" };
+const PALETTE = ["#2b7bba", "#8e44ad", "#d68910", "#16a085", "#5d6d7e", "#a04000", "#1f618d", "#7d3c98"];
+
 function makeChart(id, names) {
   const el = document.getElementById(id);
   const opts = {
     width: Math.max(360, el.clientWidth || 400), height: 180,
-    series: [{}].concat(names.map((n, i) => ({ label: n, stroke: `hsl(${(i * 137) % 360} 65% 45%)`, width: 1.5 }))),
-    axes: [{}, {}],
+    series: [{
+      label: "time",
+      value: (u, v) => {
+        const d = u.data[0];
+        const last = v ?? (d && d.length ? d[d.length - 1] : null);
+        return last == null ? "" : new Date(last * 1000).toLocaleTimeString();
+      },
+    }].concat(names.map((n, i) => ({
+      label: n,
+      stroke: COLOURS[n] || PALETTE[i % PALETTE.length],
+      width: 1.5,
+      // The legend shows the newest value, not "--" when the cursor is
+      // not over the chart.
+      value: (u, v) => {
+        const d = u.data[i + 1];
+        const last = v ?? (d && d.length ? d[d.length - 1] : null);
+        return last == null ? "" : (Math.round(last * 10) / 10).toString();
+      },
+    }))),
+    // Rates and counts start at 0: an axis from the smallest value up
+    // makes a flat line look like a cliff.
+    scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    // Wide enough for "10,000" and more.
+    axes: [{}, { size: 64 }],
   };
   const data = [[]].concat(names.map(() => []));
   return { plot: new uPlot(opts, data, el), data };
@@ -64,7 +91,7 @@ function render(s) {
   const banner = document.getElementById("banner");
   if (s.alerts && s.alerts.length) {
     banner.className = "firing";
-    banner.textContent = "Firing: " + s.alerts.map(a => a.name + (a.action ? " → " + a.action : "")).join(", ");
+    banner.textContent = "Firing: " + s.alerts.map(a => a.alert + (a.action ? " → " + a.action : "")).join(", ");
   } else {
     banner.className = "";
     banner.textContent = "No alerts firing";

@@ -588,6 +588,16 @@ async fn the_dashboard_works_in_headless_chromium() {
         "the token leaves the address bar: {v}"
     );
     assert_eq!(v["csp_violations"], json!([]), "{v}");
+    assert_eq!(v["top_header"], json!("userpending units"), "{v}");
+    assert_eq!(v["y_min"], json!(0), "rates start at 0: {v}");
+    assert!(
+        v["legend_values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x != "--"),
+        "legends show values, not --: {v}"
+    );
     assert!(v["points"]["consumes"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["points"]["flushes"].as_u64().unwrap() >= 2, "{v}");
     assert!(v["max_allowed_per_s"].as_f64().unwrap() > 0.0, "{v}");

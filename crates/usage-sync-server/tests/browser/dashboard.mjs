@@ -35,6 +35,9 @@ try {
   out.max_allowed_per_s = await page.evaluate(() => Math.max(...window.dashboard.charts.consumes.data[1]));
   out.banner = await page.textContent("#banner");
   out.top_rows = await page.locator("#top tbody tr").count();
+  out.top_header = (await page.textContent("#top thead")).trim();
+  out.legend_values = await page.$$eval(".u-legend .u-value", els => els.map(e => e.textContent));
+  out.y_min = await page.evaluate(() => window.dashboard.charts.consumes.plot.scales.y.min);
   out.canvases = await page.locator("canvas").count();
   await page.fill("#user", user);
   await page.click("#lookup button");
@@ -42,6 +45,9 @@ try {
   out.lookup_status = Number(await page.getAttribute("#diagnose", "data-status"));
   out.lookup = JSON.parse(await page.textContent("#diagnose"));
   out.external_requests = requests.filter(u => !u.startsWith(base));
+  // For docs/dashboard.png: DASHBOARD_WAIT_MS=60000 keeps the page open
+  // (under load) long enough to draw a minute of points.
+  if (process.env.DASHBOARD_WAIT_MS) await page.waitForTimeout(Number(process.env.DASHBOARD_WAIT_MS));
   await page.screenshot({ path: shot, fullPage: true });
   out.page_errors = await page.evaluate(() => window.dashboard.lastError);
 } finally {
