@@ -81,13 +81,33 @@ impl BenchResult {
     }
 }
 
+/// What a run's grade weighs besides the flush figures.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    pub p99_ms: f64,
+    /// The instance logs a line per request (`USAGE_SYNC_VERBOSE_LOGGING`).
+    pub verbose_logging: bool,
+}
+
 /// The grade of the product this replaces: A unless the average flush
 /// takes more than 1 s, or more than 1 % of flushes fail, or fewer than
-/// 99 % of requests succeed (B); 3 s, 5 %, 95 % for C.
-pub fn grade(avg_flush_ms: f64, flush_error_percent: f64, success_percent: f64) -> char {
-    if avg_flush_ms > 3000.0 || flush_error_percent > 5.0 || success_percent < 95.0 {
+/// 99 % of requests succeed, or the consume p99 passes 10 ms, or the
+/// instance logs every request (B); 3 s, 5 %, 95 %, 50 ms for C.
+pub fn grade(
+    avg_flush_ms: f64,
+    flush_error_percent: f64,
+    success_percent: f64,
+    serving: Serving,
+) -> char {
+    let p99 = serving.p99_ms;
+    if avg_flush_ms > 3000.0 || flush_error_percent > 5.0 || success_percent < 95.0 || p99 > 50.0 {
         'C'
-    } else if avg_flush_ms > 1000.0 || flush_error_percent > 1.0 || success_percent < 99.0 {
+    } else if avg_flush_ms > 1000.0
+        || flush_error_percent > 1.0
+        || success_percent < 99.0
+        || p99 > 10.0
+        || serving.verbose_logging
+    {
         'B'
     } else {
         'A'
@@ -101,8 +121,20 @@ pub fn recommendations(
     success_percent: f64,
     flushes_per_hour: f64,
     pool_in_use: Option<(u64, u64)>,
+    serving: Serving,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    if serving.verbose_logging {
+        out.push(
+            "verbose logging writes a line per request: set USAGE_SYNC_VERBOSE_LOGGING=false (the production profile does)".into(),
+        );
+    }
+    if serving.p99_ms > 10.0 {
+        out.push(format!(
+            "consume p99 {:.1} ms: fewer connections per instance, more instances, or check CPU (status process.cpu_percent)",
+            serving.p99_ms
+        ));
+    }
     if flushes_per_hour > 3600.0 {
         out.push(format!(
             "{flushes_per_hour:.0} flushes per hour: raise USAGE_SYNC_THRESHOLD or the check and heartbeat intervals so each flush carries more units"
@@ -314,8 +346,15 @@ pub fn run(args: BenchArgs) -> ExitCode {
             let p = &s["store"]["pool"];
             Some((p["size"].as_u64()?, p["in_use"].as_u64()?))
         });
-        let g = grade(avg, err_pct, r.success_percent());
-        let advice = recommendations(avg, err_pct, r.success_percent(), per_hour, pool);
+        let serving = Serving {
+            p99_ms: r.percentile_ms(0.99),
+            verbose_logging: after
+                .as_ref()
+                .and_then(|s| s["verbose_logging"].as_bool())
+                .unwrap_or(false),
+        };
+        let g = grade(avg, err_pct, r.success_percent(), serving);
+        let advice = recommendations(avg, err_pct, r.success_percent(), per_hour, pool, serving);
         if args.json {
             let doc = json!({
                 "requests": r.requests, "allowed": r.allowed, "denied": r.denied, "errors": r.errors, "first_error": r.first_error,
@@ -396,21 +435,62 @@ mod tests {
 
     #[test]
     fn grades_follow_the_original_thresholds() {
-        assert_eq!(grade(10.0, 0.0, 100.0), 'A');
-        assert_eq!(grade(1000.0, 1.0, 99.0), 'A', "limits are inclusive");
-        assert_eq!(grade(1001.0, 0.0, 100.0), 'B');
-        assert_eq!(grade(10.0, 1.5, 100.0), 'B');
-        assert_eq!(grade(10.0, 0.0, 98.0), 'B');
-        assert_eq!(grade(3001.0, 0.0, 100.0), 'C');
-        assert_eq!(grade(10.0, 6.0, 100.0), 'C');
-        assert_eq!(grade(10.0, 0.0, 90.0), 'C');
-        let r = recommendations(1500.0, 0.0, 100.0, 7200.0, Some((3, 3)));
+        let fast = Serving {
+            p99_ms: 2.0,
+            verbose_logging: false,
+        };
+        assert_eq!(grade(10.0, 0.0, 100.0, fast), 'A');
+        assert_eq!(grade(1000.0, 1.0, 99.0, fast), 'A', "limits are inclusive");
+        assert_eq!(grade(1001.0, 0.0, 100.0, fast), 'B');
+        assert_eq!(grade(10.0, 1.5, 100.0, fast), 'B');
+        assert_eq!(grade(10.0, 0.0, 98.0, fast), 'B');
+        assert_eq!(grade(3001.0, 0.0, 100.0, fast), 'C');
+        assert_eq!(grade(10.0, 6.0, 100.0, fast), 'C');
+        assert_eq!(grade(10.0, 0.0, 90.0, fast), 'C');
+        // p99 and logging weigh too: 47 ms with verbose logging is no A.
+        let slow = Serving {
+            p99_ms: 47.0,
+            verbose_logging: true,
+        };
+        assert_eq!(grade(10.0, 0.0, 100.0, slow), 'B');
+        assert_eq!(
+            grade(
+                10.0,
+                0.0,
+                100.0,
+                Serving {
+                    p99_ms: 51.0,
+                    ..fast
+                }
+            ),
+            'C'
+        );
+        assert_eq!(
+            grade(
+                10.0,
+                0.0,
+                100.0,
+                Serving {
+                    verbose_logging: true,
+                    ..fast
+                }
+            ),
+            'B'
+        );
+        let advice = recommendations(10.0, 0.0, 100.0, 0.0, None, slow);
+        assert!(
+            advice
+                .iter()
+                .any(|a| a.contains("USAGE_SYNC_VERBOSE_LOGGING=false"))
+        );
+        assert!(advice.iter().any(|a| a.contains("p99 47.0 ms")));
+        let r = recommendations(1500.0, 0.0, 100.0, 7200.0, Some((3, 3)), fast);
         assert_eq!(r.len(), 3, "{r:?}");
         assert!(r[0].contains("USAGE_SYNC_THRESHOLD"));
         assert!(r[1].contains("USAGE_SYNC_TIMEOUT"));
         assert!(r[2].contains("USAGE_SYNC_DB_POOL_SIZE"));
         assert_eq!(
-            recommendations(5.0, 0.0, 100.0, 10.0, None),
+            recommendations(5.0, 0.0, 100.0, 10.0, None, fast),
             ["nothing to change"]
         );
     }

@@ -531,6 +531,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "running": engine.is_accepting(),
         "uptime_seconds": uptime_s,
         "profile": state.info.profile,
+        "verbose_logging": state.verbose,
         "preset": state.info.preset,
         "durability": state.info.durability,
         "sharing": sharing_json(engine),
