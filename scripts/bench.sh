@@ -154,7 +154,7 @@ for k in http:
              f"{st.median(x['p50'] for x in v):.2f} | {st.median(x['p99'] for x in v):.2f} | {sum(x['err'] for x in v)} | {s} |")
 def ratio(a, b):
     return med[a] / med[b] if a in med and b in med else float("nan")
-L.append("\nRatios (targets from issue 6 in brackets):\n")
+L.append("\nRatios (goals in brackets):\n")
 for a, b, t in [("usage-sync fsync", "SQLite UPDATE per request, FULL", "≥ 10×"),
                 ("usage-sync batched", "SQLite UPDATE per request, NORMAL", "≥ 2×"),
                 ("usage-sync on PostgreSQL", "PostgreSQL UPDATE per request", "≥ 8×"),
