@@ -682,12 +682,7 @@ async fn a_damaged_log_refuses_the_start_unless_the_loss_is_accepted() {
 
     let refused = Binary::spawn_unready(dir.path(), &[]);
     assert_eq!(refused.wait(Duration::from_secs(30)).await, Some(2));
-    let logs: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs: String = crate::helpers::binary_logs(dir.path());
     assert!(
         logs.contains("write-ahead log")
             && logs.contains("is damaged")

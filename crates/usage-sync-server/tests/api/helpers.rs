@@ -245,6 +245,18 @@ impl Binary {
         }
     }
 
+    /// `POST /v1/consume` on the binary (no token); the status code.
+    pub async fn consume(&self, user: &str, kind: &str, amount: u64) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/v1/consume", self.address))
+            .body(json!({"user_id": user, "kind": kind, "amount": amount}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// `GET path` on the binary, as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         reqwest::get(format!("{}{path}", self.address))
@@ -284,4 +296,14 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Everything the binaries started in `dir` wrote to stderr.
+pub fn binary_logs(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
 }

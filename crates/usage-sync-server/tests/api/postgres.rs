@@ -315,14 +315,8 @@ async fn database_errors_name_their_cause_and_the_ones_that_cannot_heal_exit_2()
     let said = crate::helpers::eventually(Duration::from_secs(20), || {
         let log = log.clone();
         async move {
-            std::fs::read_dir(&log)
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
-                .any(|e| {
-                    let t = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    t.contains("cannot reach the database") && t.contains("onnection refused")
-                })
+            let t = crate::helpers::binary_logs(&log);
+            t.contains("cannot reach the database") && t.contains("onnection refused")
         }
     })
     .await;

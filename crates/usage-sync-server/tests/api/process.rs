@@ -430,22 +430,7 @@ async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
     let dir = tempfile::tempdir().unwrap();
     let first = Binary::start(dir.path(), &[]).await;
     let pid = first.child.id();
-    let client = reqwest::Client::new();
-    let consume = |n: u64| {
-        let client = client.clone();
-        let url = format!("{}/v1/consume", first.address);
-        async move {
-            client
-                .post(url)
-                .body(json!({"user_id": "owner", "kind": "fast", "amount": n}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(consume(20).await, 200);
+    assert_eq!(first.consume("owner", "fast", 20).await, 200);
     let segments = |d: &std::path::Path| {
         let mut v: Vec<_> = std::fs::read_dir(d.join("wal"))
             .unwrap()
@@ -461,12 +446,7 @@ async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
     let second = Binary::spawn_unready(dir.path(), &[]);
     let code = second.wait(Duration::from_secs(30)).await;
     assert_eq!(code, Some(2), "a second serve on one data dir exits 2");
-    let logs: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("binary-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs: String = crate::helpers::binary_logs(dir.path());
     let expected = format!("data dir {} is in use (pid {pid})", dir.path().display());
     assert!(logs.contains(&expected), "missing '{expected}' in:\n{logs}");
     assert_eq!(segments(dir.path()), before, "the live log was not touched");
@@ -494,7 +474,7 @@ async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
     assert_eq!(segments(dir.path()), before);
 
     // The owner kept serving, and stops with every unit in the database.
-    assert_eq!(consume(5).await, 200);
+    assert_eq!(first.consume("owner", "fast", 5).await, 200);
     first.signal("TERM");
     assert_eq!(first.wait(Duration::from_secs(30)).await, Some(0));
     assert_eq!(
