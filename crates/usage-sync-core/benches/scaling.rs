@@ -144,8 +144,12 @@ fn main() {
         // UUID-shaped ids (36 bytes), as the docs tell clients to send.
         let ids: Vec<RequestId> = (0..n)
             .map(|i| {
-                RequestId::parse(&format!("{:08x}-0000-4000-8000-{:012x}", i, i as u64 * 7919))
-                    .unwrap()
+                RequestId::parse(&format!(
+                    "{:08x}-0000-4000-8000-{:012x}",
+                    i,
+                    i as u64 * 7919
+                ))
+                .unwrap()
             })
             .collect();
         let rss0 = rss_bytes();

@@ -258,6 +258,27 @@ impl Slot {
 /// Sentinel for "no limit" inside a slot.
 const UNLIMITED: u64 = u64::MAX;
 
+// Conversions between the signed counters (units can go negative after
+// refunds) and the unsigned figures clients see, written once so no `as`
+// cast can wrap a number a client chose (the crate denies those casts).
+
+/// A counter shown to a client: negative (after refunds) reads as 0.
+fn shown(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A limit or threshold compared with a signed counter. Limits are at
+/// most `i64::MAX` (`quota::validate_limit`); a larger one is no limit.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A kind index as stored beside a stale counter (kinds are at most
+/// `u16::MAX`, `Kinds::new`).
+fn kind_index(k: usize) -> u16 {
+    u16::try_from(k).expect("kinds are at most u16::MAX")
+}
+
 /// The profile of users no admin has configured (almost all of them), so
 /// they do not pay for an allocated profile.
 const DEFAULT_PROFILE: UserProfile = UserProfile {
@@ -336,7 +357,7 @@ impl UserEntry {
                 };
                 let old = std::mem::replace(slot, next);
                 if !old.is_clean() {
-                    self.stale.push((k as u16, old));
+                    self.stale.push((kind_index(k), old));
                 }
             }
             self.period_start = r.period_start;
@@ -381,7 +402,7 @@ impl UserEntry {
     }
 
     fn decision(&self, kind: usize, allowed: bool) -> Decision {
-        let used = self.current[kind].used().max(0) as u64;
+        let used = shown(self.current[kind].used());
         let limit = self.current[kind].limit();
         Decision {
             allowed,
@@ -940,7 +961,7 @@ impl Ledger {
         }
         Ok(Quota {
             limit: s.limit(),
-            used: s.used().max(0) as u64,
+            used: shown(s.used()),
             period_start: e.period_start,
             period_end: e.period_end,
         })
@@ -1023,12 +1044,12 @@ impl Ledger {
             return Err(CoreError::NotResident);
         }
         e.last_activity = now;
-        let amount = amount.get() as i64;
+        let amount = amount.signed();
         let used = e.current[k].used();
         let next = used.checked_add(amount).ok_or(CoreError::Overflow)?;
         let allowed = granted
             || match e.current[k].limit() {
-                Some(limit) => next <= limit as i64,
+                Some(limit) => next <= signed(limit),
                 None => true,
             };
         let mut threshold_reached = false;
@@ -1039,10 +1060,10 @@ impl Ledger {
             let slot = &mut e.current[k];
             let near_limit = self.near_limit_percent.is_some_and(|p| {
                 slot.limit().is_some_and(|l| {
-                    l > 0 && (slot.used().max(0) as u128) * 100 >= l as u128 * p as u128
+                    l > 0 && u128::from(shown(slot.used())) * 100 >= u128::from(l) * u128::from(p)
                 })
             });
-            if (slot.pending >= self.threshold as i64 || near_limit) && !e.threshold_queued {
+            if (slot.pending >= signed(self.threshold) || near_limit) && !e.threshold_queued {
                 e.threshold_queued = true;
                 shard.threshold.push(e.id.clone());
                 threshold_reached = true;
@@ -1058,7 +1079,7 @@ impl Ledger {
                 user: &e.id,
                 kind,
                 period_start: e.period_start,
-                amount: amount as u64,
+                amount: shown(amount),
                 request_id,
                 decision: &decision,
                 at: now,
@@ -1068,7 +1089,7 @@ impl Ledger {
         Ok(ConsumeOutcome {
             user: e.id.clone(),
             kind: *kind,
-            amount: amount as u64,
+            amount: shown(amount),
             decision,
             deduplicated: false,
             threshold_reached,
@@ -1096,7 +1117,7 @@ impl Ledger {
             return Err(CoreError::NotResident);
         }
         let allowed = match e.current[k].limit() {
-            Some(limit) => e.current[k].used().saturating_add(amount.get() as i64) <= limit as i64,
+            Some(limit) => e.current[k].used().saturating_add(amount.signed()) <= signed(limit),
             None => true,
         };
         Ok(e.decision(k, allowed))
@@ -1203,14 +1224,14 @@ impl Ledger {
             let k = kind.index();
             let had = e.has_units();
             match e.slot_mut(k, period_start) {
-                Some(slot) => slot.pending -= amount as i64,
+                Some(slot) => slot.pending -= signed(amount),
                 None => {
                     let mut slot = Slot::unloaded(period_start, None);
-                    slot.pending = -(amount as i64);
-                    e.stale.push((k as u16, slot));
+                    slot.pending = -signed(amount);
+                    e.stale.push((kind_index(k), slot));
                 }
             }
-            shard.totals.change(had, e.has_units(), -(amount as i64), 0);
+            shard.totals.change(had, e.has_units(), -signed(amount), 0);
             e.last_activity = now;
             Shard::mark_dirty(&mut shard.dirty, e, now);
         }
@@ -1276,7 +1297,7 @@ impl Ledger {
                 let d = e.decision(kind.index(), true);
                 KindUsage {
                     kind: *kind,
-                    persisted: s.persisted.max(0) as u64,
+                    persisted: shown(s.persisted),
                     pending: s.pending + s.in_flight,
                     in_flight: s.in_flight,
                     used: d.used,
@@ -1314,7 +1335,7 @@ impl Ledger {
                 let used = rows
                     .iter()
                     .find(|row| row.kind == kind.index() && row.period_start == r.period_start)
-                    .map_or(0, |row| row.used.max(0) as u64);
+                    .map_or(0, |row| shown(row.used));
                 let limit = r.limits[kind.index()];
                 KindUsage {
                     kind: *kind,
@@ -1604,7 +1625,7 @@ impl Ledger {
                 s.persisted = after;
                 s.loaded = true;
                 s.flushing = false;
-                if s.pending >= self.threshold as i64 && !e.threshold_queued {
+                if s.pending >= signed(self.threshold) && !e.threshold_queued {
                     e.threshold_queued = true;
                     shard.threshold.push(e.id.clone());
                     due = true;
@@ -1861,7 +1882,7 @@ impl Ledger {
             in_flight += r.in_flight;
             if e.slot_mut(r.kind, r.period_start).is_none() {
                 e.stale
-                    .push((r.kind as u16, Slot::unloaded(r.period_start, None)));
+                    .push((kind_index(r.kind), Slot::unloaded(r.period_start, None)));
             }
             let slot = e.slot_mut(r.kind, r.period_start).expect("just ensured");
             slot.pending += r.pending;

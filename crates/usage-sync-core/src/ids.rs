@@ -134,14 +134,22 @@ impl Units {
     /// Accepts 1..=1e9. Takes an `i128` so callers can pass whatever integer
     /// they parsed (negative or huge) and get the same error.
     pub fn parse(n: i128) -> Result<Self, CoreError> {
-        if n < 1 || n > MAX_AMOUNT as i128 {
+        if n < 1 || n > i128::from(MAX_AMOUNT) {
             return Err(CoreError::InvalidAmount(n));
         }
-        Ok(Units(n as u64))
+        u64::try_from(n)
+            .map(Units)
+            .map_err(|_| CoreError::InvalidAmount(n))
     }
 
     pub fn get(self) -> u64 {
         self.0
+    }
+
+    /// The amount as a signed delta: lossless, as amounts are at most
+    /// [`MAX_AMOUNT`].
+    pub fn signed(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
     }
 }
 
@@ -208,7 +216,8 @@ impl Kinds {
                 return Err(format!("duplicate kind '{n}'"));
             }
             all.push(Kind {
-                index: i as u16,
+                // At most u16::MAX kinds, checked above.
+                index: u16::try_from(i).map_err(|_| "too many kinds".to_owned())?,
                 name: Box::leak(n.to_owned().into_boxed_str()),
             });
         }

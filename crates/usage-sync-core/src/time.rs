@@ -114,7 +114,12 @@ impl Timestamp {
         if rest != "Z" && rest != "z" && rest != "+00:00" {
             return Err(bad());
         }
-        let days = days_from_civil(y, mo as u32, d as u32);
+        // Month and day were checked to 1..=12 and 1..=31 above.
+        let (mo, d) = (
+            u32::try_from(mo).map_err(|_| bad())?,
+            u32::try_from(d).map_err(|_| bad())?,
+        );
+        let days = days_from_civil(y, mo, d);
         Ok(Timestamp(
             days * MS_PER_DAY + ((h * 60 + mi) * 60 + se) * 1000 + millis,
         ))
@@ -134,7 +139,7 @@ impl fmt::Display for Timestamp {
             let mut b = *b"0000-00-00T00:00:00.000Z";
             let mut put = |at: usize, width: usize, mut v: i64| {
                 for i in (at..at + width).rev() {
-                    b[i] = b'0' + (v % 10) as u8;
+                    b[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
                     v /= 10;
                 }
             };
@@ -183,8 +188,10 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let y = yoe + era * 400;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // Day of month 1..=31 and month 1..=12 by construction of the
+    // algorithm (H. Hinnant's civil_from_days).
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).expect("a day of month");
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).expect("a month");
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
