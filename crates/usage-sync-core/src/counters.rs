@@ -74,6 +74,11 @@ pub struct LedgerConfig {
     pub threshold: u64,
     /// How long a request id is remembered, in milliseconds.
     pub dedup_window_ms: i64,
+    /// Most request ids remembered at once (spread over the shards). A
+    /// consume with a new id past it is refused, counting nothing
+    /// ([`CoreError::RequestIdsFull`]): memory stays bounded, and an id is
+    /// never forgotten early (which could count a retry twice).
+    pub max_request_ids: usize,
     /// Random bits that make flush ids unique across processes.
     pub instance_nonce: u64,
     /// When set, a counter whose usage reached this percentage of its
@@ -90,6 +95,7 @@ impl Default for LedgerConfig {
             shards: 64,
             threshold: 5,
             dedup_window_ms: 24 * 3600 * 1000,
+            max_request_ids: usize::MAX,
             instance_nonce: 0,
             near_limit_percent: None,
         }
@@ -648,6 +654,8 @@ pub struct Ledger {
     threshold: u64,
     near_limit_percent: Option<u8>,
     dedup_window_ms: i64,
+    /// `max_request_ids` per dedup shard (rounded up).
+    max_ids_per_shard: usize,
     shard_hasher: RandomState,
     shard_mask: usize,
     shards: Box<[Padded<Mutex<Shard>>]>,
@@ -713,6 +721,7 @@ impl Ledger {
             threshold: config.threshold.max(1),
             near_limit_percent: config.near_limit_percent,
             dedup_window_ms: config.dedup_window_ms,
+            max_ids_per_shard: config.max_request_ids.div_ceil(n).max(1),
             shard_hasher,
             shard_mask: n - 1,
             shards,
@@ -1003,8 +1012,14 @@ impl Ledger {
                 lsn: rec.lsn,
             });
         }
-        let out = self.consume_locked(user, kind, amount, Some(rid), now, granted)?;
         dedup.expire(now, self.dedup_window_ms);
+        // A shared tier (granted) has admitted the units already: they are
+        // counted whatever the table holds, and it asked first
+        // (`request_conflict`).
+        if !granted && dedup.map.len() >= self.max_ids_per_shard {
+            return Err(CoreError::RequestIdsFull);
+        }
+        let out = self.consume_locked(user, kind, amount, Some(rid), now, granted)?;
         dedup.map.insert(
             rid.clone(),
             DedupRecord {
@@ -1124,8 +1139,9 @@ impl Ledger {
     }
 
     /// `Err(RequestIdConflict)` if `request_id` is remembered for another
-    /// (user, kind, amount): a shared tier asks before it admits anything,
-    /// so a conflicting id never reaches Redis.
+    /// (user, kind, amount), `Err(RequestIdsFull)` if it is new and the
+    /// table is full: a shared tier asks before it admits anything, so such
+    /// an id never reaches Redis.
     pub fn request_conflict(
         &self,
         request_id: &RequestId,
@@ -1134,12 +1150,18 @@ impl Ledger {
         amount: Units,
         now: Timestamp,
     ) -> Result<(), CoreError> {
-        let dedup = lock(&self.dedup[self.index_of(request_id.as_str())].0);
+        let mut dedup = lock(&self.dedup[self.index_of(request_id.as_str())].0);
         match dedup.map.get(request_id.as_str()) {
             Some(rec) if now.since(rec.at) < self.dedup_window_ms => {
                 rec.conflict(request_id.as_str(), user, kind, amount.get())
             }
-            _ => Ok(()),
+            _ => {
+                dedup.expire(now, self.dedup_window_ms);
+                if dedup.map.len() >= self.max_ids_per_shard {
+                    return Err(CoreError::RequestIdsFull);
+                }
+                Ok(())
+            }
         }
     }
 

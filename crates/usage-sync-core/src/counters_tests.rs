@@ -181,6 +181,58 @@ fn a_request_id_reused_for_another_request_conflicts_and_counts_nothing() {
     assert_eq!(pending(&l, "alice", "fast"), 0);
 }
 
+/// The table of remembered ids has a bound: past it, a consume with a
+/// new id is refused and counts nothing; a repeat of a remembered id is
+/// still answered (never counted twice); once ids leave the window, new
+/// ones are taken again.
+#[test]
+fn remembered_request_ids_are_bounded_and_never_forgotten_early() {
+    let (kinds, plans) = default_catalogue();
+    let l = Ledger::new(
+        kinds,
+        plans,
+        LedgerConfig {
+            shards: 1,
+            max_request_ids: 3,
+            dedup_window_ms: 1000,
+            ..LedgerConfig::default()
+        },
+    );
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let fast = kind(&l, "fast");
+    let rid = |i: u32| RequestId::parse(&format!("r{i}")).unwrap();
+    for i in 0..3 {
+        assert!(
+            !l.consume("u", &fast, Units::ONE, Some(&rid(i)), T0)
+                .unwrap()
+                .deduplicated
+        );
+    }
+    assert_eq!(
+        l.consume("u", &fast, Units::ONE, Some(&rid(3)), T0),
+        Err(CoreError::RequestIdsFull)
+    );
+    assert_eq!(
+        l.request_conflict(&rid(3), "u", &fast, Units::ONE, T0),
+        Err(CoreError::RequestIdsFull)
+    );
+    assert!(
+        l.consume("u", &fast, Units::ONE, Some(&rid(0)), T0)
+            .unwrap()
+            .deduplicated
+    );
+    // Without an id, consumes go on.
+    assert!(consume(&l, "u", "fast", 1, T0).decision.allowed);
+    assert_eq!(pending(&l, "u", "fast"), 4);
+    let later = T0.saturating_add_ms(1000);
+    assert!(
+        !l.consume("u", &fast, Units::ONE, Some(&rid(3)), later)
+            .unwrap()
+            .deduplicated
+    );
+    assert_eq!(l.dedup_entries(), 1);
+}
+
 #[test]
 fn request_id_dedups_within_window_and_refund_once() {
     let l = ledger(1000);

@@ -35,6 +35,13 @@ pub enum CoreError {
     /// what differs.
     #[error("{0}")]
     RequestIdConflict(String),
+    /// The table of remembered request ids is full: a consume with a new
+    /// id counts nothing until older ids expire.
+    #[error(
+        "the service remembers as many request ids as it may (USAGE_SYNC_MAX_REQUEST_IDS) and \
+         takes no new one until older ones leave the dedup window; nothing was counted: retry later"
+    )]
+    RequestIdsFull,
     #[error("the counter would overflow")]
     Overflow,
 }

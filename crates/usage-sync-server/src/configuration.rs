@@ -168,6 +168,8 @@ pub struct Settings {
     /// 0 in the settings means three quarters of the open-files limit.
     pub max_connections: usize,
     pub dedup_window: Duration,
+    /// Most request ids remembered at once (about 240 bytes each).
+    pub max_request_ids: usize,
     pub durability: Durability,
     pub fsync_interval: Duration,
     /// Test-only fault injection (see `SyncConfig::crash_after_commit`).
@@ -336,6 +338,11 @@ const KEYS: &[(&str, &[&str], Ty)] = &[
         Ty::Count,
     ),
     ("dedup_window", &["USAGE_SYNC_DEDUP_WINDOW"], Ty::Duration),
+    (
+        "max_request_ids",
+        &["USAGE_SYNC_MAX_REQUEST_IDS"],
+        Ty::Count,
+    ),
     ("durability", &["USAGE_SYNC_DURABILITY"], Ty::Text),
     (
         "fsync_interval",
@@ -410,6 +417,7 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("body_timeout", "10s"),
         ("max_connections", "0"),
         ("dedup_window", "24h"),
+        ("max_request_ids", "1000000"),
         ("durability", durability),
         ("fsync_interval", "10ms"),
         ("fault_crash_in_recovery", "false"),
@@ -1014,6 +1022,8 @@ fn build(
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
         dedup_window: dur("dedup_window")?,
+        max_request_ids: usize::try_from(count("max_request_ids", 1, 1_000_000_000)?)
+            .unwrap_or(usize::MAX),
         durability,
         fsync_interval: dur("fsync_interval")?,
         fault_crash_after_commit,
@@ -1245,6 +1255,7 @@ impl Settings {
             batch_size: self.batch_size,
             max_cached_users: self.max_cached_users,
             dedup_window: self.dedup_window,
+            max_request_ids: self.max_request_ids,
             wal: Some(WalConfig {
                 fsync_interval: self.fsync_interval,
                 accept_loss: self.accept_log_loss,
@@ -1414,6 +1425,7 @@ impl Settings {
             ("body_timeout", format_duration(self.body_timeout)),
             ("max_connections", self.max_connections.to_string()),
             ("dedup_window", format_duration(self.dedup_window)),
+            ("max_request_ids", self.max_request_ids.to_string()),
             ("durability", self.durability.as_str().to_owned()),
             ("fsync_interval", format_duration(self.fsync_interval)),
             (

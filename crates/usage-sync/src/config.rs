@@ -41,6 +41,9 @@ pub struct SyncConfig {
     pub threshold_linger: Duration,
     /// How long a request id is remembered.
     pub dedup_window: Duration,
+    /// Most request ids remembered at once; a consume with a new id past
+    /// it answers 503 and counts nothing (see `LedgerConfig`).
+    pub max_request_ids: usize,
     /// First retry delay after a failed flush; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -83,6 +86,7 @@ impl Default for SyncConfig {
             max_cached_users: 1_000_000,
             threshold_linger: Duration::from_millis(100),
             dedup_window: Duration::from_secs(24 * 3600),
+            max_request_ids: 1_000_000,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             flush_id_retention: Duration::from_secs(7 * 24 * 3600),

@@ -100,6 +100,7 @@ impl Engine {
                 shards: 64,
                 threshold: config.force_sync_threshold,
                 dedup_window_ms: config.dedup_window.as_millis() as i64,
+                max_request_ids: config.max_request_ids,
                 instance_nonce: fastrand::u64(..),
                 near_limit_percent: config.near_limit_flush_percent,
             },

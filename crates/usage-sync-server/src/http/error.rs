@@ -98,6 +98,9 @@ impl From<CoreError> for ApiError {
             CoreError::RequestIdConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, Code::RequestIdConflict, msg)
             }
+            CoreError::RequestIdsFull => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, msg)
+            }
             CoreError::NotResident => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, msg)
             }

@@ -609,3 +609,56 @@ async fn a_429_says_whether_the_limit_is_reached_or_the_amount_too_large() {
         "{m}"
     );
 }
+
+/// `USAGE_SYNC_MAX_REQUEST_IDS` bounds the remembered ids (kept per shard
+/// of the table, 64 shards: a bound of 1 remembers at most 64). Past it a
+/// consume with a new id is a 503 that counts nothing; a repeat of a
+/// remembered id and a consume without an id are served; the metrics say
+/// how full the table is.
+#[tokio::test]
+async fn past_the_request_id_bound_a_new_id_is_a_503_that_counts_nothing() {
+    let app = spawn_app_with(&[("USAGE_SYNC_MAX_REQUEST_IDS", "1")]).await;
+    let (mut accepted, mut refused) = (Vec::new(), 0u64);
+    for i in 0..65 {
+        let body = json!({"user_id": "u", "kind": "fast", "request_id": format!("r-{i}")});
+        let (s, v) = app.post("/v1/consume", &body).await;
+        match s {
+            200 => accepted.push(format!("r-{i}")),
+            503 => {
+                assert_eq!(v["error"]["code"], json!("unavailable"), "{v}");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.contains("USAGE_SYNC_MAX_REQUEST_IDS"), "{msg}");
+                refused += 1;
+            }
+            _ => panic!("{s} {v}"),
+        }
+    }
+    // 65 ids into at most 64 places: at least one was refused.
+    assert!(refused >= 1 && accepted.len() <= 64, "{refused} refused");
+    let used = accepted.len() as u64;
+    assert_eq!(app.usage("u").await["kinds"]["fast"]["used"], json!(used));
+    let repeat = json!({"user_id": "u", "kind": "fast", "request_id": accepted[0]});
+    let (s, v) = app.post("/v1/consume", &repeat).await;
+    assert_eq!((s, v["deduplicated"].clone()), (200, json!(true)), "{v}");
+    assert_eq!(app.consume("u", "fast", 1).await.0, 200);
+    assert_eq!(
+        app.usage("u").await["kinds"]["fast"]["used"],
+        json!(used + 1)
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("usage_sync_request_ids_remembered {used}\n"))
+            && metrics.contains("usage_sync_request_ids_limit 1\n"),
+        "{metrics}"
+    );
+    app.sync_all().await;
+    assert_eq!(app.db("u", "fast").await, used as i64 + 1);
+}

@@ -324,6 +324,28 @@ pub fn render(engine: &Engine) -> String {
         "Users with units not yet in the store.",
     );
     let _ = writeln!(o, "usage_sync_users_active {}", t.users_with_pending);
+    metric(
+        &mut o,
+        "request_ids_remembered",
+        "gauge",
+        "Request ids inside the dedup window.",
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_request_ids_remembered {}",
+        engine.ledger().dedup_entries()
+    );
+    metric(
+        &mut o,
+        "request_ids_limit",
+        "gauge",
+        "Most request ids remembered at once; a consume with a new id past it is refused (503).",
+    );
+    let _ = writeln!(
+        o,
+        "usage_sync_request_ids_limit {}",
+        engine.config().max_request_ids
+    );
     if let Some(sh) = engine.sharing() {
         metric(
             &mut o,
