@@ -645,15 +645,7 @@ async fn past_the_request_id_bound_a_new_id_is_a_503_that_counts_nothing() {
         app.usage("u").await["kinds"]["fast"]["used"],
         json!(used + 1)
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(&format!("usage_sync_request_ids_remembered {used}\n"))
             && metrics.contains("usage_sync_request_ids_limit 1\n"),

@@ -125,6 +125,18 @@ impl TestApp {
         .await
     }
 
+    /// The Prometheus text of `GET /metrics` (no token configured).
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn usage(&self, user: &str) -> Value {
         let (s, v) = self.get(&format!("/v1/users/{user}/usage")).await;
         assert_eq!(s, 200, "{v}");

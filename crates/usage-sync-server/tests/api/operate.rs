@@ -388,15 +388,7 @@ async fn high_sync_latency_raises_flush_concurrency() {
         .clone();
     assert_eq!(a["action"], json!("scale_up"));
     assert!(a["value"].as_f64().unwrap() > 100.0);
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("usage_sync_alert_firing{alert=\"HighSyncLatency\"} 1"),
         "{metrics}"
