@@ -1,5 +1,7 @@
 //! Latency percentiles of consume under two-thread contention on one user,
-//! and memory per tracked (user, kind) at one million users.
+//! memory per tracked (user, kind) at one million users, and memory per
+//! remembered request id at 1 M and 10 M ids (`REQUEST_IDS_MAX=1000000`
+//! to stop at 1 M).
 //!
 //! `cargo bench -p usage-sync-core --bench hot_path` prints a small table;
 //! docs/benchmarks.md records it.
@@ -142,4 +144,108 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     contention();
     memory();
+    request_ids();
+}
+
+/// A UUID-shaped request id (36 bytes), as the docs tell clients to send.
+fn uuid_like(i: usize) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", i, i as u64 * 7919)
+}
+
+/// The layout before fingerprints: the whole id, the user's id and the
+/// whole decision per remembered request, plus an expiry queue entry.
+#[allow(dead_code)]
+struct WholeRecord {
+    lsn: Option<u64>,
+    user: UserId,
+    kind: usize,
+    amount: u64,
+    period_start: Timestamp,
+    decision: (bool, u64, Option<u64>, Option<u64>, Timestamp),
+    refunded: bool,
+    at: Timestamp,
+}
+
+/// Memory per remembered request id, allocator-counted: the ledger's
+/// table against whole ids and decisions in one map (the layout before
+/// fingerprints), same run; and the expiry of all of them.
+fn request_ids() {
+    use std::collections::{HashMap, VecDeque};
+    use usage_sync_core::RequestId;
+    let max: usize = std::env::var("REQUEST_IDS_MAX")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    println!();
+    println!(
+        "| request ids remembered | ledger: live heap per id | whole ids and decisions (baseline): live heap per id | ratio | expiry of all of them, one heartbeat |"
+    );
+    println!("|---|---|---|---|---|");
+    let users: Vec<UserId> = (0..1000)
+        .map(|i| UserId::parse(&format!("user-{i:07}")).unwrap())
+        .collect();
+    for n in [1_000_000usize, 10_000_000] {
+        if n > max {
+            break;
+        }
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut whole: HashMap<RequestId, WholeRecord> = HashMap::new();
+        let mut expiry: VecDeque<(Timestamp, RequestId)> = VecDeque::new();
+        for i in 0..n {
+            let rid = RequestId::parse(&uuid_like(i)).unwrap();
+            whole.insert(
+                rid.clone(),
+                WholeRecord {
+                    lsn: Some(i as u64),
+                    user: users[i % users.len()].clone(),
+                    kind: 1,
+                    amount: 1,
+                    period_start: NOW,
+                    decision: (true, 1, None, None, NOW),
+                    refunded: false,
+                    at: NOW,
+                },
+            );
+            expiry.push_back((NOW, rid));
+        }
+        let baseline = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        drop(whole);
+        drop(expiry);
+
+        let (kinds, plans) = default_catalogue();
+        let fast = *kinds.get("fast").unwrap();
+        let window = 24 * 3600 * 1000;
+        let l = Ledger::new(
+            kinds,
+            plans,
+            LedgerConfig {
+                dedup_window_ms: window,
+                ..LedgerConfig::default()
+            },
+        );
+        for id in &users {
+            let e = l.load_epoch(id.as_str());
+            l.warm(id, UserProfile::default(), &[], e, NOW).unwrap();
+        }
+        let before = LIVE.load(Ordering::Relaxed);
+        for i in 0..n {
+            let rid = RequestId::parse(&uuid_like(i)).unwrap();
+            let user = &users[i % users.len()];
+            let o = l.consume(user.as_str(), &fast, Units::ONE, Some(&rid), NOW);
+            assert!(!o.unwrap().deduplicated);
+        }
+        let heap = (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        assert_eq!(l.dedup_entries(), n);
+        // Past the window: the heartbeat expires every shard.
+        let later = NOW.saturating_add_ms(window + window / 256);
+        let t = Instant::now();
+        let hb = l.heartbeat(later, i64::MAX, usize::MAX, 500);
+        let sweep = t.elapsed();
+        assert_eq!(hb.dedup_expired, n);
+        println!(
+            "| {n} | {heap:.1} bytes | {baseline:.1} bytes | {:.2} | {:.1} ms over 64 shards |",
+            heap / baseline,
+            sweep.as_secs_f64() * 1e3,
+        );
+    }
 }

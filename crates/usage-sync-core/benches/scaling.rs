@@ -126,47 +126,6 @@ fn main() {
         }
         drop(l);
     }
-    // Request ids: what remembering one costs today (the whole id and its
-    // decision are kept for the dedup window, 24 h by default).
-    {
-        use usage_sync_core::RequestId;
-        let (kinds, plans) = default_catalogue();
-        let fast = *kinds.get("fast").unwrap();
-        let l = Ledger::new(kinds, plans, LedgerConfig::default());
-        let users: Vec<UserId> = (0..1000)
-            .map(|i| UserId::parse(&format!("user-{i:07}")).unwrap())
-            .collect();
-        for id in &users {
-            let e = l.load_epoch(id.as_str());
-            l.warm(id, UserProfile::default(), &[], e, T0).unwrap();
-        }
-        let n = max.min(1_000_000);
-        // UUID-shaped ids (36 bytes), as the docs tell clients to send.
-        let ids: Vec<RequestId> = (0..n)
-            .map(|i| {
-                RequestId::parse(&format!(
-                    "{:08x}-0000-4000-8000-{:012x}",
-                    i,
-                    i as u64 * 7919
-                ))
-                .unwrap()
-            })
-            .collect();
-        let rss0 = rss_bytes();
-        for (i, rid) in ids.iter().enumerate() {
-            let user = &users[i % users.len()];
-            let _ = l.consume(user.as_str(), &fast, Units::ONE, Some(rid), T0);
-        }
-        let rss1 = rss_bytes();
-        println!();
-        println!("| request ids remembered | RSS growth per id (36-byte ids) |");
-        println!("|---|---|");
-        println!(
-            "| {} | {:.0} bytes |",
-            l.dedup_entries(),
-            rss1.saturating_sub(rss0) as f64 / n as f64
-        );
-    }
     println!();
     println!(
         "| users tracked | resident memory per tracked user (RSS growth / users, one kind counted) |"

@@ -58,6 +58,7 @@ use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+use crate::dedup::{DedupKey, DedupTable, Fingerprint, Remembered, Window};
 use crate::error::CoreError;
 use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
 use crate::journal::{Journal, Lsn, Record};
@@ -81,6 +82,9 @@ pub struct LedgerConfig {
     pub max_request_ids: usize,
     /// Random bits that make flush ids unique across processes.
     pub instance_nonce: u64,
+    /// The key request ids are fingerprinted with: the one recovery used
+    /// for the ids it read from the log; `None` draws a new one.
+    pub dedup_key: Option<DedupKey>,
     /// When set, a counter whose usage reached this percentage of its
     /// limit is due at once, whatever its pending units: the database (and
     /// anything reading it) learns promptly that a user is about to run
@@ -97,6 +101,7 @@ impl Default for LedgerConfig {
             dedup_window_ms: 24 * 3600 * 1000,
             max_request_ids: usize::MAX,
             instance_nonce: 0,
+            dedup_key: None,
             near_limit_percent: None,
         }
     }
@@ -513,6 +518,12 @@ struct Shard {
     /// resident user (150 000 users made a scrape take 25 ms and raised the
     /// consume p99 twentyfold under four scrapers).
     totals: ShardTotals,
+    /// The users of this shard that own remembered request ids, by the
+    /// hash the dedup table keeps, each with how many it owns: the id of a
+    /// user is kept once here rather than once per request (see
+    /// [`crate::dedup`]), and survives the user's eviction while it owns
+    /// any.
+    owners: HashMap<u64, (UserId, u32), RandomState>,
 }
 
 /// Units outside the store in one shard, and how many of its users hold
@@ -558,87 +569,6 @@ impl Shard {
     }
 }
 
-struct DedupRecord {
-    /// Log record of the original consume: a duplicate is acknowledged
-    /// only once the original is as durable as its own answer would be.
-    lsn: Option<Lsn>,
-    user: UserId,
-    kind: Kind,
-    amount: u64,
-    period_start: Timestamp,
-    decision: Decision,
-    refunded: bool,
-    at: Timestamp,
-}
-
-struct DedupShard {
-    map: HashMap<RequestId, DedupRecord, RandomState>,
-    /// Insertion order; records are only ever inserted with `now`, so the
-    /// front is the oldest.
-    expiry: VecDeque<(Timestamp, RequestId)>,
-}
-
-impl DedupRecord {
-    /// `Err(RequestIdConflict)` naming what differs when (user, kind,
-    /// amount) is not the request this id was first used for.
-    fn conflict(&self, rid: &str, user: &str, kind: &Kind, amount: u64) -> Result<(), CoreError> {
-        if self.user.as_str() != user {
-            // Nothing about the other user's request is told.
-            return Err(CoreError::RequestIdConflict(format!(
-                "request_id '{rid}' was already used for another user_id; nothing was \
-                 counted: send a request_id of your own (a UUID) for each request"
-            )));
-        }
-        let mut differs = Vec::new();
-        if self.kind != *kind {
-            differs.push(format!(
-                "kind '{}' (first used for '{}')",
-                kind.name(),
-                self.kind.name()
-            ));
-        }
-        if self.amount != amount {
-            differs.push(format!("amount {amount} (first used for {})", self.amount));
-        }
-        if differs.is_empty() {
-            return Ok(());
-        }
-        Err(CoreError::RequestIdConflict(format!(
-            "request_id '{rid}' belongs to an earlier request; this one differs in {}. \
-             Nothing was counted: send a new request_id for a new request",
-            differs.join(", ")
-        )))
-    }
-
-    /// `Err(RequestIdConflict)` when a refund names another owner.
-    fn owned_by(&self, rid: &str, owner: Option<&str>) -> Result<(), CoreError> {
-        match owner {
-            Some(u) if u != self.user.as_str() => Err(CoreError::RequestIdConflict(format!(
-                "request_id '{rid}' was not consumed by user_id '{u}'; nothing was refunded"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl DedupShard {
-    fn expire(&mut self, now: Timestamp, window_ms: i64) -> usize {
-        let mut n = 0;
-        while let Some((at, _)) = self.expiry.front() {
-            if now.since(*at) < window_ms {
-                break;
-            }
-            let (at, id) = self.expiry.pop_front().expect("front exists");
-            // A record is only removed by the expiry entry that inserted it.
-            if self.map.get(&id).is_some_and(|r| r.at == at) {
-                self.map.remove(&id);
-                n += 1;
-            }
-        }
-        n
-    }
-}
-
 /// Keeps a shard on its own cache lines so two cores locking neighbouring
 /// shards do not bounce one line between them.
 #[repr(align(128))]
@@ -653,13 +583,14 @@ pub struct Ledger {
     plans_version: AtomicU64,
     threshold: u64,
     near_limit_percent: Option<u8>,
-    dedup_window_ms: i64,
+    dedup_window: Window,
+    dedup_key: DedupKey,
     /// `max_request_ids` per dedup shard (rounded up).
     max_ids_per_shard: usize,
     shard_hasher: RandomState,
     shard_mask: usize,
     shards: Box<[Padded<Mutex<Shard>>]>,
-    dedup: Box<[Padded<Mutex<DedupShard>>]>,
+    dedup: Box<[Padded<Mutex<DedupTable>>]>,
     instance_nonce: u64,
     next_seq: AtomicU64,
     resident: AtomicUsize,
@@ -702,16 +633,12 @@ impl Ledger {
                     threshold: Vec::new(),
                     epoch: 0,
                     totals: ShardTotals::default(),
+                    owners: HashMap::with_hasher(RandomState::default()),
                 }))
             })
             .collect();
         let dedup = (0..n)
-            .map(|_| {
-                Padded(Mutex::new(DedupShard {
-                    map: HashMap::with_hasher(RandomState::default()),
-                    expiry: VecDeque::new(),
-                }))
-            })
+            .map(|_| Padded(Mutex::new(DedupTable::new())))
             .collect();
         let version = plans.version;
         Ledger {
@@ -720,7 +647,8 @@ impl Ledger {
             plans_version: AtomicU64::new(version),
             threshold: config.threshold.max(1),
             near_limit_percent: config.near_limit_percent,
-            dedup_window_ms: config.dedup_window_ms,
+            dedup_window: Window::new(config.dedup_window_ms),
+            dedup_key: config.dedup_key.unwrap_or_else(DedupKey::random),
             max_ids_per_shard: config.max_request_ids.div_ceil(n).max(1),
             shard_hasher,
             shard_mask: n - 1,
@@ -993,48 +921,140 @@ impl Ledger {
         // Lock order: dedup shard, then user shard (refund uses the same
         // order). Holding the dedup shard across the consume is what makes
         // two concurrent requests with one id count once.
-        let mut dedup = lock(&self.dedup[self.index_of(rid.as_str())].0);
-        if let Some(rec) = dedup.map.get(rid.as_str())
-            && now.since(rec.at) < self.dedup_window_ms
-        {
+        let fp = self.dedup_key.fingerprint(rid.as_str());
+        let user_hash = self.shard_hasher.hash_one(user);
+        let mut dedup = self.dedup_of(fp);
+        self.expire(&mut dedup, now);
+        if let Some(rec) = dedup.get(fp) {
             // An id names one request: the same id with another user, kind
             // or amount is a client bug (or another tenant's guess), never
             // a retry. Answering it as a duplicate would count nothing for
             // this caller and leak the original's numbers.
-            rec.conflict(rid.as_str(), user, kind, amount.get())?;
+            self.conflict(&rec, rid.as_str(), user_hash, kind, amount.get())?;
+            // A live entry's owner is in the owner table (it leaves only
+            // when the entry is swept or replaced).
+            let user = self.owner(rec.user_hash).ok_or(CoreError::NotResident)?;
             return Ok(ConsumeOutcome {
-                user: rec.user.clone(),
-                kind: rec.kind,
+                user,
+                kind: *kind,
                 amount: rec.amount,
-                decision: rec.decision.clone(),
+                decision: rec.decision(),
                 deduplicated: true,
                 threshold_reached: false,
-                lsn: rec.lsn,
+                // The original's record is at or before the log's head:
+                // the repeat is acknowledged once that is as durable as
+                // the original's own answer had to be.
+                lsn: self.journal().map(|j| j.head()),
             });
         }
-        dedup.expire(now, self.dedup_window_ms);
         // A shared tier (granted) has admitted the units already: they are
         // counted whatever the table holds, and it asked first
         // (`request_conflict`).
-        if !granted && dedup.map.len() >= self.max_ids_per_shard {
+        if !granted && !self.room_for_one(&dedup) {
             return Err(CoreError::RequestIdsFull);
         }
         let out = self.consume_locked(user, kind, amount, Some(rid), now, granted)?;
-        dedup.map.insert(
-            rid.clone(),
-            DedupRecord {
-                lsn: out.lsn,
-                user: out.user.clone(),
-                kind: *kind,
+        let replaced = dedup.insert(
+            fp,
+            &Remembered {
+                user_hash,
+                kind: kind_index(kind.index()),
                 amount: amount.get(),
                 period_start: out.decision.period_start,
-                decision: out.decision.clone(),
+                allowed: out.decision.allowed,
+                used: out.decision.used,
+                limit: out.decision.limit,
                 refunded: false,
-                at: now,
             },
+            now,
+            &self.dedup_window,
         );
-        dedup.expiry.push_back((now, rid.clone()));
+        self.release_owners(replaced.as_slice());
         Ok(out)
+    }
+
+    /// The dedup shard of a fingerprint, locked.
+    fn dedup_of(&self, fp: Fingerprint) -> MutexGuard<'_, DedupTable> {
+        lock(&self.dedup[fp.shard_bits() & self.shard_mask].0)
+    }
+
+    /// The fingerprint of a request id under this ledger's key.
+    pub fn fingerprint(&self, request_id: &str) -> Fingerprint {
+        self.dedup_key.fingerprint(request_id)
+    }
+
+    /// Whether a dedup shard (expired already) can take one more id.
+    fn room_for_one(&self, dedup: &DedupTable) -> bool {
+        dedup.len() < self.max_ids_per_shard
+    }
+
+    /// Drops a dedup shard's ids that left the window, and their owners'
+    /// counts. Every operation on a shard starts with this.
+    fn expire(&self, dedup: &mut DedupTable, now: Timestamp) -> usize {
+        let mut gone = Vec::new();
+        let n = dedup.expire(now, &self.dedup_window, &mut gone);
+        self.release_owners(&gone);
+        n
+    }
+
+    /// The user id behind a remembered request's user hash.
+    fn owner(&self, user_hash: u64) -> Option<UserId> {
+        lock(&self.shards[self.index_of_hash(user_hash)].0)
+            .owners
+            .get(&user_hash)
+            .map(|(u, _)| u.clone())
+    }
+
+    /// One remembered id less for each user hash (swept or replaced
+    /// entries); a user owning none leaves the owner table.
+    fn release_owners(&self, hashes: &[u64]) {
+        for &h in hashes {
+            let mut shard = lock(&self.shards[self.index_of_hash(h)].0);
+            if let Some((_, n)) = shard.owners.get_mut(&h) {
+                *n -= 1;
+                if *n == 0 {
+                    shard.owners.remove(&h);
+                }
+            }
+        }
+    }
+
+    /// `Err(RequestIdConflict)` naming what differs when (user, kind,
+    /// amount) is not the request `rec` was first used for.
+    fn conflict(
+        &self,
+        rec: &Remembered,
+        rid: &str,
+        user_hash: u64,
+        kind: &Kind,
+        amount: u64,
+    ) -> Result<(), CoreError> {
+        if rec.user_hash != user_hash {
+            // Nothing about the other user's request is told.
+            return Err(CoreError::RequestIdConflict(format!(
+                "request_id '{rid}' was already used for another user_id; nothing was \
+                 counted: send a request_id of your own (a UUID) for each request"
+            )));
+        }
+        let mut differs = Vec::new();
+        if usize::from(rec.kind) != kind.index() {
+            differs.push(format!(
+                "kind '{}' (first used for '{}')",
+                kind.name(),
+                self.kinds.by_index(usize::from(rec.kind)).name()
+            ));
+        }
+        if rec.amount != amount {
+            differs.push(format!("amount {amount} (first used for {})", rec.amount));
+        }
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(CoreError::RequestIdConflict(format!(
+            "request_id '{rid}' belongs to an earlier request; this one differs in {}. \
+             Nothing was counted: send a new request_id for a new request",
+            differs.join(", ")
+        )))
     }
 
     fn consume_locked(
@@ -1101,6 +1121,14 @@ impl Ledger {
             })),
             _ => None,
         };
+        if request_id.is_some() {
+            // The caller remembers the id under this user's hash.
+            shard
+                .owners
+                .entry(hash)
+                .or_insert_with(|| (e.id.clone(), 0))
+                .1 += 1;
+        }
         Ok(ConsumeOutcome {
             user: e.id.clone(),
             kind: *kind,
@@ -1150,30 +1178,30 @@ impl Ledger {
         amount: Units,
         now: Timestamp,
     ) -> Result<(), CoreError> {
-        let mut dedup = lock(&self.dedup[self.index_of(request_id.as_str())].0);
-        match dedup.map.get(request_id.as_str()) {
-            Some(rec) if now.since(rec.at) < self.dedup_window_ms => {
-                rec.conflict(request_id.as_str(), user, kind, amount.get())
-            }
-            _ => {
-                dedup.expire(now, self.dedup_window_ms);
-                if dedup.map.len() >= self.max_ids_per_shard {
-                    return Err(CoreError::RequestIdsFull);
-                }
-                Ok(())
-            }
+        let fp = self.dedup_key.fingerprint(request_id.as_str());
+        let mut dedup = self.dedup_of(fp);
+        self.expire(&mut dedup, now);
+        match dedup.get(fp) {
+            Some(rec) => self.conflict(
+                &rec,
+                request_id.as_str(),
+                self.shard_hasher.hash_one(user),
+                kind,
+                amount.get(),
+            ),
+            None if self.room_for_one(&dedup) => Ok(()),
+            None => Err(CoreError::RequestIdsFull),
         }
     }
 
     /// The user a request id was counted for, so the caller can make it
     /// resident before [`Ledger::refund`].
     pub fn request_owner(&self, request_id: &str, now: Timestamp) -> Option<UserId> {
-        let dedup = lock(&self.dedup[self.index_of(request_id)].0);
-        dedup
-            .map
-            .get(request_id)
-            .filter(|r| now.since(r.at) < self.dedup_window_ms)
-            .map(|r| r.user.clone())
+        let fp = self.dedup_key.fingerprint(request_id);
+        let mut dedup = self.dedup_of(fp);
+        self.expire(&mut dedup, now);
+        let rec = dedup.get(fp)?;
+        self.owner(rec.user_hash)
     }
 
     /// Reverses the consume recorded under `request_id`, once. The units
@@ -1191,29 +1219,28 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<RefundOutcome, CoreError> {
         let _gate = self.gate();
-        let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
-        let rec = dedup
-            .map
-            .get_mut(request_id)
-            .filter(|r| now.since(r.at) < self.dedup_window_ms)
-            .ok_or(CoreError::UnknownRequest)?;
-        rec.owned_by(request_id, owner)?;
+        let fp = self.dedup_key.fingerprint(request_id);
+        let mut dedup = self.dedup_of(fp);
+        self.expire(&mut dedup, now);
+        let rec = dedup.get(fp).ok_or(CoreError::UnknownRequest)?;
+        let user = self.owner(rec.user_hash).ok_or(CoreError::UnknownRequest)?;
+        if let Some(u) = owner
+            && u != user.as_str()
+        {
+            return Err(CoreError::RequestIdConflict(format!(
+                "request_id '{request_id}' was not consumed by user_id '{u}'; nothing was refunded"
+            )));
+        }
         if rec.refunded {
             return Err(CoreError::AlreadyRefunded);
         }
-        let refunded = if rec.decision.allowed { rec.amount } else { 0 };
-        let lsn = self.give_back(
-            request_id,
-            &rec.user,
-            &rec.kind,
-            rec.period_start,
-            refunded,
-            now,
-        )?;
-        rec.refunded = true;
+        let refunded = if rec.allowed { rec.amount } else { 0 };
+        let kind = *self.kinds.by_index(usize::from(rec.kind));
+        let lsn = self.give_back(request_id, &user, &kind, rec.period_start, refunded, now)?;
+        dedup.set_refunded(fp);
         Ok(RefundOutcome {
-            user: rec.user.clone(),
-            kind: rec.kind,
+            user,
+            kind,
             refunded,
             lsn,
         })
@@ -1284,11 +1311,11 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<RefundOutcome, CoreError> {
         let _gate = self.gate();
-        let mut dedup = lock(&self.dedup[self.index_of(request_id)].0);
+        let fp = self.dedup_key.fingerprint(request_id);
+        let mut dedup = self.dedup_of(fp);
+        self.expire(&mut dedup, now);
         let lsn = self.give_back(request_id, user, kind, period_start, amount, now)?;
-        if let Some(rec) = dedup.map.get_mut(request_id) {
-            rec.refunded = true;
-        }
+        dedup.set_refunded(fp);
         Ok(RefundOutcome {
             user: user.clone(),
             kind: *kind,
@@ -1727,7 +1754,7 @@ impl Ledger {
             }
         }
         for d in self.dedup.iter() {
-            out.dedup_expired += lock(&d.0).expire(now, self.dedup_window_ms);
+            out.dedup_expired += self.expire(&mut lock(&d.0), now);
         }
         out.session_end = self.log_intents(b.finish());
         out
@@ -1736,16 +1763,12 @@ impl Ledger {
     /// Request ids remembered for one user. Walks every remembered id: for
     /// diagnostics only.
     pub fn dedup_entries_of(&self, user: &str) -> usize {
-        self.dedup
-            .iter()
-            .map(|d| {
-                lock(&d.0)
-                    .map
-                    .values()
-                    .filter(|r| r.user.as_str() == user)
-                    .count()
-            })
-            .sum()
+        let hash = self.shard_hasher.hash_one(user);
+        let shard = lock(&self.shards[self.index_of_hash(hash)].0);
+        shard
+            .owners
+            .get(&hash)
+            .map_or(0, |(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))
     }
 
     /// Ids of every resident user. Walks every shard: for the admin user
@@ -1864,7 +1887,13 @@ impl Ledger {
 
     /// Number of remembered request ids.
     pub fn dedup_entries(&self) -> usize {
-        self.dedup.iter().map(|d| lock(&d.0).map.len()).sum()
+        self.dedup.iter().map(|d| lock(&d.0).len()).sum()
+    }
+
+    /// Heap bytes of the idempotency table (its shards' tables, not the
+    /// owner tables): for the memory figures in the benches.
+    pub fn dedup_heap_bytes(&self) -> usize {
+        self.dedup.iter().map(|d| lock(&d.0).heap_bytes()).sum()
     }
 
     /// Runs `f` while no mutation is in progress (the gate is held
@@ -1918,32 +1947,47 @@ impl Ledger {
 
     /// Restores a remembered request id from the log.
     #[allow(clippy::too_many_arguments)]
+    /// `false` (and nothing is kept) if it is already out of the window.
+    #[allow(clippy::too_many_arguments)]
     pub fn recover_request(
         &self,
-        request_id: RequestId,
-        user: UserId,
+        fingerprint: Fingerprint,
+        user: &UserId,
         kind: Kind,
         amount: u64,
-        period_start: Timestamp,
-        decision: Decision,
+        decision: &Decision,
         refunded: bool,
         at: Timestamp,
-    ) {
-        let mut d = lock(&self.dedup[self.index_of(request_id.as_str())].0);
-        d.map.insert(
-            request_id.clone(),
-            DedupRecord {
-                lsn: None,
-                user,
-                kind,
+        now: Timestamp,
+    ) -> bool {
+        if !self.dedup_window.alive(at, now) {
+            return false;
+        }
+        let user_hash = self.shard_hasher.hash_one(user.as_str());
+        let mut d = self.dedup_of(fingerprint);
+        self.expire(&mut d, now);
+        let replaced = d.insert(
+            fingerprint,
+            &Remembered {
+                user_hash,
+                kind: kind_index(kind.index()),
                 amount,
-                period_start,
-                decision,
+                period_start: decision.period_start,
+                allowed: decision.allowed,
+                used: decision.used,
+                limit: decision.limit,
                 refunded,
-                at,
             },
+            at,
+            &self.dedup_window,
         );
-        d.expiry.push_back((at, request_id));
+        lock(&self.shards[self.index_of_hash(user_hash)].0)
+            .owners
+            .entry(user_hash)
+            .or_insert_with(|| (user.clone(), 0))
+            .1 += 1;
+        self.release_owners(replaced.as_slice());
+        true
     }
 }
 
@@ -1954,9 +1998,13 @@ pub struct Snapshot<'a> {
 
 impl Snapshot<'_> {
     /// Emits one `Unpersisted` record per counter holding units that are
-    /// not known to be in the store, and one `Dedup` record per request id
-    /// still inside the dedup window. Walks every resident user.
-    pub fn emit(&self, now: Timestamp, sink: &mut dyn FnMut(Record<'_>)) {
+    /// not known to be in the store. Walks every resident user.
+    ///
+    /// Remembered request ids are not re-logged: the consume records that
+    /// carry them stay in the log's older segments until the ids leave the
+    /// dedup window, and recovery reads them there. A checkpoint so grows
+    /// with the users holding units, not with a day of request ids.
+    pub fn emit(&self, sink: &mut dyn FnMut(Record<'_>)) {
         let l = self.ledger;
         for s in l.shards.iter() {
             let shard = lock(&s.0);
@@ -1971,23 +2019,6 @@ impl Snapshot<'_> {
                             units,
                         });
                     }
-                }
-            }
-        }
-        for d in l.dedup.iter() {
-            let d = lock(&d.0);
-            for (rid, rec) in d.map.iter() {
-                if now.since(rec.at) < l.dedup_window_ms {
-                    sink(Record::Dedup {
-                        request_id: rid,
-                        user: &rec.user,
-                        kind: &rec.kind,
-                        amount: rec.amount,
-                        period_start: rec.period_start,
-                        decision: &rec.decision,
-                        refunded: rec.refunded,
-                        at: rec.at,
-                    });
                 }
             }
         }

@@ -253,8 +253,15 @@ fn request_id_dedups_within_window_and_refund_once() {
     assert_eq!(pending(&l, "u", "fast"), 0);
     assert_eq!(l.refund("r-1", None, T0), Err(CoreError::AlreadyRefunded));
     assert_eq!(l.refund("nope", None, T0), Err(CoreError::UnknownRequest));
-    // After the window the id is forgotten and counts again.
-    let later = T0.saturating_add_ms(24 * 3600 * 1000);
+    // Still remembered at the last millisecond of the window; forgotten
+    // within 1/512 of the window after it, and then it counts again.
+    let window = 24 * 3600 * 1000;
+    let last = T0.saturating_add_ms(window - 1);
+    assert!(matches!(
+        l.consume("u", &fast, Units::ONE, Some(&rid), last),
+        Err(CoreError::RequestIdConflict(_))
+    ));
+    let later = T0.saturating_add_ms(window + window / 512);
     let c = l
         .consume("u", &fast, Units::ONE, Some(&rid), later)
         .unwrap();

@@ -62,17 +62,6 @@ pub enum Record<'a> {
         period_start: Timestamp,
         units: i64,
     },
-    /// Checkpoint: a remembered request id.
-    Dedup {
-        request_id: &'a RequestId,
-        user: &'a UserId,
-        kind: &'a Kind,
-        amount: u64,
-        period_start: Timestamp,
-        decision: &'a Decision,
-        refunded: bool,
-        at: Timestamp,
-    },
 }
 
 /// Where the ledger records its state changes.
@@ -80,4 +69,6 @@ pub trait Journal: Send + Sync {
     /// Appends a record and returns its sequence number. Called with ledger
     /// locks held: must not block on I/O.
     fn append(&self, record: Record<'_>) -> Lsn;
+    /// The sequence number of the last record appended.
+    fn head(&self) -> Lsn;
 }

@@ -7,6 +7,7 @@
 //! - [`quota`]: plans, limits, periods and their resolution for a user.
 //! - [`counters`]: the sharded in-memory ledger with the atomic
 //!   check-and-count, idempotency, refunds and the due-structures.
+//! - [`dedup`]: the idempotency table, 40 bytes per remembered request id.
 //! - [`sync`]: flush ids, batches, triggers.
 //! - [`journal`]: what the ledger records in the write-ahead log, and the
 //!   trait it records through.
@@ -29,6 +30,7 @@
 )]
 
 pub mod counters;
+pub mod dedup;
 pub mod error;
 pub mod ids;
 pub mod journal;
@@ -40,6 +42,7 @@ pub use counters::{
     ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
     LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, Snapshot, UserUsage,
 };
+pub use dedup::{DedupKey, Fingerprint};
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
 pub use journal::{Journal, Lsn, Record};

@@ -15,7 +15,7 @@ use usage_sync_core::{
     ConsumeOutcome, CoreError, Decision, Kind, Kinds, Ledger, LedgerConfig, Limit, PeriodKind,
     PersistedRow, Plan, Plans, RequestId, Timestamp, Units, UserId, UserProfile, UserUsage,
 };
-use usage_sync_store::{Store, StoredPlan, StoredUser, UserState, Wal};
+use usage_sync_store::{Store, StoredPlan, StoredUser, UserState, Wal, WalConfig};
 
 use crate::clock::SharedClock;
 use crate::config::SyncConfig;
@@ -93,6 +93,19 @@ impl Engine {
         for stored in store.load_plans().await? {
             plans = plans.with_plan(plan_from_stored(&kinds, &stored)?);
         }
+        let (wal, recovered) = match &config.wal {
+            Some(cfg) => {
+                // Segments holding request ids are kept as long as the
+                // ledger remembers them.
+                let cfg = WalConfig {
+                    dedup_window: config.dedup_window,
+                    ..cfg.clone()
+                };
+                let (wal, rec) = Wal::open(cfg)?;
+                (Some(wal), Some(rec))
+            }
+            None => (None, None),
+        };
         let ledger = Ledger::new(
             kinds,
             plans,
@@ -102,18 +115,13 @@ impl Engine {
                 dedup_window_ms: config.dedup_window.as_millis() as i64,
                 max_request_ids: config.max_request_ids,
                 instance_nonce: fastrand::u64(..),
+                // Fingerprints in the log stay valid only under its key.
+                dedup_key: recovered.as_ref().and_then(|r| r.dedup_key),
                 near_limit_percent: config.near_limit_flush_percent,
             },
         );
         let started_at = clock.now();
         let shared = config.sharing.clone().map(|c| Arc::new(SharedTier::new(c)));
-        let (wal, recovered) = match &config.wal {
-            Some(cfg) => {
-                let (wal, rec) = Wal::open(cfg.clone())?;
-                (Some(wal), Some(rec))
-            }
-            None => (None, None),
-        };
         let engine = Engine {
             inner: Arc::new(Inner {
                 ledger,

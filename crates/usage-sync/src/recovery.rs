@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn};
-use usage_sync_core::{Delta, FlushBatch, RecoveredSlot, RequestId, Timestamp, Trigger, UserId};
+use usage_sync_core::{Delta, FlushBatch, RecoveredSlot, Timestamp, Trigger, UserId};
 use usage_sync_store::wal::{Recovered, Wal};
 
 use crate::engine::Engine;
@@ -131,31 +131,27 @@ impl Engine {
             }
         }
 
-        // 4. Request ids.
-        let window = inner.config.dedup_window.as_millis() as i64;
-        for (rid, d) in rec.dedup {
-            if now.since(d.at) >= window {
-                continue;
-            }
-            let (Ok(rid), Ok(user), Ok(kind)) = (
-                RequestId::parse(&rid),
-                UserId::parse(&d.user),
-                kinds.get(&d.kind),
-            ) else {
+        // 4. Request ids still inside the window (the ledger decides).
+        // Oldest first: the ledger keeps ids in first-seen order.
+        let mut ids: Vec<_> = rec.dedup.into_iter().collect();
+        ids.sort_by_key(|(_, d)| d.at);
+        for (fp, d) in ids {
+            let (Ok(user), Ok(kind)) = (UserId::parse(&d.user), kinds.get(&d.kind)) else {
                 warn!("skipping an unreadable request id record in the log");
                 continue;
             };
-            inner.ledger.recover_request(
-                rid,
-                user,
+            if inner.ledger.recover_request(
+                fp,
+                &user,
                 *kind,
                 d.amount,
-                d.period_start,
-                d.decision.to_decision(d.period_start),
+                &d.decision.to_decision(d.period_start),
                 d.refunded,
                 d.at,
-            );
-            report.request_ids += 1;
+                now,
+            ) {
+                report.request_ids += 1;
+            }
         }
 
         // Re-send unfinished batches under their own ids.

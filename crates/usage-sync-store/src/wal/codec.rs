@@ -95,6 +95,9 @@ pub enum LogRecord {
         period_start: Timestamp,
         units: i64,
     },
+    /// Checkpoint of an earlier version: a remembered request id. (This
+    /// version leaves request ids in the consume records of the segments
+    /// that hold them; see `replay`.)
     Dedup {
         request_id: String,
         user: String,
@@ -365,27 +368,6 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
             kind: kind.name(),
             period_start: period_start.0,
             units: *units,
-        },
-        Record::Dedup {
-            request_id,
-            user,
-            kind,
-            amount,
-            period_start,
-            decision,
-            refunded,
-            at,
-        } => View::Dedup {
-            request_id: request_id.as_str(),
-            user: user.as_str(),
-            kind: kind.name(),
-            amount: *amount,
-            period_start: period_start.0,
-            allowed: decision.allowed,
-            used: decision.used,
-            limit: decision.limit,
-            refunded: *refunded,
-            at: at.0,
         },
     };
     encode_view(&view, Some(seq), out)
@@ -1033,20 +1015,6 @@ mod tests {
             5,
             &mut buf,
         );
-        encode_frame(
-            &Record::Dedup {
-                request_id: &rid,
-                user: &user,
-                kind: fast,
-                amount: 2,
-                period_start: Timestamp(10),
-                decision: &decision,
-                refunded: true,
-                at: Timestamp(11),
-            },
-            6,
-            &mut buf,
-        );
         let mut got = Vec::new();
         let mut seqs = Vec::new();
         assert_eq!(
@@ -1058,7 +1026,7 @@ mod tests {
                 end: buf.len() as u64
             }
         );
-        assert_eq!(seqs, (0..7).map(Some).collect::<Vec<_>>());
+        assert_eq!(seqs, (0..6).map(Some).collect::<Vec<_>>());
         assert_eq!(got.remove(0), LogRecord::CheckpointStart { seq: 1 });
         let d = LoggedDecision {
             allowed: true,
@@ -1092,20 +1060,10 @@ mod tests {
                 },
                 LogRecord::Done { id: FlushId(99) },
                 LogRecord::Unpersisted {
-                    user: u.clone(),
-                    kind: k.clone(),
-                    period_start: Timestamp(10),
-                    units: 7
-                },
-                LogRecord::Dedup {
-                    request_id: "r-1".into(),
                     user: u,
                     kind: k,
-                    amount: 2,
                     period_start: Timestamp(10),
-                    decision: d,
-                    refunded: true,
-                    at: Timestamp(11)
+                    units: 7
                 },
             ]
         );

@@ -97,6 +97,10 @@ pub struct WalConfig {
     /// Start even if the log lost records it had made durable (see
     /// [`manifest`]): report the loss and go on (`serve --accept-log-loss`).
     pub accept_loss: bool,
+    /// How long request ids are remembered: a segment whose records name
+    /// request ids is kept until the newest of them is this old (plus
+    /// 1/256, past the ledger's own rounding), so recovery can read them.
+    pub dedup_window: Duration,
 }
 
 impl WalConfig {
@@ -107,6 +111,7 @@ impl WalConfig {
             fsync_interval: Duration::from_millis(10),
             max_segment_bytes: 64 << 20,
             accept_loss: false,
+            dedup_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -189,10 +194,22 @@ struct Shared {
     segment_seq: u64,
     /// Checkpoints whose end record is appended: once the record with that
     /// sequence number is on disk, segments older than `seq` may go.
-    completed_checkpoints: Vec<(u64, Lsn)>,
+    completed_checkpoints: Vec<Completed>,
+    /// Whether a segment is open (after the first checkpoint).
+    segment_open: bool,
+    /// The time of the newest record of the current segment that names a
+    /// request id.
+    ids_until: Option<Timestamp>,
+    /// The segments before the current one that are still on disk, with
+    /// the same time: one is deleted once it has left the dedup window.
+    kept: std::collections::BTreeMap<u64, Option<Timestamp>>,
     checkpoint_requested: bool,
     closing: bool,
 }
+
+/// A checkpoint whose end record is appended: its segment, the end
+/// record's sequence number, and the time it was taken.
+type Completed = (u64, Lsn, Timestamp);
 
 /// The write-ahead log. Shared as `Arc<Wal>`; also the ledger's journal.
 pub struct Wal {
@@ -498,6 +515,9 @@ impl Wal {
                 checkpoint_bytes: 0,
                 segment_seq: last_seq,
                 completed_checkpoints: Vec::new(),
+                segment_open: false,
+                ids_until: None,
+                kept: recovered.id_segments.iter().copied().collect(),
                 checkpoint_requested: false,
                 closing: false,
             }),
@@ -605,6 +625,10 @@ impl Wal {
             {
                 let mut g = self.shared();
                 let seq = g.segment_seq + 1;
+                if std::mem::replace(&mut g.segment_open, true) {
+                    let (old, ids) = (g.segment_seq, g.ids_until.take());
+                    g.kept.insert(old, ids);
+                }
                 g.segment_seq = seq;
                 let at = g.buf.len();
                 g.rotations.push_back(Rotation { at, seq });
@@ -624,7 +648,7 @@ impl Wal {
                     self.push(&mut g, n);
                 }
             }
-            snap.emit(now, &mut |rec| {
+            snap.emit(&mut |rec| {
                 let mut g = self.shared();
                 let frame_seq = g.position.frames;
                 let n = codec::encode_frame(&rec, frame_seq, &mut g.buf);
@@ -637,7 +661,7 @@ impl Wal {
             g.position.checkpointed = true;
             g.checkpoint_bytes = g.segment_bytes;
             let seq = g.segment_seq;
-            g.completed_checkpoints.push((seq, end));
+            g.completed_checkpoints.push((seq, end, now));
             end
         })
     }
@@ -876,7 +900,7 @@ impl Wal {
         e: std::io::Error,
         bytes: Vec<u8>,
         rotations: Vec<Rotation>,
-        checkpoints: Vec<(u64, Lsn)>,
+        checkpoints: Vec<Completed>,
     ) {
         let positional = self.config.durability == Durability::Fsync;
         if !positional
@@ -1004,7 +1028,7 @@ impl Wal {
                 let (done, later): (Vec<_>, Vec<_>) = g
                     .completed_checkpoints
                     .drain(..)
-                    .partition(|&(_, end)| end <= upto);
+                    .partition(|&(_, end, _)| end <= upto);
                 g.completed_checkpoints = later;
                 (bytes, rotations, upto, g.closing, done, g.position)
             };
@@ -1115,13 +1139,17 @@ impl Wal {
                 self.record_durable(position, closing || !checkpoints.is_empty());
             }
             // A checkpoint whose end record is now on disk makes the older
-            // segments redundant. (Not at rotation time: the checkpoint may
-            // still be partly in the buffer, and an incomplete checkpoint
-            // is ignored by recovery.)
-            if let Some(&(newest, _)) = checkpoints.iter().max() {
+            // segments redundant for units. (Not at rotation time: the
+            // checkpoint may still be partly in the buffer, and an
+            // incomplete checkpoint is ignored by recovery.) A segment
+            // whose request ids may still be inside the dedup window stays
+            // for them, and so do the ones after it: recovery reads an
+            // unbroken run of segments.
+            if let Some(&(newest, _, now)) = checkpoints.iter().max() {
+                let keep_from = self.retire(newest, now);
                 if let Ok(list) = list_segments(&self.config.dir) {
                     for (seq, path) in list {
-                        if seq < newest {
+                        if seq < keep_from {
                             let _ = std::fs::remove_file(path);
                         }
                     }
@@ -1133,6 +1161,29 @@ impl Wal {
                 return;
             }
         }
+    }
+
+    /// The oldest segment to keep once the checkpoint of `newest` is on
+    /// disk, at `now`: the first, oldest first, whose newest request id
+    /// may still be inside the dedup window (its refunds included), or
+    /// `newest`. Forgets the segments before it.
+    fn retire(&self, newest: u64, now: Timestamp) -> u64 {
+        let window = i64::try_from(self.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let keep_for = window.saturating_add(window / 256);
+        let mut g = self.shared();
+        let keep_from = g
+            .kept
+            .range(..newest)
+            .find(|(_, ids)| ids.is_some_and(|t| now.since(t) < keep_for))
+            .map_or(newest, |(&seq, _)| seq);
+        g.kept = g.kept.split_off(&keep_from);
+        keep_from
+    }
+
+    /// Segments kept for the request ids they hold (the current one
+    /// excluded).
+    pub fn kept_segments(&self) -> usize {
+        self.shared().kept.len()
     }
 
     /// Ends a write: clears `writing` and keeps the emptied buffer for the
@@ -1225,12 +1276,30 @@ impl Journal for Wal {
                 g.outstanding.remove(id);
             }
             Record::Consume {
-                amount, decision, ..
-            } if decision.allowed => g.position.units += units(*amount),
-            Record::Refund { amount, .. } => g.position.units -= units(*amount),
+                amount,
+                decision,
+                request_id,
+                at,
+                ..
+            } => {
+                if decision.allowed {
+                    g.position.units += units(*amount);
+                }
+                if request_id.is_some() {
+                    g.ids_until = g.ids_until.max(Some(*at));
+                }
+            }
+            Record::Refund { amount, at, .. } => {
+                g.position.units -= units(*amount);
+                g.ids_until = g.ids_until.max(Some(*at));
+            }
             _ => {}
         }
         self.push(&mut g, n)
+    }
+
+    fn head(&self) -> Lsn {
+        self.shared().next_lsn - 1
     }
 }
 
@@ -1296,38 +1365,141 @@ mod tests {
         let fast = *kinds.get("fast").unwrap();
         let ledger = Ledger::new(kinds, plans, LedgerConfig::default());
         let now = Timestamp::from_millis(1_795_000_000_000);
-        let user = UserId::parse("u").unwrap();
-        let epoch = ledger.load_epoch("u");
-        ledger
-            .warm(&user, Default::default(), &[], epoch, now)
-            .unwrap();
+        for i in 0..200 {
+            let user = UserId::parse(&format!("user-{i:04}")).unwrap();
+            let epoch = ledger.load_epoch(user.as_str());
+            ledger
+                .warm(&user, Default::default(), &[], epoch, now)
+                .unwrap();
+        }
         wal.checkpoint(&ledger, now);
         ledger.attach_journal(wal.clone());
         let mut n = 0;
-        let mut consume = || {
+        let mut consume = |user: &str| {
+            // With a request id, so a denied consume is logged too.
             n += 1;
-            let rid = RequestId::parse(&format!("request-{n:08}")).unwrap();
+            let rid = RequestId::parse(&format!("r-{n:08}")).unwrap();
             ledger
-                .consume("u", &fast, Units::ONE, Some(&rid), now)
+                .consume(user, &fast, Units::ONE, Some(&rid), now)
                 .unwrap();
         };
-        // 200 request ids at about 80 bytes each: the checkpoint
-        // that remembers them is several times the segment size.
-        for _ in 0..200 {
-            consume();
+        // 200 users with pending units at about 50 bytes each: the
+        // checkpoint that holds them is over twice the segment size.
+        for i in 0..200 {
+            consume(&format!("user-{i:04}"));
         }
         wal.checkpoint(&ledger, now);
         let checkpoint = wal.segment().1;
         assert!(checkpoint > 2 * 4096, "checkpoint of {checkpoint} bytes");
         assert!(!wal.checkpoint_due(), "no checkpoint right after one");
         while !wal.checkpoint_due() {
-            consume();
+            consume("user-0000");
         }
         let since = wal.segment().1 - checkpoint;
         assert!(
-            since > checkpoint && since < checkpoint + 200,
+            since > checkpoint && since < checkpoint + 100,
             "due after {since} bytes of records behind a {checkpoint}-byte checkpoint"
         );
         wal.close();
+    }
+
+    /// Request ids are not in checkpoints: the segments whose consumes
+    /// carry them stay until the newest id has left the dedup window, and
+    /// recovery reads them there, refunds in later segments included.
+    #[test]
+    fn segments_holding_request_ids_stay_for_the_window_and_are_read_back() {
+        use usage_sync_core::{LedgerConfig, RequestId, Units, UserId, default_catalogue};
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig::new(dir.path(), Durability::Batched);
+        let hour = 3_600_000;
+        let t0 = Timestamp::from_millis(1_795_000_000_000);
+        let at = |h: i64| t0.saturating_add_ms(h * hour);
+        let rid = |s: &str| RequestId::parse(s).unwrap();
+        let open = |now: Timestamp| {
+            let (wal, rec) = Wal::open(config.clone()).unwrap();
+            let (kinds, plans) = default_catalogue();
+            let ledger = Ledger::new(
+                kinds,
+                plans,
+                LedgerConfig {
+                    dedup_key: rec.dedup_key,
+                    ..LedgerConfig::default()
+                },
+            );
+            let user = UserId::parse("u").unwrap();
+            let epoch = ledger.load_epoch("u");
+            ledger
+                .warm(&user, Default::default(), &[], epoch, now)
+                .unwrap();
+            for (fp, d) in &rec.dedup {
+                let kind = *ledger.kinds().get(&d.kind).unwrap();
+                ledger.recover_request(
+                    *fp,
+                    &user,
+                    kind,
+                    d.amount,
+                    &d.decision.to_decision(d.period_start),
+                    d.refunded,
+                    d.at,
+                    now,
+                );
+            }
+            wal.checkpoint(&ledger, now);
+            ledger.attach_journal(wal.clone());
+            (wal, ledger, rec)
+        };
+        let seqs = || -> Vec<u64> {
+            list_segments(dir.path())
+                .unwrap()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        };
+
+        let (wal, ledger, _) = open(t0);
+        let fast = *ledger.kinds().get("fast").unwrap();
+        for r in ["r1", "r2", "r3"] {
+            ledger
+                .consume("u", &fast, Units::ONE, Some(&rid(r)), t0)
+                .unwrap();
+        }
+        wal.checkpoint(&ledger, at(1));
+        ledger
+            .consume("u", &fast, Units::ONE, Some(&rid("r4")), at(1))
+            .unwrap();
+        ledger.refund("r2", None, at(1)).unwrap();
+        wal.close();
+        assert_eq!(seqs(), vec![1, 2], "segment 1 holds ids of the window");
+
+        // Restarted an hour later: all four ids are known, r2 refunded.
+        let (wal, ledger, rec) = open(at(2));
+        assert_eq!(rec.id_segments, vec![(1, Some(t0)), (2, Some(at(1)))]);
+        assert_eq!(rec.dedup.len(), 4);
+        assert_eq!(ledger.dedup_entries(), 4);
+        assert!(
+            ledger
+                .consume("u", &fast, Units::ONE, Some(&rid("r1")), at(2))
+                .unwrap()
+                .deduplicated
+        );
+        assert_eq!(
+            ledger.refund("r2", None, at(2)),
+            Err(usage_sync_core::CoreError::AlreadyRefunded)
+        );
+        wal.close();
+        assert_eq!(seqs(), vec![1, 2, 3]);
+
+        // Past the window of segment 1's ids (not yet of r4, an hour
+        // younger): segment 1 goes, segment 2 stays.
+        let (wal, ledger, rec) = open(at(24).saturating_add_ms(hour / 2));
+        assert_eq!(rec.dedup.len(), 4, "read back; the ledger drops the old");
+        assert_eq!(ledger.dedup_entries(), 1, "r4 only");
+        wal.close();
+        assert_eq!(seqs(), vec![2, 3, 4]);
+
+        // Past r4's window too: only the newest segment is left.
+        let (wal, _, _) = open(at(26));
+        wal.close();
+        assert_eq!(seqs(), vec![5]);
     }
 }

@@ -1,7 +1,11 @@
 //! Recovery: rebuild what the ledger held from the newest complete
-//! segment.
+//! segment, and the request ids it remembered from the segments before it.
 //!
-//! Every segment starts with a checkpoint, so one segment suffices. The
+//! Every segment starts with a checkpoint of the units outside the store,
+//! so one segment suffices for those. Request ids are not in checkpoints:
+//! a segment whose consumes carried ids is kept until the newest of them
+//! has left the dedup window (see [`super::Wal`]), and recovery reads the
+//! ids, and the refunds of them, from every segment still there. The
 //! newest segment may hold an incomplete checkpoint (a crash while writing
 //! it); it holds nothing else (no record is appended while a checkpoint is
 //! written) and is ignored. Within the chosen segment, a torn final record
@@ -14,11 +18,11 @@
 //! returned as outstanding: the caller asks the store whether their flush
 //! id was applied (then they are done) or re-sends them under that id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use usage_sync_core::{FlushId, Timestamp};
+use usage_sync_core::{DedupKey, Fingerprint, FlushId, Timestamp};
 
 use super::codec::{self, LogRecord, LoggedDecision, LoggedDelta, ScanEnd};
 use super::list_segments;
@@ -46,7 +50,15 @@ pub struct Recovered {
     pub unpersisted: HashMap<(String, String, Timestamp), i64>,
     /// Batch intents without a `Done`, in log order.
     pub outstanding: Vec<(FlushId, Vec<LoggedDelta>)>,
-    pub dedup: HashMap<String, RecoveredDedup>,
+    /// Remembered requests, by the fingerprint of their id under
+    /// `dedup_key`.
+    pub dedup: HashMap<Fingerprint, RecoveredDedup>,
+    /// The key the ids were fingerprinted with: the ledger must use it.
+    pub dedup_key: Option<DedupKey>,
+    /// Each segment kept (the one replayed and those before it), with the
+    /// time of the newest record in it that names a request id: the log
+    /// deletes it once that has left the dedup window.
+    pub id_segments: Vec<(u64, Option<Timestamp>)>,
     pub records: u64,
     /// Bytes of valid records in the segment replayed (its zero-filled
     /// rest and a torn tail excluded).
@@ -73,10 +85,50 @@ pub struct Replayer {
     /// refunds, checkpoint excluded), as the writer counts them for the
     /// manifest.
     units: i64,
+    /// Every refunded request: a refund may be in a later segment than
+    /// its consume, so the flags are applied once all are read.
+    refunds: HashSet<Fingerprint>,
+    /// The newest record naming a request id.
+    ids_until: Option<Timestamp>,
 }
 
 impl Replayer {
+    fn with_key(key: DedupKey) -> Self {
+        let mut r = Replayer::default();
+        r.state.dedup_key = Some(key);
+        r
+    }
+
+    /// The fingerprint of a request id under the replay's key.
+    fn fingerprint(&mut self, request_id: &str) -> Fingerprint {
+        self.state
+            .dedup_key
+            .get_or_insert_with(DedupKey::random)
+            .fingerprint(request_id)
+    }
+
     pub fn apply(&mut self, rec: LogRecord) {
+        let (fp, at) = match &rec {
+            LogRecord::Consume {
+                request_id: Some(rid),
+                at,
+                ..
+            }
+            | LogRecord::Refund {
+                request_id: rid,
+                at,
+                ..
+            }
+            | LogRecord::Dedup {
+                request_id: rid,
+                at,
+                ..
+            } => (Some(self.fingerprint(rid)), Some(*at)),
+            _ => (None, None),
+        };
+        if let Some(at) = at {
+            self.ids_until = self.ids_until.max(Some(at));
+        }
         let s = &mut self.state;
         s.records += 1;
         match rec {
@@ -103,9 +155,9 @@ impl Replayer {
                         .or_default() += amount as i64;
                     self.units += amount as i64;
                 }
-                if let Some(rid) = request_id {
+                if let (Some(_), Some(fp)) = (request_id, fp) {
                     s.dedup.insert(
-                        rid,
+                        fp,
                         RecoveredDedup {
                             user,
                             kind,
@@ -119,7 +171,6 @@ impl Replayer {
                 }
             }
             LogRecord::Refund {
-                request_id,
                 user,
                 kind,
                 period_start,
@@ -130,8 +181,8 @@ impl Replayer {
                     *s.unpersisted.entry((user, kind, period_start)).or_default() -= amount as i64;
                 }
                 self.units -= amount as i64;
-                if let Some(d) = s.dedup.get_mut(&request_id) {
-                    d.refunded = true;
+                if let Some(fp) = fp {
+                    self.refunds.insert(fp);
                 }
             }
             LogRecord::Intent { id, deltas } => {
@@ -150,7 +201,6 @@ impl Replayer {
                 None => self.unknown_done += 1,
             },
             LogRecord::Dedup {
-                request_id,
                 user,
                 kind,
                 amount,
@@ -158,9 +208,10 @@ impl Replayer {
                 decision,
                 refunded,
                 at,
+                ..
             } => {
                 s.dedup.insert(
-                    request_id,
+                    fp.expect("a dedup record names its request"),
                     RecoveredDedup {
                         user,
                         kind,
@@ -176,6 +227,11 @@ impl Replayer {
     }
 
     pub fn finish(mut self) -> Recovered {
+        for fp in &self.refunds {
+            if let Some(d) = self.state.dedup.get_mut(fp) {
+                d.refunded = true;
+            }
+        }
         self.state.outstanding = self.outstanding.into_iter().flatten().collect();
         self.state.unpersisted.retain(|_, v| *v != 0);
         if self.unknown_done > 0 {
@@ -249,6 +305,171 @@ struct Replayed {
     units: i64,
 }
 
+/// How the scan of one segment ended (its damage already judged).
+struct Scanned {
+    end: ScanEnd,
+    /// Frames applied (the next number expected, in a sequenced segment).
+    expected: u64,
+}
+
+/// Reads `path` into `r`: frames in order, each applied once, refusing a
+/// gap, a segment that does not open with a checkpoint, or corruption
+/// (unless `accept_loss`, for a gap).
+fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    r: &mut Replayer,
+    accept_loss: bool,
+) -> Result<Scanned, StoreError> {
+    let mut first = true;
+    let mut bad_start = false;
+    let mut last_progress = Instant::now();
+    // Frame numbers (sequenced segments): the next one expected, the
+    // repeats skipped, and the first gap.
+    let mut expected = 0u64;
+    let mut repeats = 0u64;
+    let mut gap: Option<(u64, u64, u64)> = None;
+    let end = codec::scan(bytes, |offset, seq, rec| {
+        if gap.is_some() {
+            return;
+        }
+        if let Some(seq) = seq {
+            if seq < expected {
+                // Written twice (a frame, or a run of frames): applied
+                // once.
+                repeats += 1;
+                return;
+            }
+            if seq > expected {
+                gap = Some((offset, expected, seq));
+                return;
+            }
+            expected += 1;
+        }
+        if first {
+            first = false;
+            bad_start = !matches!(rec, LogRecord::CheckpointStart { .. });
+        }
+        r.apply(rec);
+        if r.state.records.is_multiple_of(1_000_000) && last_progress.elapsed().as_secs() >= 1 {
+            last_progress = Instant::now();
+            tracing::info!(
+                records = r.state.records,
+                offset,
+                size = bytes.len(),
+                "replaying the write-ahead log"
+            );
+        }
+    });
+    if repeats > 0 {
+        tracing::warn!(file = %path.display(), frames = repeats, "frames written twice were skipped (each applied once)");
+    }
+    if let Some((offset, want, got)) = gap {
+        let what = format!(
+            "{} at offset {offset}: records {want} to {} are missing (the next record is number {got})",
+            path.display(),
+            got - 1
+        );
+        if !accept_loss {
+            return Err(StoreError::LogDamage(format!(
+                "{what}; refusing to start. Restore the log from a backup, or start with \
+                 `usage-sync serve --accept-log-loss` to go on without them"
+            )));
+        }
+        tracing::error!(target: "flush", loss = %what, "write-ahead log damage accepted (--accept-log-loss): records after the gap are ignored");
+    }
+    if bad_start {
+        return Err(StoreError::LogDamage(format!(
+            "{}: does not start with a checkpoint",
+            path.display()
+        )));
+    }
+    if let ScanEnd::Corrupt { offset, reason } = &end {
+        return Err(StoreError::LogDamage(format!(
+            "{} at offset {offset}: {reason}; refusing to start (move the file away only if its records are known to be in the database)",
+            path.display()
+        )));
+    }
+    Ok(Scanned { end, expected })
+}
+
+fn read_segment(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads the request ids of the segments before the one replayed (kept
+/// because their ids may still be inside the dedup window) into `r`, and
+/// returns each one's newest id time. Its units are not read: the
+/// replayed segment's checkpoint holds them. They were synced before the
+/// next segment got a byte, so any damage is refused (unless
+/// `accept_loss`: their ids are then forgotten, which only risks counting
+/// a retry of one of them twice).
+fn read_older_ids(
+    older: &[(u64, PathBuf)],
+    replayed: u64,
+    r: &mut Replayer,
+    accept_loss: bool,
+) -> Result<Vec<(u64, Option<Timestamp>)>, StoreError> {
+    let key = *r.state.dedup_key.get_or_insert_with(DedupKey::random);
+    let mut kept = Vec::new();
+    let mut dedup = HashMap::new();
+    for (k, (seq, path)) in older.iter().enumerate() {
+        let next = older.get(k + 1).map_or(replayed, |(s, _)| *s);
+        let read = || -> Result<Replayer, StoreError> {
+            let mut one = Replayer::with_key(key);
+            let scanned = scan_segment(path, &read_segment(path)?, &mut one, accept_loss)?;
+            if let ScanEnd::Torn { offset, reason } = scanned.end {
+                return Err(StoreError::LogDamage(format!(
+                    "{} at offset {offset}: {reason} in a segment that is not the newest",
+                    path.display()
+                )));
+            }
+            if !one.checkpoint_complete {
+                return Err(StoreError::LogDamage(format!(
+                    "{}: checkpoint incomplete in a segment that is not the newest",
+                    path.display()
+                )));
+            }
+            if next != seq + 1 {
+                return Err(StoreError::LogDamage(format!(
+                    "{}: segments {} to {} are missing",
+                    path.display(),
+                    seq + 1,
+                    next - 1
+                )));
+            }
+            Ok(one)
+        };
+        match read() {
+            Ok(one) => {
+                kept.push((*seq, one.ids_until));
+                r.refunds.extend(one.refunds);
+                dedup.extend(one.state.dedup);
+            }
+            Err(e) if accept_loss => {
+                tracing::error!(target: "flush", loss = %e, "write-ahead log damage accepted (--accept-log-loss): request ids this segment held may be forgotten");
+                kept.push((*seq, None));
+            }
+            Err(StoreError::LogDamage(what)) => {
+                return Err(StoreError::LogDamage(format!(
+                    "{what}: the request ids it held would be forgotten, so a retry of one \
+                     could count twice; refusing to start. Restore the log from a backup, or \
+                     start with `usage-sync serve --accept-log-loss`"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // The replayed segment's own records are newer.
+    for (fp, d) in dedup {
+        r.state.dedup.entry(fp).or_insert(d);
+    }
+    Ok(kept)
+}
+
 fn recover_segments(
     dir: &Path,
     accept_loss: bool,
@@ -257,84 +478,10 @@ fn recover_segments(
     let segments = list_segments(dir)?;
     let mut interrupted = None;
     for (i, (segment, path)) in segments.iter().enumerate().rev() {
-        let bytes = std::fs::read(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = read_segment(path)?;
         let mut r = Replayer::default();
-        let mut first = true;
-        let mut bad_start = false;
-        let mut last_progress = Instant::now();
-        // Frame numbers (sequenced segments): the next one expected, the
-        // repeats skipped, and the first gap.
-        let mut expected = 0u64;
-        let mut repeats = 0u64;
-        let mut gap: Option<(u64, u64, u64)> = None;
-        let end = codec::scan(&bytes, |offset, seq, rec| {
-            if gap.is_some() {
-                return;
-            }
-            if let Some(seq) = seq {
-                if seq < expected {
-                    // Written twice (a frame, or a run of frames): applied
-                    // once.
-                    repeats += 1;
-                    return;
-                }
-                if seq > expected {
-                    gap = Some((offset, expected, seq));
-                    return;
-                }
-                expected += 1;
-            }
-            if first {
-                first = false;
-                bad_start = !matches!(rec, LogRecord::CheckpointStart { .. });
-            }
-            r.apply(rec);
-            if r.state.records.is_multiple_of(1_000_000) && last_progress.elapsed().as_secs() >= 1 {
-                last_progress = Instant::now();
-                tracing::info!(
-                    records = r.state.records,
-                    offset,
-                    size = bytes.len(),
-                    "replaying the write-ahead log"
-                );
-            }
-        });
-        if repeats > 0 {
-            tracing::warn!(file = %path.display(), frames = repeats, "frames written twice were skipped (each applied once)");
-        }
-        if let Some((offset, want, got)) = gap {
-            let what = format!(
-                "{} at offset {offset}: records {want} to {} are missing (the next record is number {got})",
-                path.display(),
-                got - 1
-            );
-            if !accept_loss {
-                return Err(StoreError::LogDamage(format!(
-                    "{what}; refusing to start. Restore the log from a backup, or start with \
-                     `usage-sync serve --accept-log-loss` to go on without them"
-                )));
-            }
-            tracing::error!(target: "flush", loss = %what, "write-ahead log damage accepted (--accept-log-loss): records after the gap are ignored");
-        }
+        let Scanned { end, expected } = scan_segment(path, &bytes, &mut r, accept_loss)?;
         let newest = i == segments.len() - 1;
-        if bad_start {
-            return Err(StoreError::LogDamage(format!(
-                "{}: does not start with a checkpoint",
-                path.display()
-            )));
-        }
-        match &end {
-            ScanEnd::Corrupt { offset, reason } => {
-                return Err(StoreError::LogDamage(format!(
-                    "{} at offset {offset}: {reason}; refusing to start (move the file away only if its records are known to be in the database)",
-                    path.display()
-                )));
-            }
-            ScanEnd::Torn { .. } | ScanEnd::Clean { .. } => {}
-        }
         if !r.checkpoint_complete {
             // Only the newest segment may be an interrupted checkpoint;
             // such a segment holds nothing else.
@@ -357,7 +504,10 @@ fn recover_segments(
             },
             units: r.units,
         };
+        let mut id_segments = read_older_ids(&segments[..i], *segment, &mut r, accept_loss)?;
+        id_segments.push((*segment, r.ids_until));
         let mut state = r.finish();
+        state.id_segments = id_segments;
         let valid_end = match &end {
             ScanEnd::Clean { end } => *end,
             ScanEnd::Torn { offset, .. } | ScanEnd::Corrupt { offset, .. } => *offset,

@@ -116,6 +116,19 @@ async fn a_halted_engine_loses_nothing_and_dedup_survives() {
         );
         assert_eq!(b.db("u0", "premium").await, 4);
         b.engine.shutdown(Duration::from_secs(5)).await;
+
+        // A second restart reads the ids from b's checkpoint, where they
+        // are fingerprints under the key that checkpoint recorded: still
+        // recognised, still refundable once, with their owner known.
+        let c = open(dir.path(), wal_config(dir.path(), durability)).await;
+        assert_eq!(c.engine.recovery().unwrap().request_ids, 30);
+        assert_eq!(c.consume("u2", "fast", 1, Some("r2")).await, (true, true));
+        assert!(c.engine.refund("r0", None).await.is_err());
+        let r = c.engine.refund("r5", None).await.unwrap();
+        assert_eq!((r.user.as_str(), r.refunded), ("u2", 1));
+        c.engine.sync_all().await.unwrap();
+        assert_eq!(c.db("u2", "fast").await, 9);
+        c.engine.shutdown(Duration::from_secs(5)).await;
     }
 }
 
