@@ -1,17 +1,17 @@
 //! What a checkpoint costs the consumes that run beside it.
 //!
 //! A ledger holding 1 000 000 remembered request ids, with 0 or
-//! 1 000 000 users holding pending units, writes checkpoints back to
-//! back on one thread while another thread times single consumes (with a
-//! request id, as the docs tell clients). The baseline is the same
-//! thread's consumes in the same run with no checkpoint running. Also the
-//! checkpoint's size and duration.
+//! 1 000 000 users holding pending units. One thread consumes at a fixed
+//! 50 000 a second (with a request id, as the docs tell clients), each
+//! timed from when it was due, for 3 s without checkpoints (the
+//! baseline), then 3 s with a checkpoint every 500 ms on another thread;
+//! the consumes due while a checkpoint ran are compared with the
+//! baseline. Also the checkpoint's size and duration.
 //!
 //!   cargo bench -p usage-sync-store --bench checkpoint
 //!   (CHECKPOINT_USERS=100000 for a smaller run)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use usage_sync_core::{
@@ -56,28 +56,33 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Times consumes on `l` for `run` (or while `busy` is set, when given),
-/// returning their latencies in nanoseconds, sorted.
-fn time_consumes(l: &Ledger, run: Duration, busy: Option<&AtomicBool>, from: &mut u64) -> Vec<u64> {
+/// Consumes on `l` at a fixed rate for `run`, one every `every`, each
+/// timed from when it was due (not from when the thread got to it), so
+/// a consume held up by a checkpoint counts the whole wait, and so do the
+/// ones due while it waited. Returns (due time since `start`, latency),
+/// in nanoseconds.
+fn open_loop(l: &Ledger, start: Instant, run: Duration, every: Duration) -> Vec<(u64, u64)> {
     let fast = *l.kinds().get("fast").unwrap();
     let users: Vec<String> = (0..1000).map(|i| format!("hot-{i:04}")).collect();
     let mut out = Vec::new();
-    let start = Instant::now();
+    let mut k = 0u64;
+    let tag = start.elapsed().as_nanos();
     loop {
-        match busy {
-            Some(b) if !b.load(Ordering::Acquire) => break,
-            None if start.elapsed() >= run => break,
-            _ => {}
+        let due = every * k as u32;
+        if due >= run {
+            break;
         }
-        *from += 1;
-        let rid = RequestId::parse(&format!("timed-{from:012}")).unwrap();
-        let user = &users[*from as usize % users.len()];
-        let t = Instant::now();
+        while start.elapsed() < due {
+            std::hint::spin_loop();
+        }
+        let rid = RequestId::parse(&format!("timed-{tag}-{k:012}")).unwrap();
+        let user = &users[k as usize % users.len()];
         let o = l.consume(user, &fast, Units::ONE, Some(&rid), NOW).unwrap();
-        out.push(t.elapsed().as_nanos() as u64);
+        let done = start.elapsed();
         assert!(o.decision.allowed);
+        out.push((due.as_nanos() as u64, (done - due).as_nanos() as u64));
+        k += 1;
     }
-    out.sort_unstable();
     out
 }
 
@@ -87,7 +92,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     println!(
-        "| remembered ids | users with pending units | checkpoint | consume p50 / p99 / max without | during checkpoints | p99 ratio |"
+        "| remembered ids | users with pending units | checkpoint | consume p50 / p99 / max without checkpoints | due during a checkpoint | p99 ratio |"
     );
     println!("|---|---|---|---|---|---|");
     for dirty in [0, users] {
@@ -126,28 +131,52 @@ fn main() {
             l.consume(id.as_str(), &fast, Units::ONE, None, NOW)
                 .unwrap();
         }
-        let mut from = 0;
-        let without = time_consumes(&l, Duration::from_secs(3), None, &mut from);
-        let busy = AtomicBool::new(true);
-        let (during, checkpoints) = std::thread::scope(|s| {
+        let every = Duration::from_micros(20);
+        let run = Duration::from_secs(3);
+        let start = Instant::now();
+        let mut without: Vec<u64> = open_loop(&l, start, run, every)
+            .into_iter()
+            .map(|(_, lat)| lat)
+            .collect();
+        without.sort_unstable();
+        // The same rate with a checkpoint every 500 ms.
+        let start = Instant::now();
+        let (samples, checkpoints) = std::thread::scope(|s| {
             let h = s.spawn(|| {
-                let mut took = Vec::new();
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_secs(3) || took.len() < 3 {
-                    let t = Instant::now();
+                let mut spans = Vec::new();
+                for k in 1..=5u32 {
+                    while start.elapsed() < Duration::from_millis(500) * k {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let from = start.elapsed();
                     wal.checkpoint(&l, NOW);
-                    took.push(t.elapsed());
+                    spans.push((from, start.elapsed(), wal.segment().1));
                 }
-                busy.store(false, Ordering::Release);
-                took
+                spans
             });
-            let during = time_consumes(&l, Duration::ZERO, Some(&busy), &mut from);
-            (during, h.join().unwrap())
+            let samples = open_loop(&l, start, run, every);
+            (samples, h.join().unwrap())
         });
-        let (_, bytes) = wal.segment();
+        let mut during: Vec<u64> = samples
+            .iter()
+            .filter(|(due, _)| {
+                checkpoints
+                    .iter()
+                    .any(|(a, b, _)| (a.as_nanos() as u64..=b.as_nanos() as u64).contains(due))
+            })
+            .map(|(_, lat)| *lat)
+            .collect();
+        during.sort_unstable();
+        if during.is_empty() {
+            during.push(0);
+        }
+        // Its size: the segment's bytes right after it (a consume or two
+        // may have followed).
+        let bytes = checkpoints.last().map_or(0, |c| c.2);
+        let checkpoints: Vec<Duration> = checkpoints.iter().map(|(a, b, _)| *b - *a).collect();
         let mean = checkpoints.iter().sum::<Duration>() / checkpoints.len() as u32;
         println!(
-            "| {} | {dirty} | {:.1} MiB, {:.0} ms | {} / {} / {} ns | {} / {} / {} ns | {:.2} |",
+            "| {} | {dirty} | {:.2} MiB, {:.1} ms | {} / {} / {} ns | {} / {} / {} ns | {:.2} |",
             l.dedup_entries(),
             bytes as f64 / (1 << 20) as f64,
             mean.as_secs_f64() * 1e3,

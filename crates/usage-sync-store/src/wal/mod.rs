@@ -1502,4 +1502,69 @@ mod tests {
         wal.close();
         assert_eq!(seqs(), vec![5]);
     }
+
+    /// Soak in compressed time, small enough for every test run (the
+    /// 10 M-id version is `cargo bench -p usage-sync-store --bench soak`):
+    /// 200 000 ids over ten windows of 20 000, checkpoints whenever the
+    /// log asks. Once the first window is full, the ids remembered and the
+    /// segments on disk stay flat.
+    #[test]
+    fn ids_and_segments_stay_flat_over_ten_windows() {
+        use usage_sync_core::{LedgerConfig, RequestId, Trigger, Units, UserId, default_catalogue};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = WalConfig::new(dir.path(), Durability::None);
+        config.max_segment_bytes = 256 << 10;
+        config.dedup_window = Duration::from_secs(20);
+        let (wal, _) = Wal::open(config).unwrap();
+        let (kinds, plans) = default_catalogue();
+        let t0 = Timestamp::from_millis(1_795_000_000_000);
+        let l = Ledger::new(
+            kinds,
+            plans,
+            LedgerConfig {
+                dedup_window_ms: 20_000,
+                threshold: u64::MAX,
+                ..LedgerConfig::default()
+            },
+        );
+        let premium = *l.kinds().get("premium").unwrap();
+        let users: Vec<UserId> = (0..100)
+            .map(|i| UserId::parse(&format!("u{i}")).unwrap())
+            .collect();
+        for u in &users {
+            l.warm(u, Default::default(), &[], l.load_epoch(u.as_str()), t0)
+                .unwrap();
+        }
+        wal.checkpoint(&l, t0);
+        l.attach_journal(wal.clone());
+        let (mut most_ids, mut most_segments) = (0, 0);
+        // One id a millisecond: a window holds 20 000.
+        for i in 0..200_000i64 {
+            let now = t0.saturating_add_ms(i);
+            let rid = RequestId::parse(&format!("id-{i}")).unwrap();
+            let user = users[usize::try_from(i).unwrap() % users.len()].as_str();
+            l.consume(user, &premium, Units::ONE, Some(&rid), now)
+                .unwrap();
+            if wal.checkpoint_due() {
+                let (batches, _) = l.take_all(10_000, Trigger::Guarantee);
+                for b in &batches {
+                    l.complete(b, &vec![0; b.deltas.len()], now);
+                }
+                wal.checkpoint(&l, now);
+            }
+            if i >= 20_000 {
+                most_ids = most_ids.max(l.dedup_entries());
+                most_segments = most_segments.max(wal.kept_segments());
+            }
+        }
+        wal.close();
+        // The window plus at most 1/512 of it, and what a shard holds
+        // until its next operation pops it (each of the 64 is touched
+        // about every 64 ms here): 1 %. And the segments that hold a
+        // window of ids (256 KiB each, about 3 000 ids) plus one.
+        assert!(most_ids <= 20_200, "{most_ids} ids remembered");
+        assert!(most_segments <= 8, "{most_segments} segments kept");
+        let on_disk = list_segments(dir.path()).unwrap().len();
+        assert!(on_disk <= 9, "{on_disk} segments on disk");
+    }
 }
