@@ -417,7 +417,7 @@ fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
         ("body_timeout", "10s"),
         ("max_connections", "0"),
         ("dedup_window", "24h"),
-        ("max_request_ids", "1000000"),
+        ("max_request_ids", "10000000"),
         ("durability", durability),
         ("fsync_interval", "10ms"),
         ("fault_crash_in_recovery", "false"),

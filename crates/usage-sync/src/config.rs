@@ -86,7 +86,7 @@ impl Default for SyncConfig {
             max_cached_users: 1_000_000,
             threshold_linger: Duration::from_millis(100),
             dedup_window: Duration::from_secs(24 * 3600),
-            max_request_ids: 1_000_000,
+            max_request_ids: 10_000_000,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             flush_id_retention: Duration::from_secs(7 * 24 * 3600),
