@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use limitador::RateLimiter;
 use limitador::limit::{Context, Expression, Limit, Namespace};
-use usage_sync_core::{
-    Ledger, LedgerConfig, PeriodKind, Plan, Plans, Timestamp, Units, UserId, UserProfile,
-    default_catalogue,
-};
+use usage_sync_core::{Ledger, LedgerConfig, Timestamp, Units, UserId, UserProfile, open_catalogue};
 
 const NOW: Timestamp = Timestamp(1_795_000_000_000);
 const ROUND: Duration = Duration::from_secs(1);
@@ -90,15 +87,7 @@ fn names(users: usize) -> Vec<String> {
 }
 
 fn usage_sync(users: usize) -> UsageSync {
-    let (kinds, _) = default_catalogue();
-    let plan = Plan::from_named_limits(
-        "open",
-        PeriodKind::Monthly,
-        &kinds,
-        [("premium", None), ("fast", None)],
-    )
-    .unwrap();
-    let plans = Plans::new("open", vec![plan]).unwrap();
+    let (kinds, plans) = open_catalogue();
     let kind = *kinds.get("fast").unwrap();
     let ledger = Ledger::new(
         kinds,

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use usage_sync_core::{
-    Kind, Ledger, LedgerConfig, PeriodKind, Plan, Plans, Timestamp, Units, UserId, UserProfile,
-    default_catalogue,
+    Kind, Ledger, LedgerConfig, Timestamp, Units, UserId, UserProfile, open_catalogue,
 };
 
 const NOW: Timestamp = Timestamp(1_795_000_000_000);
@@ -16,15 +15,7 @@ const NOW: Timestamp = Timestamp(1_795_000_000_000);
 /// A ledger where every consume is admitted (unlimited plan), so the bench
 /// measures the counting path, with `users` users resident.
 fn ledger(users: usize) -> (Arc<Ledger>, Kind, Vec<String>) {
-    let (kinds, _) = default_catalogue();
-    let plan = Plan::from_named_limits(
-        "open",
-        PeriodKind::Monthly,
-        &kinds,
-        [("premium", None), ("fast", None)],
-    )
-    .unwrap();
-    let plans = Plans::new("open", vec![plan]).unwrap();
+    let (kinds, plans) = open_catalogue();
     let fast = *kinds.get("fast").unwrap();
     let l = Arc::new(Ledger::new(
         kinds,

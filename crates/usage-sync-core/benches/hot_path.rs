@@ -13,8 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use usage_sync_core::{
-    Ledger, LedgerConfig, PeriodKind, Plan, Plans, Timestamp, Units, UserId, UserProfile,
-    default_catalogue,
+    Ledger, LedgerConfig, Timestamp, Units, UserId, UserProfile, default_catalogue, open_catalogue,
 };
 
 /// Counts live heap bytes so memory per user is measured, not guessed.
@@ -42,17 +41,10 @@ static A: Counting = Counting;
 const NOW: Timestamp = Timestamp(1_795_000_000_000);
 
 fn ledger() -> Arc<Ledger> {
-    let (kinds, _) = default_catalogue();
-    let plan = Plan::from_named_limits(
-        "open",
-        PeriodKind::Monthly,
-        &kinds,
-        [("premium", None), ("fast", None)],
-    )
-    .unwrap();
+    let (kinds, plans) = open_catalogue();
     Arc::new(Ledger::new(
         kinds,
-        Plans::new("open", vec![plan]).unwrap(),
+        plans,
         LedgerConfig {
             threshold: 10,
             ..LedgerConfig::default()

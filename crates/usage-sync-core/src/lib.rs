@@ -46,6 +46,6 @@ pub use dedup::{DedupKey, Fingerprint};
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
 pub use journal::{Journal, Lsn, Record};
-pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue};
+pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue, open_catalogue};
 pub use sync::{Delta, FlushBatch, FlushId, Trigger};
 pub use time::Timestamp;

@@ -230,6 +230,21 @@ pub fn default_catalogue() -> (Kinds, Plans) {
     (kinds, plans)
 }
 
+/// The default kinds with one plan, "open", that limits nothing: every
+/// consume is admitted, so benchmarks measure the counting path.
+pub fn open_catalogue() -> (Kinds, Plans) {
+    let (kinds, _) = default_catalogue();
+    let open = Plan::from_named_limits(
+        "open",
+        PeriodKind::Monthly,
+        &kinds,
+        [("premium", None), ("fast", None)],
+    )
+    .expect("valid plan");
+    let plans = Plans::new("open", vec![open]).expect("default plan exists");
+    (kinds, plans)
+}
+
 /// Convenience for callers that hold a `Kind`.
 pub fn limit_of(resolved: &Resolved, kind: &Kind) -> Limit {
     resolved.limits[kind.index()]

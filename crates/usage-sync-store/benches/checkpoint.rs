@@ -15,25 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use usage_sync_core::{
-    Ledger, LedgerConfig, PeriodKind, Plan, Plans, RequestId, Timestamp, Units, UserId,
-    UserProfile, default_catalogue,
+    Ledger, LedgerConfig, RequestId, Timestamp, Units, UserId, UserProfile, open_catalogue,
 };
 use usage_sync_store::{Durability, Wal, WalConfig};
 
 const NOW: Timestamp = Timestamp(1_795_000_000_000);
 
 fn ledger() -> Arc<Ledger> {
-    let (kinds, _) = default_catalogue();
-    let plan = Plan::from_named_limits(
-        "open",
-        PeriodKind::Monthly,
-        &kinds,
-        [("premium", None), ("fast", None)],
-    )
-    .unwrap();
+    let (kinds, plans) = open_catalogue();
     Arc::new(Ledger::new(
         kinds,
-        Plans::new("open", vec![plan]).unwrap(),
+        plans,
         LedgerConfig {
             threshold: u64::MAX,
             ..LedgerConfig::default()

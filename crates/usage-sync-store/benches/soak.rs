@@ -12,8 +12,7 @@
 use std::time::{Duration, Instant};
 
 use usage_sync_core::{
-    Ledger, LedgerConfig, PeriodKind, Plan, Plans, RequestId, Timestamp, Units, UserId,
-    UserProfile, default_catalogue,
+    Ledger, LedgerConfig, RequestId, Timestamp, Units, UserId, UserProfile, open_catalogue,
 };
 use usage_sync_store::wal::list_segments;
 use usage_sync_store::{Durability, Wal, WalConfig};
@@ -47,17 +46,10 @@ fn main() {
     let mut config = WalConfig::new(dir.path(), Durability::None);
     config.dedup_window = window;
     let (wal, _) = Wal::open(config).unwrap();
-    let (kinds, _) = default_catalogue();
-    let plan = Plan::from_named_limits(
-        "open",
-        PeriodKind::Monthly,
-        &kinds,
-        [("premium", None), ("fast", None)],
-    )
-    .unwrap();
+    let (kinds, plans) = open_catalogue();
     let l = Ledger::new(
         kinds,
-        Plans::new("open", vec![plan]).unwrap(),
+        plans,
         LedgerConfig {
             dedup_window_ms: window.as_millis() as i64,
             threshold: u64::MAX,
