@@ -932,8 +932,13 @@ impl Ledger {
             // this caller and leak the original's numbers.
             self.conflict(&rec, rid.as_str(), user_hash, kind, amount.get())?;
             // A live entry's owner is in the owner table (it leaves only
-            // when the entry is swept or replaced).
-            let user = self.owner(rec.user_hash).ok_or(CoreError::NotResident)?;
+            // when the entry expires or is replaced); the caller's id has
+            // the same hash anyway, so that is the fallback (never
+            // `NotResident`, which would send the engine loading forever).
+            let user = match self.owner(rec.user_hash) {
+                Some(u) => u,
+                None => UserId::parse(user)?,
+            };
             return Ok(ConsumeOutcome {
                 user,
                 kind: *kind,
