@@ -52,7 +52,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
@@ -61,7 +61,7 @@ use smallvec::SmallVec;
 use crate::dedup::{DedupKey, DedupTable, Fingerprint, Remembered, Window};
 use crate::error::CoreError;
 use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
-use crate::journal::{Journal, Lsn, Record};
+use crate::journal::{Cut, Journal, Lsn, Record};
 use crate::quota::{Limit, Plan, Plans, UserProfile};
 use crate::sync::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
 use crate::time::Timestamp;
@@ -524,6 +524,8 @@ struct Shard {
     /// [`crate::dedup`]), and survives the user's eviction while it owns
     /// any.
     owners: HashMap<u64, (UserId, u32), RandomState>,
+    /// The segment whose checkpoint last took this shard's counters.
+    cut: Cut,
 }
 
 /// Units outside the store in one shard, and how many of its users hold
@@ -596,10 +598,6 @@ pub struct Ledger {
     resident: AtomicUsize,
     /// The write-ahead log, once attached (after recovery).
     journal: OnceLock<Arc<dyn Journal>>,
-    /// Every mutation holds this shared; a checkpoint holds it exclusively,
-    /// so it sees no half-applied operation (a batch taken but its intent
-    /// not yet logged, a completion applied to some counters only).
-    gate: RwLock<()>,
 }
 
 /// A recovered counter, handed to [`Ledger::recover_user`].
@@ -634,6 +632,7 @@ impl Ledger {
                     epoch: 0,
                     totals: ShardTotals::default(),
                     owners: HashMap::with_hasher(RandomState::default()),
+                    cut: Cut(0),
                 }))
             })
             .collect();
@@ -658,7 +657,6 @@ impl Ledger {
             next_seq: AtomicU64::new(1),
             resident: AtomicUsize::new(0),
             journal: OnceLock::new(),
-            gate: RwLock::new(()),
         }
     }
 
@@ -666,10 +664,6 @@ impl Ledger {
     /// recovery has installed the replayed state.
     pub fn attach_journal(&self, journal: Arc<dyn Journal>) {
         let _ = self.journal.set(journal);
-    }
-
-    fn gate(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn journal(&self) -> Option<&dyn Journal> {
@@ -914,7 +908,6 @@ impl Ledger {
         now: Timestamp,
         granted: bool,
     ) -> Result<ConsumeOutcome, CoreError> {
-        let _gate = self.gate();
         let Some(rid) = request_id else {
             return self.consume_locked(user, kind, amount, None, now, granted);
         };
@@ -1123,6 +1116,7 @@ impl Ledger {
                 request_id,
                 decision: &decision,
                 at: now,
+                cut: shard.cut,
             })),
             _ => None,
         };
@@ -1223,7 +1217,6 @@ impl Ledger {
         owner: Option<&str>,
         now: Timestamp,
     ) -> Result<RefundOutcome, CoreError> {
-        let _gate = self.gate();
         let fp = self.dedup_key.fingerprint(request_id);
         let mut dedup = self.dedup_of(fp);
         self.expire(&mut dedup, now);
@@ -1255,8 +1248,8 @@ impl Ledger {
     /// negative delta on a recreated counter if that period's counters
     /// were flushed and dropped) and logs the refund under `request_id`.
     /// With 0 units only the log record is written: "already refunded"
-    /// must survive a restart too. The caller holds the gate and the
-    /// request id's dedup shard (lock order: dedup, then user shard).
+    /// must survive a restart too. The caller holds the request id's
+    /// dedup shard (lock order: dedup, then user shard).
     fn give_back(
         &self,
         request_id: &str,
@@ -1266,6 +1259,7 @@ impl Ledger {
         amount: u64,
         now: Timestamp,
     ) -> Result<Option<Lsn>, CoreError> {
+        let mut cut = Cut::NONE;
         if amount > 0 {
             let version = self.plans_version.load(Ordering::Acquire);
             let mut guard = self.shard(user.as_str());
@@ -1288,7 +1282,10 @@ impl Ledger {
             shard.totals.change(had, e.has_units(), -signed(amount), 0);
             e.last_activity = now;
             Shard::mark_dirty(&mut shard.dirty, e, now);
+            cut = shard.cut;
         }
+        // Appended after the shard's lock is released: the cut read under
+        // it says which side of a checkpoint the change is on.
         Ok(self.journal().map(|j| {
             j.append(Record::Refund {
                 request_id,
@@ -1297,6 +1294,7 @@ impl Ledger {
                 period_start,
                 amount,
                 at: now,
+                cut,
             })
         }))
     }
@@ -1315,7 +1313,6 @@ impl Ledger {
         amount: u64,
         now: Timestamp,
     ) -> Result<RefundOutcome, CoreError> {
-        let _gate = self.gate();
         let fp = self.dedup_key.fingerprint(request_id);
         let mut dedup = self.dedup_of(fp);
         self.expire(&mut dedup, now);
@@ -1470,9 +1467,11 @@ impl Ledger {
         left_behind
     }
 
-    /// Records each batch's exact deltas before it can be sent. Called with
-    /// the gate held, so a checkpoint never sees a batch whose units are in
-    /// flight but whose intent is not in the log.
+    /// Records each batch's exact deltas before it can be sent. A
+    /// checkpoint that takes a shard in between counts the batch's units
+    /// as outside the store (pending and in flight are one figure there),
+    /// so a crash before the intent is logged re-flushes them: the batch
+    /// itself is only sent once its intent is in the log.
     fn log_intents(&self, batches: Vec<FlushBatch>) -> Vec<FlushBatch> {
         if let Some(j) = self.journal() {
             for b in &batches {
@@ -1484,7 +1483,6 @@ impl Ledger {
 
     /// Takes every user queued by the threshold trigger.
     pub fn take_threshold(&self, max_rows: usize) -> Vec<FlushBatch> {
-        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::Threshold, max_rows);
         for s in self.shards.iter() {
@@ -1553,7 +1551,6 @@ impl Ledger {
         max_rows: usize,
         trigger: Trigger,
     ) -> (Vec<FlushBatch>, usize) {
-        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
         let mut heap = BinaryHeap::new();
@@ -1610,7 +1607,6 @@ impl Ledger {
         max_rows: usize,
         trigger: Trigger,
     ) -> (Vec<FlushBatch>, usize, usize) {
-        let _gate = self.gate();
         let mut blocked = 0;
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, trigger, max_rows);
@@ -1638,7 +1634,6 @@ impl Ledger {
 
     /// Takes one user's pending counters (manual sync).
     pub fn take_user(&self, user: &str, max_rows: usize) -> Vec<FlushBatch> {
-        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::Manual, max_rows);
         let mut guard = self.shard(user);
@@ -1657,14 +1652,15 @@ impl Ledger {
     /// the batch was in flight).
     pub fn complete(&self, batch: &FlushBatch, used_after: &[i64], now: Timestamp) -> bool {
         debug_assert_eq!(batch.deltas.len(), used_after.len());
-        let _gate = self.gate();
-        if let Some(j) = self.journal() {
-            j.append(Record::Done { id: batch.id });
-        }
         let mut due = false;
+        // Each counter takes its completion under its shard's lock, with
+        // that shard's cut; the `Done` record carries them all, so replay
+        // knows, delta by delta, whether a checkpoint already saw it.
+        let mut cuts = Vec::with_capacity(batch.deltas.len());
         for (d, &after) in batch.deltas.iter().zip(used_after) {
             let mut guard = self.shard(d.user.as_str());
             let shard = &mut *guard;
+            cuts.push(shard.cut);
             // Users with in-flight units are never evicted.
             let Some(e) = shard.users.get_mut(d.user.as_str()) else {
                 debug_assert!(false, "user with in-flight units was evicted");
@@ -1690,6 +1686,12 @@ impl Ledger {
             e.last_sync_at = Some(now);
             e.last_sync_trigger = Some(batch.trigger);
         }
+        if let Some(j) = self.journal() {
+            j.append(Record::Done {
+                id: batch.id,
+                cuts: &cuts,
+            });
+        }
         due
     }
 
@@ -1705,7 +1707,6 @@ impl Ledger {
         max_users: usize,
         max_rows: usize,
     ) -> HeartbeatOutcome {
-        let _gate = self.gate();
         let next = || self.next_flush_id();
         let mut b = BatchBuilder::new(&next, Trigger::SessionEnd, max_rows);
         let mut out = HeartbeatOutcome::default();
@@ -1792,7 +1793,6 @@ impl Ledger {
     /// they still hold units). The user is reloaded from the store on its
     /// next request.
     pub fn evict_idle(&self, idle_ms: i64, now: Timestamp) -> (usize, usize) {
-        let _gate = self.gate();
         let cutoff = now.saturating_sub_ms(idle_ms);
         let (mut evicted, mut kept) = (0, 0);
         for s in self.shards.iter() {
@@ -1901,12 +1901,36 @@ impl Ledger {
         self.dedup.iter().map(|d| lock(&d.0).heap_bytes()).sum()
     }
 
-    /// Runs `f` while no mutation is in progress (the gate is held
-    /// exclusively), so what it reads through the [`Snapshot`] and whatever
-    /// it appends to the log form a consistent cut: a checkpoint.
-    pub fn quiesced<R>(&self, f: impl FnOnce(&Snapshot<'_>) -> R) -> R {
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        f(&Snapshot { ledger: self })
+    /// The checkpoint's pass over the counters, one shard at a time: each
+    /// shard is locked only while its counters holding units are copied
+    /// and its cut is set to `segment`, then `sink` gets the copies (to
+    /// write outside the lock). Nothing else is stopped: a change in a
+    /// shard not yet taken is in the copy *and* in the segment's records,
+    /// marked with the older cut, so replay applies it once (see
+    /// [`Cut`]).
+    pub fn cut_shards(&self, segment: Cut, sink: &mut dyn FnMut(Vec<UnitsOutside>)) {
+        for s in self.shards.iter() {
+            let copies = {
+                let mut shard = lock(&s.0);
+                shard.cut = segment;
+                let mut out = Vec::new();
+                for e in shard.users.values() {
+                    for (k, slot) in e.slots() {
+                        let units = slot.pending + slot.in_flight;
+                        if units != 0 {
+                            out.push(UnitsOutside {
+                                user: e.id.clone(),
+                                kind: *self.kinds.by_index(k),
+                                period_start: slot.period_start,
+                                units,
+                            });
+                        }
+                    }
+                }
+                out
+            };
+            sink(copies);
+        }
     }
 
     /// Installs a user recovered from the log: makes it resident from its
@@ -1996,38 +2020,14 @@ impl Ledger {
     }
 }
 
-/// The ledger as a checkpoint sees it (see [`Ledger::quiesced`]).
-pub struct Snapshot<'a> {
-    ledger: &'a Ledger,
-}
-
-impl Snapshot<'_> {
-    /// Emits one `Unpersisted` record per counter holding units that are
-    /// not known to be in the store. Walks every resident user.
-    ///
-    /// Remembered request ids are not re-logged: the consume records that
-    /// carry them stay in the log's older segments until the ids leave the
-    /// dedup window, and recovery reads them there. A checkpoint so grows
-    /// with the users holding units, not with a day of request ids.
-    pub fn emit(&self, sink: &mut dyn FnMut(Record<'_>)) {
-        let l = self.ledger;
-        for s in l.shards.iter() {
-            let shard = lock(&s.0);
-            for e in shard.users.values() {
-                for (k, slot) in e.slots() {
-                    let units = slot.pending + slot.in_flight;
-                    if units != 0 {
-                        sink(Record::Unpersisted {
-                            user: &e.id,
-                            kind: l.kinds.by_index(k),
-                            period_start: slot.period_start,
-                            units,
-                        });
-                    }
-                }
-            }
-        }
-    }
+/// A counter's units not known to be in the store (pending plus in
+/// flight), as a checkpoint records them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitsOutside {
+    pub user: UserId,
+    pub kind: Kind,
+    pub period_start: Timestamp,
+    pub units: i64,
 }
 
 /// See [`Ledger::totals`].

@@ -15,8 +15,10 @@
 //!   removes the batch's deltas);
 //! - a batch's exact deltas are recorded (`Intent`) before it is sent, so
 //!   after a crash the same batch can be re-sent under the same id;
-//! - a checkpoint is written while no mutation is in progress (the ledger's
-//!   gate is held exclusively), so it is a consistent cut.
+//! - a checkpoint takes the ledger one shard at a time while consumes go
+//!   on; every record of a change made under a shard's lock carries that
+//!   shard's cut ([`Cut`]), so replay can tell the changes a checkpoint's
+//!   figures already hold from those that come after them.
 
 use crate::counters::Decision;
 use crate::ids::{Kind, RequestId, UserId};
@@ -40,6 +42,9 @@ pub enum Record<'a> {
         request_id: Option<&'a RequestId>,
         decision: &'a Decision,
         at: Timestamp,
+        /// The user's shard's cut when the units were counted (see
+        /// [`Cut`]).
+        cut: Cut,
     },
     /// A refund: `amount` comes off (user, kind, period).
     Refund {
@@ -49,11 +54,14 @@ pub enum Record<'a> {
         period_start: Timestamp,
         amount: u64,
         at: Timestamp,
+        cut: Cut,
     },
     /// A batch about to be sent, with its id and exact deltas.
     Intent { batch: &'a FlushBatch },
     /// The batch with this id is in the store: its deltas are persisted.
-    Done { id: FlushId },
+    /// `cuts[i]`: the cut of delta `i`'s shard when its counter took the
+    /// completion.
+    Done { id: FlushId, cuts: &'a [Cut] },
     /// Checkpoint: units of (user, kind, period) not yet known to be in the
     /// store (pending plus in flight).
     Unpersisted {
@@ -62,6 +70,19 @@ pub enum Record<'a> {
         period_start: Timestamp,
         units: i64,
     },
+}
+
+/// The segment whose checkpoint last took a shard's counters (see
+/// [`crate::Ledger::cut_shards`]). A record of a change made under the
+/// shard's lock carries it: in the segment being checkpointed, a change
+/// from before the shard was taken is already in the checkpoint's figure
+/// for its counter, and replay must not apply it twice. `Cut::NONE` marks
+/// a record with no units to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cut(pub u64);
+
+impl Cut {
+    pub const NONE: Cut = Cut(u64::MAX);
 }
 
 /// Where the ledger records its state changes.

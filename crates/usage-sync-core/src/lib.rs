@@ -40,12 +40,12 @@ pub mod time;
 
 pub use counters::{
     ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
-    LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, Snapshot, UserUsage,
+    LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, UnitsOutside, UserUsage,
 };
 pub use dedup::{DedupKey, Fingerprint};
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
-pub use journal::{Journal, Lsn, Record};
+pub use journal::{Cut, Journal, Lsn, Record};
 pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue, open_catalogue};
 pub use sync::{Delta, FlushBatch, FlushId, Trigger};
 pub use time::Timestamp;

@@ -42,6 +42,7 @@ fn main() {
                     limit: None,
                 },
                 at: Timestamp(1_795_000_000_000 + n as i64),
+                precut: false,
             },
             &mut buf,
         );
@@ -59,7 +60,13 @@ fn main() {
                 },
                 &mut buf,
             );
-            encode_owned(&LogRecord::Done { id: FlushId(flush) }, &mut buf);
+            encode_owned(
+                &LogRecord::Done {
+                    id: FlushId(flush),
+                    precut: Vec::new(),
+                },
+                &mut buf,
+            );
             n += 2;
         }
     }

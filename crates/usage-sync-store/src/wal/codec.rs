@@ -21,7 +21,7 @@
 //! from *corruption* (a bad frame followed by more data: the start stops
 //! with the file and offset, never a silent skip).
 
-use usage_sync_core::{Decision, FlushId, Record, Timestamp};
+use usage_sync_core::{Cut, Decision, FlushId, Record, Timestamp};
 
 /// Largest payload accepted when reading. A batch intent of 10 000 rows
 /// of 128-byte ids is about 1.5 MiB.
@@ -38,6 +38,11 @@ const T_CHECKPOINT_START: u8 = 7;
 const T_CHECKPOINT_END: u8 = 8;
 /// `CheckpointStart` of a sequenced segment (see the module docs).
 const T_CHECKPOINT_START_SEQUENCED: u8 = 9;
+/// A `Done` some of whose deltas were taken before their shard's cut.
+const T_DONE_PRECUT: u8 = 12;
+/// On a `Consume` or `Refund` tag: the change was made before its shard's
+/// cut in this segment's checkpoint, whose figures hold it already.
+const PRECUT: u8 = 0x80;
 
 /// The decision stored with a consume (for deduplication after a restart).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +78,8 @@ pub enum LogRecord {
         request_id: Option<String>,
         decision: LoggedDecision,
         at: Timestamp,
+        /// Made before its shard's cut: the segment's checkpoint holds it.
+        precut: bool,
     },
     Refund {
         request_id: String,
@@ -81,6 +88,7 @@ pub enum LogRecord {
         period_start: Timestamp,
         amount: u64,
         at: Timestamp,
+        precut: bool,
     },
     Intent {
         id: FlushId,
@@ -88,6 +96,9 @@ pub enum LogRecord {
     },
     Done {
         id: FlushId,
+        /// Indexes of the intent's deltas whose counters took the
+        /// completion before their shard's cut.
+        precut: Vec<u32>,
     },
     Unpersisted {
         user: String,
@@ -109,9 +120,7 @@ pub enum LogRecord {
         at: Timestamp,
     },
     /// First record of every segment: the checkpoint of segment `seq`.
-    CheckpointStart {
-        seq: u64,
-    },
+    CheckpointStart { seq: u64 },
     /// The checkpoint is complete.
     CheckpointEnd,
 }
@@ -163,6 +172,7 @@ enum View<'a> {
         used: u64,
         limit: Option<u64>,
         at: i64,
+        precut: bool,
     },
     Refund {
         request_id: &'a str,
@@ -171,6 +181,7 @@ enum View<'a> {
         period_start: i64,
         amount: u64,
         at: i64,
+        precut: bool,
     },
     Intent {
         id: u128,
@@ -178,6 +189,7 @@ enum View<'a> {
     },
     Done {
         id: u128,
+        precut: &'a [u32],
     },
     Unpersisted {
         user: &'a str,
@@ -221,8 +233,9 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
             used,
             limit,
             at,
+            precut,
         } => {
-            e.u8(T_CONSUME);
+            e.u8(T_CONSUME | if *precut { PRECUT } else { 0 });
             e.str(user);
             e.str(kind);
             e.i64(*period_start);
@@ -238,8 +251,9 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
             period_start,
             amount,
             at,
+            precut,
         } => {
-            e.u8(T_REFUND);
+            e.u8(T_REFUND | if *precut { PRECUT } else { 0 });
             e.str(request_id);
             e.str(user);
             e.str(kind);
@@ -265,9 +279,19 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
                 }
             }
         }
-        View::Done { id } => {
-            e.u8(T_DONE);
+        View::Done { id, precut } => {
+            e.u8(if precut.is_empty() {
+                T_DONE
+            } else {
+                T_DONE_PRECUT
+            });
             e.0.extend_from_slice(&id.to_le_bytes());
+            if !precut.is_empty() {
+                e.u64(precut.len() as u64);
+                for i in precut.iter() {
+                    e.0.extend_from_slice(&i.to_le_bytes());
+                }
+            }
         }
         View::Unpersisted {
             user,
@@ -317,7 +341,10 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
 
 /// Appends one framed record from the ledger, as frame `seq` of its
 /// segment. Returns the frame's length.
-pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
+pub fn encode_frame(rec: &Record<'_>, seq: u64, segment: u64, out: &mut Vec<u8>) -> usize {
+    // A change made before its shard's cut in this segment's checkpoint.
+    let precut = |cut: &Cut| *cut != Cut::NONE && *cut < Cut(segment);
+    let done_precut: Vec<u32>;
     let view = match rec {
         Record::Consume {
             user,
@@ -327,6 +354,7 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
             request_id,
             decision,
             at,
+            cut,
         } => View::Consume {
             user: user.as_str(),
             kind: kind.name(),
@@ -337,6 +365,7 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
             used: decision.used,
             limit: decision.limit,
             at: at.0,
+            precut: precut(cut),
         },
         Record::Refund {
             request_id,
@@ -345,6 +374,7 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
             period_start,
             amount,
             at,
+            cut,
         } => View::Refund {
             request_id,
             user: user.as_str(),
@@ -352,12 +382,23 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut Vec<u8>) -> usize {
             period_start: period_start.0,
             amount: *amount,
             at: at.0,
+            precut: precut(cut),
         },
         Record::Intent { batch } => View::Intent {
             id: batch.id.0,
             deltas: Deltas::Batch(&batch.deltas),
         },
-        Record::Done { id } => View::Done { id: id.0 },
+        Record::Done { id, cuts } => {
+            done_precut = (0u32..)
+                .zip(cuts.iter())
+                .filter(|(_, c)| precut(c))
+                .map(|(i, _)| i)
+                .collect();
+            View::Done {
+                id: id.0,
+                precut: &done_precut,
+            }
+        }
         Record::Unpersisted {
             user,
             kind,
@@ -411,6 +452,7 @@ pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8
             request_id,
             decision,
             at,
+            precut,
         } => View::Consume {
             user,
             kind,
@@ -421,6 +463,7 @@ pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8
             used: decision.used,
             limit: decision.limit,
             at: at.0,
+            precut: *precut,
         },
         LogRecord::Refund {
             request_id,
@@ -429,6 +472,7 @@ pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8
             period_start,
             amount,
             at,
+            precut,
         } => View::Refund {
             request_id,
             user,
@@ -436,12 +480,13 @@ pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8
             period_start: period_start.0,
             amount: *amount,
             at: at.0,
+            precut: *precut,
         },
         LogRecord::Intent { id, deltas } => View::Intent {
             id: id.0,
             deltas: Deltas::Logged(deltas),
         },
-        LogRecord::Done { id } => View::Done { id: id.0 },
+        LogRecord::Done { id, precut } => View::Done { id: id.0, precut },
         LogRecord::Unpersisted {
             user,
             kind,
@@ -556,7 +601,9 @@ impl Dec<'_> {
 /// Decodes one payload (without the frame header).
 pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
     let mut d = Dec { b: payload, pos: 0 };
-    let rec = match d.u8()? {
+    let tag = d.u8()?;
+    let precut = tag & PRECUT != 0 && matches!(tag & !PRECUT, T_CONSUME | T_REFUND);
+    let rec = match if precut { tag & !PRECUT } else { tag } {
         T_CONSUME => {
             let user = d.str()?;
             let kind = d.str()?;
@@ -573,6 +620,7 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
                 request_id: (!rid.is_empty()).then_some(rid),
                 decision,
                 at,
+                precut,
             }
         }
         T_REFUND => LogRecord::Refund {
@@ -582,6 +630,7 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
             period_start: Timestamp(d.i64()?),
             amount: d.u64()?,
             at: Timestamp(d.i64()?),
+            precut,
         },
         T_INTENT => {
             let id = FlushId(d.u128()?);
@@ -597,7 +646,20 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
         }
         T_DONE => LogRecord::Done {
             id: FlushId(d.u128()?),
+            precut: Vec::new(),
         },
+        T_DONE_PRECUT => {
+            let id = FlushId(d.u128()?);
+            let n = d.u64()? as usize;
+            if n > MAX_PAYLOAD / 4 {
+                return Err(format!("completion claims {n} deltas"));
+            }
+            let mut precut = Vec::with_capacity(n);
+            for _ in 0..n {
+                precut.push(u32::from_le_bytes(d.take(4)?.try_into().expect("4 bytes")));
+            }
+            LogRecord::Done { id, precut }
+        }
         T_UNPERSISTED => LogRecord::Unpersisted {
             user: d.str()?,
             kind: d.str()?,
@@ -801,28 +863,31 @@ mod tests {
                 any::<u64>(),
                 proptest::option::of(arb_str(40).prop_filter("non-empty", |s| !s.is_empty())),
                 arb_decision(),
-                any::<i64>()
+                (any::<i64>(), any::<bool>())
             )
-                .prop_map(|(user, kind, p, amount, request_id, decision, at)| {
-                    LogRecord::Consume {
-                        user,
-                        kind,
-                        period_start: Timestamp(p),
-                        amount,
-                        request_id,
-                        decision,
-                        at: Timestamp(at),
+                .prop_map(
+                    |(user, kind, p, amount, request_id, decision, (at, precut))| {
+                        LogRecord::Consume {
+                            user,
+                            kind,
+                            period_start: Timestamp(p),
+                            amount,
+                            request_id,
+                            decision,
+                            at: Timestamp(at),
+                            precut,
+                        }
                     }
-                }),
+                ),
             (
                 arb_str(40),
                 arb_str(40),
                 arb_str(10),
                 any::<i64>(),
                 any::<u64>(),
-                any::<i64>()
+                (any::<i64>(), any::<bool>())
             )
-                .prop_map(|(request_id, user, kind, p, amount, at)| {
+                .prop_map(|(request_id, user, kind, p, amount, (at, precut))| {
                     LogRecord::Refund {
                         request_id,
                         user,
@@ -830,6 +895,7 @@ mod tests {
                         period_start: Timestamp(p),
                         amount,
                         at: Timestamp(at),
+                        precut,
                     }
                 }),
             (
@@ -846,7 +912,12 @@ mod tests {
                         .map(|(u, k, p, x)| (u, k, Timestamp(p), x))
                         .collect()
                 }),
-            any::<u128>().prop_map(|id| LogRecord::Done { id: FlushId(id) }),
+            (any::<u128>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
+                |(id, precut)| LogRecord::Done {
+                    id: FlushId(id),
+                    precut,
+                }
+            ),
             (arb_str(40), arb_str(10), any::<i64>(), any::<i64>()).prop_map(
                 |(user, kind, p, units)| LogRecord::Unpersisted {
                     user,
@@ -987,8 +1058,11 @@ mod tests {
                 request_id: Some(&rid),
                 decision: &decision,
                 at: Timestamp(11),
+                // Segment 2's checkpoint has not taken this shard yet.
+                cut: Cut(1),
             },
             1,
+            2,
             &mut buf,
         );
         encode_frame(
@@ -999,12 +1073,22 @@ mod tests {
                 period_start: Timestamp(10),
                 amount: 2,
                 at: Timestamp(12),
+                cut: Cut(2),
             },
+            2,
             2,
             &mut buf,
         );
-        encode_frame(&Record::Intent { batch: &batch }, 3, &mut buf);
-        encode_frame(&Record::Done { id: FlushId(99) }, 4, &mut buf);
+        encode_frame(&Record::Intent { batch: &batch }, 3, 2, &mut buf);
+        encode_frame(
+            &Record::Done {
+                id: FlushId(99),
+                cuts: &[Cut(2), Cut(1), Cut::NONE],
+            },
+            4,
+            2,
+            &mut buf,
+        );
         encode_frame(
             &Record::Unpersisted {
                 user: &user,
@@ -1013,6 +1097,7 @@ mod tests {
                 units: 7,
             },
             5,
+            2,
             &mut buf,
         );
         let mut got = Vec::new();
@@ -1044,7 +1129,8 @@ mod tests {
                     amount: 2,
                     request_id: Some("r-1".into()),
                     decision: d.clone(),
-                    at: Timestamp(11)
+                    at: Timestamp(11),
+                    precut: true,
                 },
                 LogRecord::Refund {
                     request_id: "r-1".into(),
@@ -1052,13 +1138,17 @@ mod tests {
                     kind: k.clone(),
                     period_start: Timestamp(10),
                     amount: 2,
-                    at: Timestamp(12)
+                    at: Timestamp(12),
+                    precut: false,
                 },
                 LogRecord::Intent {
                     id: FlushId(99),
                     deltas: vec![(u.clone(), k.clone(), Timestamp(10), -3)]
                 },
-                LogRecord::Done { id: FlushId(99) },
+                LogRecord::Done {
+                    id: FlushId(99),
+                    precut: vec![1],
+                },
                 LogRecord::Unpersisted {
                     user: u,
                     kind: k,
@@ -1072,7 +1162,13 @@ mod tests {
     #[test]
     fn damage_is_torn_unless_a_valid_record_follows() {
         let mut buf = Vec::new();
-        encode_owned(&LogRecord::Done { id: FlushId(7) }, &mut buf);
+        encode_owned(
+            &LogRecord::Done {
+                id: FlushId(7),
+                precut: Vec::new(),
+            },
+            &mut buf,
+        );
         let valid = buf.len();
         // The zero-filled rest of a segment is a clean end...
         buf.extend_from_slice(&[0u8; 100]);
@@ -1087,6 +1183,7 @@ mod tests {
         encode_owned(
             &LogRecord::Done {
                 id: FlushId(u128::MAX),
+                precut: Vec::new(),
             },
             &mut half,
         );
@@ -1102,7 +1199,13 @@ mod tests {
         );
         // ...but a valid record after the damage means real data would be
         // skipped: corruption, at the damaged offset.
-        encode_owned(&LogRecord::Done { id: FlushId(8) }, &mut buf);
+        encode_owned(
+            &LogRecord::Done {
+                id: FlushId(8),
+                precut: Vec::new(),
+            },
+            &mut buf,
+        );
         assert!(
             matches!(scan(&buf, |_, _, _| {}), ScanEnd::Corrupt { offset, .. } if offset as usize == valid)
         );

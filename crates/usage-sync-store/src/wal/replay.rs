@@ -5,18 +5,27 @@
 //! so one segment suffices for those. Request ids are not in checkpoints:
 //! a segment whose consumes carried ids is kept until the newest of them
 //! has left the dedup window (see [`super::Wal`]), and recovery reads the
-//! ids, and the refunds of them, from every segment still there. The
-//! newest segment may hold an incomplete checkpoint (a crash while writing
-//! it); it holds nothing else (no record is appended while a checkpoint is
-//! written) and is ignored. Within the chosen segment, a torn final record
-//! is dropped and reported; any other damage stops the start with the file
-//! and offset.
+//! ids, and the refunds of them, from every segment still there. A torn
+//! final record of the newest segment is dropped and reported; any other
+//! damage stops the start with the file and offset.
 //!
 //! Replay is additive: unpersisted units per (user, kind, period) start at
 //! the checkpoint's values, consumes add, refunds subtract, and a `Done`
 //! subtracts the deltas of its intent. Intents without a `Done` are
 //! returned as outstanding: the caller asks the store whether their flush
 //! id was applied (then they are done) or re-sends them under that id.
+//!
+//! Records keep arriving while a checkpoint is written (it takes the
+//! ledger one shard at a time), so a segment holds, after its own
+//! checkpoint started, changes from before their shard was taken. Those
+//! are marked (`precut`, per delta for a `Done`): the checkpoint's figure
+//! for their counter holds them already, and replay from that checkpoint
+//! skips their units (never their request ids). A crash before the
+//! checkpoint finished leaves a newest segment whose checkpoint is
+//! incomplete: recovery then replays the segment before it and reads on
+//! through the newer one, applying every change and none of its
+//! checkpoint's figures. Both ways give the same units (a test checks it
+//! after checkpoints written beside concurrent changes).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -65,10 +74,6 @@ pub struct Recovered {
     pub bytes: u64,
     /// A dropped torn tail: (file, offset, bytes dropped, reason).
     pub torn: Option<(PathBuf, u64, u64, String)>,
-    /// The newest segment, ignored because its checkpoint was interrupted
-    /// (it holds nothing else). The log's owner removes it before writing,
-    /// or a second interrupted attempt would leave it in the middle.
-    pub interrupted: Option<PathBuf>,
     pub elapsed: std::time::Duration,
 }
 
@@ -90,6 +95,11 @@ pub struct Replayer {
     refunds: HashSet<Fingerprint>,
     /// The newest record naming a request id.
     ids_until: Option<Timestamp>,
+    /// Continuing from an earlier segment's complete checkpoint through a
+    /// later one whose checkpoint never finished: every change counts,
+    /// whichever side of a cut it was made on, and that checkpoint's own
+    /// figures are ignored.
+    chain: bool,
 }
 
 impl Replayer {
@@ -134,6 +144,9 @@ impl Replayer {
         match rec {
             LogRecord::CheckpointStart { .. } => self.checkpoint_started = true,
             LogRecord::CheckpointEnd => self.checkpoint_complete = true,
+            // Continuing from an earlier segment, the figures of this
+            // one's (unfinished) checkpoint are already counted.
+            LogRecord::Unpersisted { .. } if self.chain => {}
             LogRecord::Unpersisted {
                 user,
                 kind,
@@ -148,11 +161,16 @@ impl Replayer {
                 request_id,
                 decision,
                 at,
+                precut,
             } => {
                 if decision.allowed {
-                    *s.unpersisted
-                        .entry((user.clone(), kind.clone(), period_start))
-                        .or_default() += amount as i64;
+                    // Made before its shard's cut: this segment's
+                    // checkpoint figure holds it already.
+                    if self.chain || !precut {
+                        *s.unpersisted
+                            .entry((user.clone(), kind.clone(), period_start))
+                            .or_default() += amount as i64;
+                    }
                     self.units += amount as i64;
                 }
                 if let (Some(_), Some(fp)) = (request_id, fp) {
@@ -175,9 +193,10 @@ impl Replayer {
                 kind,
                 period_start,
                 amount,
+                precut,
                 ..
             } => {
-                if amount > 0 {
+                if amount > 0 && (self.chain || !precut) {
                     *s.unpersisted.entry((user, kind, period_start)).or_default() -= amount as i64;
                 }
                 self.units -= amount as i64;
@@ -185,17 +204,29 @@ impl Replayer {
                     self.refunds.insert(fp);
                 }
             }
+            // A checkpoint re-logs the intents still outstanding: known
+            // already when continuing from an earlier segment.
+            LogRecord::Intent { id, .. } if self.outstanding_index.contains_key(&id) => {}
             LogRecord::Intent { id, deltas } => {
                 self.outstanding_index.insert(id, self.outstanding.len());
                 self.outstanding.push(Some((id, deltas)));
             }
-            LogRecord::Done { id } => match self.outstanding_index.remove(&id) {
+            LogRecord::Done { id, precut } => match self.outstanding_index.remove(&id) {
                 Some(i) => {
                     let (_, deltas) = self.outstanding[i]
                         .take()
                         .expect("indexed intents are present");
-                    for (u, k, p, d) in deltas {
-                        *s.unpersisted.entry((u, k, p)).or_default() -= d;
+                    // Deltas whose counters took the completion before
+                    // their shard's cut: the checkpoint's figures hold it.
+                    let skip: HashSet<u32> = if self.chain {
+                        HashSet::new()
+                    } else {
+                        precut.into_iter().collect()
+                    };
+                    for ((u, k, p, d), i) in deltas.into_iter().zip(0u32..) {
+                        if !skip.contains(&i) {
+                            *s.unpersisted.entry((u, k, p)).or_default() -= d;
+                        }
                     }
                 }
                 None => self.unknown_done += 1,
@@ -427,12 +458,9 @@ fn read_older_ids(
                     path.display()
                 )));
             }
-            if !one.checkpoint_complete {
-                return Err(StoreError::LogDamage(format!(
-                    "{}: checkpoint incomplete in a segment that is not the newest",
-                    path.display()
-                )));
-            }
+            // An unfinished checkpoint is fine here: its records were
+            // carried into a later segment's checkpoint, and only the ids
+            // are read.
             if next != seq + 1 {
                 return Err(StoreError::LogDamage(format!(
                     "{}: segments {} to {} are missing",
@@ -476,67 +504,103 @@ fn recover_segments(
 ) -> Result<(Recovered, Option<Replayed>), StoreError> {
     let started = Instant::now();
     let segments = list_segments(dir)?;
-    let mut interrupted = None;
-    for (i, (segment, path)) in segments.iter().enumerate().rev() {
+    // The newest segment whose checkpoint is complete. Any after it have
+    // a checkpoint that never finished (a crash, or a full disk, while it
+    // was written); records kept arriving meanwhile, so they are read on
+    // from it.
+    let mut chosen = None;
+    for (i, (_, path)) in segments.iter().enumerate().rev() {
         let bytes = read_segment(path)?;
         let mut r = Replayer::default();
-        let Scanned { end, expected } = scan_segment(path, &bytes, &mut r, accept_loss)?;
-        let newest = i == segments.len() - 1;
-        if !r.checkpoint_complete {
-            // Only the newest segment may be an interrupted checkpoint;
-            // such a segment holds nothing else.
-            if newest {
-                tracing::warn!(file = %path.display(), "ignoring a segment whose checkpoint was interrupted");
-                interrupted = Some(path.clone());
-                continue;
-            }
+        let scanned = scan_segment(path, &bytes, &mut r, accept_loss)?;
+        if r.checkpoint_complete {
+            chosen = Some((i, bytes, r, scanned));
+            break;
+        }
+        tracing::warn!(file = %path.display(), "a segment whose checkpoint never finished: its records are read on from the segment before it");
+    }
+    let Some((i, mut bytes, mut r, Scanned { mut end, expected })) = chosen else {
+        return Ok((
+            Recovered {
+                elapsed: started.elapsed(),
+                ..Recovered::default()
+            },
+            None,
+        ));
+    };
+    let (segment, mut path) = (segments[i].0, segments[i].1.clone());
+    let replayed = Replayed {
+        segment,
+        frames: if expected > 0 {
+            expected
+        } else {
+            r.state.records
+        },
+        units: r.units,
+    };
+    let mut id_segments = read_older_ids(&segments[..i], segment, &mut r, accept_loss)?;
+    id_segments.push((segment, r.ids_until));
+    let mut prev = segment;
+    for (seq, next) in &segments[i + 1..] {
+        if *seq != prev + 1 {
             return Err(StoreError::LogDamage(format!(
-                "{}: checkpoint incomplete in a segment that is not the newest",
+                "{}: segments {} to {} are missing; refusing to start",
+                next.display(),
+                prev + 1,
+                seq - 1
+            )));
+        }
+        prev = *seq;
+        // Only the newest may end torn: each segment is synced before the
+        // next one gets a byte.
+        if let ScanEnd::Torn { offset, reason } = &end {
+            return Err(StoreError::LogDamage(format!(
+                "{} at offset {offset}: {reason} in a segment that is not the newest",
                 path.display()
             )));
         }
-        let replayed = Replayed {
-            segment: *segment,
-            frames: if expected > 0 {
-                expected
-            } else {
-                r.state.records
-            },
-            units: r.units,
-        };
-        let mut id_segments = read_older_ids(&segments[..i], *segment, &mut r, accept_loss)?;
-        id_segments.push((*segment, r.ids_until));
-        let mut state = r.finish();
-        state.id_segments = id_segments;
-        let valid_end = match &end {
-            ScanEnd::Clean { end } => *end,
-            ScanEnd::Torn { offset, .. } | ScanEnd::Corrupt { offset, .. } => *offset,
-        };
-        if let ScanEnd::Torn { offset, reason } = end {
-            // What the interrupted write left, up to the zero-filled rest.
-            let tail = &bytes[offset as usize..];
-            let dropped = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
-            tracing::warn!(
-                file = %path.display(),
-                offset,
-                dropped_bytes = dropped,
-                reason = %reason,
-                "dropped a torn record at the end of the write-ahead log (it was never acknowledged)"
-            );
-            state.torn = Some((path.clone(), offset, dropped, reason));
-        }
-        state.segment = Some(path.clone());
-        state.bytes = valid_end;
-        state.interrupted = interrupted;
-        state.elapsed = started.elapsed();
-        return Ok((state, Some(replayed)));
+        r.chain = true;
+        r.ids_until = None;
+        bytes = read_segment(next)?;
+        end = scan_segment(next, &bytes, &mut r, accept_loss)?.end;
+        id_segments.push((*seq, r.ids_until));
+        path = next.clone();
     }
-    Ok((
-        Recovered {
-            interrupted,
-            elapsed: started.elapsed(),
-            ..Recovered::default()
-        },
-        None,
-    ))
+    let mut state = r.finish();
+    state.id_segments = id_segments;
+    let valid_end = match &end {
+        ScanEnd::Clean { end } => *end,
+        ScanEnd::Torn { offset, .. } | ScanEnd::Corrupt { offset, .. } => *offset,
+    };
+    if let ScanEnd::Torn { offset, reason } = end {
+        // What the interrupted write left, up to the zero-filled rest.
+        let tail = &bytes[offset as usize..];
+        let dropped = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            dropped_bytes = dropped,
+            reason = %reason,
+            "dropped a torn record at the end of the write-ahead log (it was never acknowledged)"
+        );
+        state.torn = Some((path.clone(), offset, dropped, reason));
+    }
+    state.segment = Some(path);
+    state.bytes = valid_end;
+    state.elapsed = started.elapsed();
+    Ok((state, Some(replayed)))
+}
+
+/// One segment replayed from its own checkpoint (`prev: None`), or
+/// replayed on from `prev`'s as if its own checkpoint had never finished:
+/// the two must agree (see the log's tests).
+#[cfg(test)]
+pub(crate) fn replay_for_test(prev: Option<&Path>, path: &Path) -> Recovered {
+    let mut r = Replayer::default();
+    if let Some(prev) = prev {
+        scan_segment(prev, &read_segment(prev).unwrap(), &mut r, false).unwrap();
+        r.chain = true;
+    }
+    scan_segment(path, &read_segment(path).unwrap(), &mut r, false).unwrap();
+    r.finish()
 }
