@@ -327,6 +327,8 @@ struct UserEntry {
     dirty_since: Option<Timestamp>,
     dirty_gen: u32,
     threshold_queued: bool,
+    /// In its shard's `with_units` list.
+    listed: bool,
 }
 
 impl UserEntry {
@@ -526,6 +528,11 @@ struct Shard {
     owners: HashMap<u64, (UserId, u32), RandomState>,
     /// The segment whose checkpoint last took this shard's counters.
     cut: Cut,
+    /// Every user of this shard holding units (and some that no longer
+    /// do, or were evicted, until the next checkpoint prunes them): a
+    /// checkpoint copies these instead of walking every resident user
+    /// under the shard's lock.
+    with_units: Vec<UserId>,
 }
 
 /// Units outside the store in one shard, and how many of its users hold
@@ -559,14 +566,22 @@ impl ShardTotals {
 
 impl Shard {
     /// Marks `e` dirty if it has pending units and is not already queued.
+    /// Called wherever a user's units may have grown (a consume, a
+    /// refund, a recovery): queues it in the dirty FIFO and lists it among
+    /// the users holding units.
     fn mark_dirty(
         dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
+        with_units: &mut Vec<UserId>,
         e: &mut UserEntry,
         now: Timestamp,
     ) {
         if e.dirty_since.is_none() && e.has_pending() {
             e.dirty_since = Some(now);
             dirty.push_back((now, e.dirty_gen, e.id.clone()));
+        }
+        if !e.listed && e.has_units() {
+            e.listed = true;
+            with_units.push(e.id.clone());
         }
     }
 }
@@ -633,6 +648,7 @@ impl Ledger {
                     totals: ShardTotals::default(),
                     owners: HashMap::with_hasher(RandomState::default()),
                     cut: Cut(0),
+                    with_units: Vec::new(),
                 }))
             })
             .collect();
@@ -785,6 +801,7 @@ impl Ledger {
             dirty_since: None,
             dirty_gen: 0,
             threshold_queued: false,
+            listed: false,
         };
         shard.users.insert(Box::new(entry));
         shard.activity.push_back((now, user.clone()));
@@ -1101,7 +1118,7 @@ impl Ledger {
                 shard.threshold.push(e.id.clone());
                 threshold_reached = true;
             }
-            Shard::mark_dirty(&mut shard.dirty, e, now);
+            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
         }
         let decision = e.decision(k, allowed);
         // Logged under the shard lock: the log's order is this counter's
@@ -1281,7 +1298,7 @@ impl Ledger {
             }
             shard.totals.change(had, e.has_units(), -signed(amount), 0);
             e.last_activity = now;
-            Shard::mark_dirty(&mut shard.dirty, e, now);
+            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
             cut = shard.cut;
         }
         // Appended after the shard's lock is released: the cut read under
@@ -1868,6 +1885,29 @@ impl Ledger {
         t
     }
 
+    /// What [`Ledger::cut_shards`] copies, by walking every resident user
+    /// (the tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn units_outside_walked(&self) -> Vec<UnitsOutside> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            for e in lock(&s.0).users.values() {
+                for (k, slot) in e.slots() {
+                    let units = slot.pending + slot.in_flight;
+                    if units != 0 {
+                        out.push(UnitsOutside {
+                            user: e.id.clone(),
+                            kind: *self.kinds.by_index(k),
+                            period_start: slot.period_start,
+                            units,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The `n` resident users with the most units not yet known to be in
     /// the store (pending plus in flight), most first. Walks every user:
     /// for status pages, not for triggers.
@@ -1911,10 +1951,25 @@ impl Ledger {
     pub fn cut_shards(&self, segment: Cut, sink: &mut dyn FnMut(Vec<UnitsOutside>)) {
         for s in self.shards.iter() {
             let copies = {
-                let mut shard = lock(&s.0);
+                let mut guard = lock(&s.0);
+                let shard = &mut *guard;
                 shard.cut = segment;
                 let mut out = Vec::new();
-                for e in shard.users.values() {
+                // Only the listed users: a user only gains units through
+                // `mark_dirty`, which lists it (a take moves them, a
+                // completion only removes them). Those without units any
+                // more (or evicted) leave the list; an id listed twice (a
+                // user evicted and loaded again) is taken once.
+                let listed = std::mem::take(&mut shard.with_units);
+                let mut keep = Vec::with_capacity(listed.len());
+                for id in listed {
+                    let Some(e) = shard.users.get_mut(id.as_str()) else {
+                        continue;
+                    };
+                    if !e.listed {
+                        continue;
+                    }
+                    e.listed = false;
                     for (k, slot) in e.slots() {
                         let units = slot.pending + slot.in_flight;
                         if units != 0 {
@@ -1926,7 +1981,19 @@ impl Ledger {
                             });
                         }
                     }
+                    // Kept while it has any: pending -1 with 1 in flight
+                    // is 0 outside the store now, but -1 once the flight
+                    // lands (and completions do not list).
+                    if e.has_units() {
+                        keep.push(id);
+                    }
                 }
+                for id in &keep {
+                    if let Some(e) = shard.users.get_mut(id.as_str()) {
+                        e.listed = true;
+                    }
+                }
+                shard.with_units = keep;
                 out
             };
             sink(copies);
@@ -1971,7 +2038,7 @@ impl Ledger {
         }
         e.stale.retain(|(_, s)| !s.is_clean());
         shard.totals.change(had, e.has_units(), pending, in_flight);
-        Shard::mark_dirty(&mut shard.dirty, e, now);
+        Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
     }
 
     /// Restores a remembered request id from the log.

@@ -597,6 +597,7 @@ proptest! {
             }
             let t = l.totals();
             prop_assert_eq!(&t, &l.totals_walked());
+            prop_assert_eq!(listed_units(&l), walked_units(&l));
             let stored: i64 = store.values().sum();
             prop_assert_eq!(admitted - refunded, stored + t.pending + t.in_flight);
         }
@@ -1021,8 +1022,10 @@ proptest! {
             for (&(_, p), &used) in &db.0 {
                 prop_assert!(used <= 10, "the store holds {used} for period {p:?}");
             }
-            // The totals kept per shard always equal a walk over the users.
+            // The totals kept per shard always equal a walk over the users,
+            // and so do the counters a checkpoint copies.
             prop_assert_eq!(l.totals(), l.totals_walked());
+            prop_assert_eq!(listed_units(&l), walked_units(&l));
         }
         for b in held.drain(..) {
             db.apply(&l, &b, now);
@@ -1032,4 +1035,34 @@ proptest! {
             prop_assert_eq!(db.0.get(&(0, p)).copied().unwrap_or(0), units);
         }
     }
+}
+
+type UnitsKey = (String, usize, Timestamp, i64);
+
+fn sorted(v: Vec<crate::UnitsOutside>) -> Vec<UnitsKey> {
+    let mut v: Vec<UnitsKey> = v
+        .into_iter()
+        .map(|u| {
+            (
+                u.user.as_str().to_owned(),
+                u.kind.index(),
+                u.period_start,
+                u.units,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a checkpoint copies, from the shards' lists of users holding
+/// units.
+fn listed_units(l: &Ledger) -> Vec<UnitsKey> {
+    let mut all = Vec::new();
+    l.cut_shards(crate::Cut(1), &mut |units| all.extend(units));
+    sorted(all)
+}
+
+fn walked_units(l: &Ledger) -> Vec<UnitsKey> {
+    sorted(l.units_outside_walked())
 }
