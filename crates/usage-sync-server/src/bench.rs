@@ -74,6 +74,9 @@ impl BenchResult {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
+        // A rank from a quantile of a count, clamped below: not a client's
+        // number.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let i = ((q * self.latencies_us.len() as f64).ceil() as usize)
             .clamp(1, self.latencies_us.len())
             - 1;
@@ -246,7 +249,7 @@ pub async fn load(args: &BenchArgs, progress: bool) -> BenchResult {
                         }
                     }
                 }
-                lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             (allowed, denied, errors, lat, first_error)
@@ -263,6 +266,8 @@ pub async fn load(args: &BenchArgs, progress: bool) -> BenchResult {
                 .min(args.duration.as_secs_f64());
             let total = args.duration.as_secs_f64();
             let width = 30;
+            // A progress bar's width from a fraction of the run.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let filled = ((done / total) * width as f64) as usize;
             let now = sent.load(Ordering::Relaxed);
             eprint!(

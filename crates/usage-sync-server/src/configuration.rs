@@ -496,7 +496,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 
 /// Shows a duration the way a person writes it.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     for (unit, size) in [
         ("d", 86_400_000),
         ("h", 3_600_000),
@@ -757,7 +757,7 @@ fn parse_plans(
                         .ok_or_else(|| err(format!("plans.{name}.limits must be a table")))?;
                     for (kind, l) in t {
                         let limit = match l {
-                            toml::Value::Integer(i) if *i >= 0 => Some(*i as u64),
+                            toml::Value::Integer(i) if *i >= 0 => Some(i.unsigned_abs()),
                             toml::Value::String(s) if s == "unlimited" => None,
                             _ => {
                                 return Err(err(format!(
@@ -990,17 +990,20 @@ fn build(
         force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
         max_sync_interval: dur("max_sync_interval")?,
         verbose_logging: boolean("verbose_logging")?,
-        max_active_users_check: count("max_active_users_check", 1, 10_000_000)? as usize,
+        max_active_users_check: usize::try_from(count("max_active_users_check", 1, 10_000_000)?)
+            .unwrap_or(usize::MAX),
         session_timeout: dur("session_timeout")?,
         sync_timeout: dur("sync_timeout")?,
-        max_concurrent_syncs: count("max_concurrent_syncs", 1, 1024)? as usize,
-        batch_size: count("batch_size", 1, 10_000)? as usize,
-        max_cached_users: count("max_cached_users", 1, 1_000_000_000)? as usize,
+        max_concurrent_syncs: usize::try_from(count("max_concurrent_syncs", 1, 1024)?)
+            .unwrap_or(usize::MAX),
+        batch_size: usize::try_from(count("batch_size", 1, 10_000)?).unwrap_or(usize::MAX),
+        max_cached_users: usize::try_from(count("max_cached_users", 1, 1_000_000_000)?)
+            .unwrap_or(usize::MAX),
         enable_usage_sync: boolean("enable_usage_sync")?,
         performance_mode,
         data_dir,
         database_url,
-        db_pool_size: count("db_pool_size", 1, 1000)? as usize,
+        db_pool_size: usize::try_from(count("db_pool_size", 1, 1000)?).unwrap_or(usize::MAX),
         sharing,
         redis_url,
         listen,
@@ -1013,7 +1016,12 @@ fn build(
         alert_window: dur("alert_window")?,
         alert_interval: dur("alert_interval")?,
         alert_webhook: secret("alert_webhook"),
-        max_concurrent_syncs_ceiling: count("max_concurrent_syncs_ceiling", 1, 1024)? as usize,
+        max_concurrent_syncs_ceiling: usize::try_from(count(
+            "max_concurrent_syncs_ceiling",
+            1,
+            1024,
+        )?)
+        .unwrap_or(usize::MAX),
         shutdown_timeout: dur("shutdown_timeout")?,
         header_timeout: positive("header_timeout")?,
         body_timeout: positive("body_timeout")?,

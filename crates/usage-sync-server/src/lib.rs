@@ -13,6 +13,19 @@
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
+// Amounts, limits, ids and query numbers come from clients and operators:
+// converted with checked or saturating conversions, never `as`, which can
+// wrap silently (a limit of 2^64-1 once read as "unlimited"). The crate's
+// tests may cast freely.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation
+    )
+)]
+
 pub mod alerts;
 pub mod bench;
 pub mod cadence;

@@ -90,6 +90,8 @@ fn f(v: &Value) -> f64 {
 pub fn render(url: &str, d: &Value) -> (String, bool) {
     let mut o = String::new();
     let s = &d["sync"];
+    // Seconds of uptime, read back from the service's own JSON.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let up = f(&d["uptime_seconds"]) as u64;
     let _ = writeln!(
         o,

@@ -49,8 +49,10 @@ impl<S: Store> FaultyStore<S> {
     }
 
     pub fn set_flush_delay(&self, d: std::time::Duration) {
-        self.flush_delay_ms
-            .store(d.as_millis() as u64, Ordering::SeqCst);
+        self.flush_delay_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     pub fn lose_next_acks(&self, n: u64) {

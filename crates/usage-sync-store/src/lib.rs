@@ -22,6 +22,18 @@
 //! applied exactly once. The conformance suite in `tests/` checks this for
 //! every backend.
 
+// Amounts, limits and counters reach the store from clients: converted
+// with checked or saturating conversions, never `as`, which can wrap
+// silently. The crate's tests and benches may cast freely.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation
+    )
+)]
+
 pub mod error;
 pub mod fault;
 pub mod migrations;

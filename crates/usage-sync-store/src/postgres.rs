@@ -204,7 +204,10 @@ impl PostgresStore {
         let periods: Vec<i64> = batch.deltas.iter().map(|d| d.period_start.0).collect();
         let deltas: Vec<i64> = batch.deltas.iter().map(|d| d.delta).collect();
         let id = batch.id.to_string();
-        let (n_rows, units) = (batch.rows() as i32, batch.units());
+        let (n_rows, units) = (
+            i32::try_from(batch.rows()).unwrap_or(i32::MAX),
+            batch.units(),
+        );
         // One statement: the upsert reads `f`, so it runs after the id
         // insert and only if the id was new. A concurrent statement with
         // the same id waits on the id's unique index, then finds it.

@@ -196,7 +196,7 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
 fn now_text() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     Timestamp(ms).to_rfc3339()
 }
 
@@ -244,7 +244,12 @@ fn apply_flush(conn: &mut Connection, batch: &FlushBatch) -> Result<FlushOutcome
     let inserted = tx.execute(
         "INSERT INTO flushes (flush_id, applied_at, rows, units) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (flush_id) DO NOTHING",
-        params![id, now, batch.rows() as i64, batch.units()],
+        params![
+            id,
+            now,
+            i64::try_from(batch.rows()).unwrap_or(i64::MAX),
+            batch.units()
+        ],
     )?;
     if inserted == 0 {
         let mut stmt = tx.prepare_cached(

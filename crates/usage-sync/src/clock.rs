@@ -25,7 +25,7 @@ impl Clock for SystemClock {
         Timestamp(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         )
     }
 }
@@ -60,7 +60,7 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
-        let elapsed = self.anchor.elapsed().as_millis() as i64;
+        let elapsed = i64::try_from(self.anchor.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.anchor_wall.saturating_add_ms(elapsed)
     }
 }

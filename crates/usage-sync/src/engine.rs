@@ -112,7 +112,7 @@ impl Engine {
             LedgerConfig {
                 shards: 64,
                 threshold: config.force_sync_threshold,
-                dedup_window_ms: config.dedup_window.as_millis() as i64,
+                dedup_window_ms: i64::try_from(config.dedup_window.as_millis()).unwrap_or(i64::MAX),
                 max_request_ids: config.max_request_ids,
                 instance_nonce: fastrand::u64(..),
                 // Fingerprints in the log stay valid only under its key.

@@ -38,6 +38,18 @@
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
 
+// Amounts, limits and counters pass through the engine from clients and
+// from Redis: converted with checked or saturating conversions, never
+// `as`, which can wrap silently. The crate's tests may cast freely.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_truncation
+    )
+)]
+
 pub mod admin;
 pub mod clock;
 pub mod config;

@@ -91,7 +91,8 @@ impl Histogram {
             self.buckets[i].add(1);
         }
         self.count.add(1);
-        self.sum_nanos.add(d.as_nanos() as u64);
+        self.sum_nanos
+            .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {

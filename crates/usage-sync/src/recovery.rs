@@ -187,7 +187,7 @@ impl Engine {
         inner.ledger.attach_journal(wal.clone());
         wal.checkpoint(&inner.ledger, now);
         wal.sync().await?;
-        report.millis = started.elapsed().as_millis() as u64;
+        report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(
             records = report.records,
             users = report.users,

@@ -93,7 +93,10 @@ impl SyncStatsSnapshot {
         if total == 0 {
             return None;
         }
-        let rank = ((q * total as f64).ceil() as u64).max(1);
+        // A rank from a quantile (0 to 1) of a count: not a client's
+        // number, and clamped to 1..=total before the cast.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let rank = (q * total as f64).ceil().clamp(1.0, total as f64) as u64;
         let mut seen = 0;
         for (i, n) in self.flush_buckets.iter().enumerate() {
             seen += n;

@@ -172,8 +172,8 @@ impl Inner {
     /// Capped exponential backoff with "equal jitter": half fixed, half
     /// random, so retries from many batches spread out after an outage.
     fn backoff(&self, attempts: u32) -> Duration {
-        let base = self.config.retry_base.as_millis() as u64;
-        let cap = self.config.retry_max.as_millis() as u64;
+        let base = u64::try_from(self.config.retry_base.as_millis()).unwrap_or(u64::MAX);
+        let cap = u64::try_from(self.config.retry_max.as_millis()).unwrap_or(u64::MAX);
         let exp = base
             .saturating_mul(1u64 << attempts.min(20))
             .min(cap)
@@ -277,7 +277,7 @@ impl Inner {
                     trigger = trigger.as_str(),
                     rows = batch.rows(),
                     units = batch.units(),
-                    ms = took.as_millis() as u64,
+                    ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                     already_applied = out.already_applied,
                     "flushed"
                 );
@@ -402,7 +402,7 @@ impl Inner {
         self.spawn_batches(due, Trigger::Heartbeat).await;
         let hb = self.ledger.heartbeat(
             self.clock.now(),
-            self.config.session_timeout.as_millis() as i64,
+            i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX),
             self.config.max_cached_users,
             self.config.batch_size,
         );
@@ -420,10 +420,9 @@ impl Inner {
         // Forget old flush ids about once an hour.
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             *last_prune = Some(Instant::now());
-            let before = self
-                .clock
-                .now()
-                .saturating_sub_ms(self.config.flush_id_retention.as_millis() as i64);
+            let before = self.clock.now().saturating_sub_ms(
+                i64::try_from(self.config.flush_id_retention.as_millis()).unwrap_or(i64::MAX),
+            );
             if let Err(e) = self.store.prune_flushes(before).await {
                 warn!(target: "heartbeat", error = %e, "could not prune old flush ids");
             }
@@ -575,7 +574,7 @@ impl Inner {
         if let Some(wal) = &self.wal {
             let started = Instant::now();
             wal.checkpoint(&self.ledger, self.clock.now());
-            debug!(target: "flush", ms = started.elapsed().as_millis() as u64, "write-ahead log checkpoint");
+            debug!(target: "flush", ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "write-ahead log checkpoint");
         }
     }
 

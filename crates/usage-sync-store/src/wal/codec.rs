@@ -141,7 +141,7 @@ impl Enc<'_> {
         // Ids are ≤ 128 bytes and kinds ≤ 64 by construction; clamp anyway
         // so a length can never wrap.
         let b = &s.as_bytes()[..s.len().min(255)];
-        self.0.push(b.len() as u8);
+        self.0.push(u8::try_from(b.len()).unwrap_or(u8::MAX));
         self.0.extend_from_slice(b);
     }
     fn decision(&mut self, allowed: bool, used: u64, limit: Option<u64>) {
@@ -534,8 +534,10 @@ fn frame(out: &mut Vec<u8>, seq: Option<u64>, body: impl FnOnce(&mut Enc<'_>)) -
     body(&mut Enc(out));
     let len = out.len() - start - HEADER;
     let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&(!(len as u32)).to_le_bytes());
+    // Frames are at most a batch intent (about 1.5 MiB).
+    let len = u32::try_from(len).expect("a frame is under 4 GiB");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&(!len).to_le_bytes());
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
 }
@@ -634,7 +636,7 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
         },
         T_INTENT => {
             let id = FlushId(d.u128()?);
-            let n = d.u64()? as usize;
+            let n = usize::try_from(d.u64()?).map_err(|_| "count out of range".to_owned())?;
             if n > MAX_PAYLOAD / 18 {
                 return Err(format!("intent claims {n} deltas"));
             }
@@ -650,7 +652,7 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
         },
         T_DONE_PRECUT => {
             let id = FlushId(d.u128()?);
-            let n = d.u64()? as usize;
+            let n = usize::try_from(d.u64()?).map_err(|_| "count out of range".to_owned())?;
             if n > MAX_PAYLOAD / 4 {
                 return Err(format!("completion claims {n} deltas"));
             }

@@ -284,7 +284,7 @@ pub struct Position {
 }
 
 /// Units a record counts, as a signed number (amounts are at most 10^9).
-fn units(amount: u64) -> i64 {
+pub(crate) fn units(amount: u64) -> i64 {
     i64::try_from(amount).unwrap_or(i64::MAX)
 }
 
@@ -343,7 +343,7 @@ impl Segment {
             static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
             let mut at = end.max(self.zeroed);
             while at < target {
-                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                let n = usize::try_from(target - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
                 self.file.write_all_at(&ZEROS[..n], at)?;
                 at += n as u64;
             }

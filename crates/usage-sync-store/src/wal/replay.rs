@@ -34,7 +34,7 @@ use std::time::Instant;
 use usage_sync_core::{DedupKey, Fingerprint, FlushId, Timestamp};
 
 use super::codec::{self, LogRecord, LoggedDecision, LoggedDelta, ScanEnd};
-use super::list_segments;
+use super::{list_segments, units};
 use crate::error::StoreError;
 
 /// A request id recovered from the log.
@@ -169,9 +169,9 @@ impl Replayer {
                     if self.chain || !precut {
                         *s.unpersisted
                             .entry((user.clone(), kind.clone(), period_start))
-                            .or_default() += amount as i64;
+                            .or_default() += units(amount);
                     }
-                    self.units += amount as i64;
+                    self.units += units(amount);
                 }
                 if let (Some(_), Some(fp)) = (request_id, fp) {
                     s.dedup.insert(
@@ -197,9 +197,9 @@ impl Replayer {
                 ..
             } => {
                 if amount > 0 && (self.chain || !precut) {
-                    *s.unpersisted.entry((user, kind, period_start)).or_default() -= amount as i64;
+                    *s.unpersisted.entry((user, kind, period_start)).or_default() -= units(amount);
                 }
-                self.units -= amount as i64;
+                self.units -= units(amount);
                 if let Some(fp) = fp {
                     self.refunds.insert(fp);
                 }
@@ -574,7 +574,7 @@ fn recover_segments(
     };
     if let ScanEnd::Torn { offset, reason } = end {
         // What the interrupted write left, up to the zero-filled rest.
-        let tail = &bytes[offset as usize..];
+        let tail = &bytes[usize::try_from(offset).unwrap_or(bytes.len())..];
         let dropped = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
         tracing::warn!(
             file = %path.display(),

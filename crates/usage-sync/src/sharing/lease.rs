@@ -63,7 +63,8 @@ impl Leases {
 
     fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<UserId, UserLeases>> {
         let h = foldhash::fast::FixedState::with_seed(7);
-        let i = std::hash::BuildHasher::hash_one(&h, user) as usize % SHARDS;
+        let i = usize::try_from(std::hash::BuildHasher::hash_one(&h, user) % SHARDS as u64)
+            .unwrap_or(0);
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 

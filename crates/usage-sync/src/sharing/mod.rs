@@ -231,11 +231,12 @@ impl SharedTier {
     /// milliseconds until it expires).
     pub fn lease_of(&self, user: &UserId, kind: &Kind) -> Option<(u64, u64)> {
         self.leases
-            .of(user, kind.index() as u16)
+            .of(user, u16::try_from(kind.index()).unwrap_or(u16::MAX))
             .map(|(_, left, at)| {
                 (
                     left,
-                    at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    u64::try_from(at.saturating_duration_since(Instant::now()).as_millis())
+                        .unwrap_or(u64::MAX),
                 )
             })
     }
@@ -246,7 +247,8 @@ impl SharedTier {
 
     fn version_shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<UserId, u64>> {
         let h = foldhash::fast::FixedState::with_seed(11);
-        let i = std::hash::BuildHasher::hash_one(&h, user) as usize % VERSION_SHARDS;
+        let i = usize::try_from(std::hash::BuildHasher::hash_one(&h, user) % VERSION_SHARDS as u64)
+            .unwrap_or(0);
         lock(&self.versions[i])
     }
 
@@ -624,7 +626,8 @@ impl Engine {
             expire_at_ms: expire_at(q.period_end),
             version: t.version(user),
             request_id: request_id.map(RequestId::as_str),
-            dedup_ttl_ms: self.inner.config.dedup_window.as_millis() as u64,
+            dedup_ttl_ms: u64::try_from(self.inner.config.dedup_window.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 
@@ -747,7 +750,7 @@ impl Engine {
         q: &Quota,
         amount: Units,
     ) -> Result<Option<ConsumeOutcome>, Error> {
-        let k = kind.index() as u16;
+        let k = u16::try_from(kind.index()).unwrap_or(u16::MAX);
         if let Some(spent) = t
             .leases
             .spend(user, k, q.period_start, amount.get(), Instant::now())

@@ -219,7 +219,7 @@ impl Redis {
         inv.key(self.version_key(a.user));
         inv.key(self.record_key(a.user, a.request_id.unwrap_or("")));
         inv.arg(a.amount)
-            .arg(a.limit.map_or(-1, |l| l as i64))
+            .arg(a.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)))
             .arg(a.seed)
             .arg(a.expire_at_ms)
             .arg(a.version)
@@ -272,11 +272,15 @@ impl Redis {
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| RedisFailure::Protocol(format!("{reply:?}")))
         };
+        // Negative numbers other than the -1 marker are a protocol error,
+        // never a huge grant.
+        let unsigned =
+            |v: i64| u64::try_from(v).map_err(|_| RedisFailure::Protocol(format!("{reply:?}")));
         Ok(match n(0)? {
-            -1 => LeaseReply::Stale(n(1)? as u64),
+            -1 => LeaseReply::Stale(unsigned(n(1)?)?),
             g => LeaseReply::Granted {
-                units: g as u64,
-                used: n(1)?.max(0) as u64,
+                units: unsigned(g)?,
+                used: unsigned(n(1)?.max(0))?,
             },
         })
     }

@@ -156,8 +156,8 @@ pub async fn list_users(
         _ => return Err(ApiError::invalid("order must be asc or desc")),
     };
     let q = UserListQuery {
-        page: page as usize,
-        limit: limit as usize,
+        page: usize::try_from(page).unwrap_or(usize::MAX),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
         search: p.search.filter(|s| !s.is_empty()),
         plan: p.plan.filter(|s| !s.is_empty()),
         sort,
@@ -203,7 +203,10 @@ pub async fn evict(
     if idle > 365 * 86_400 {
         return Err(ApiError::invalid("idle_seconds must be at most one year"));
     }
-    let r = state.engine()?.evict_idle(idle as i64 * 1000).await?;
+    let r = state
+        .engine()?
+        .evict_idle(i64::try_from(idle).unwrap_or(i64::MAX).saturating_mul(1000))
+        .await?;
     tracing::info!(target: "admin", evicted = r.evicted, kept = r.kept, "cache eviction");
     Ok(Json(json!({
         "flushed_units": r.flushed_units,
@@ -243,7 +246,9 @@ pub async fn simulate(
     }
     let engine = state.engine()?;
     let kind = engine.kind(&body.kind)?;
-    let (allowed, denied) = engine.simulate(&user, &kind, count as u32).await?;
+    let (allowed, denied) = engine
+        .simulate(&user, &kind, u32::try_from(count).unwrap_or(10_000))
+        .await?;
     tracing::info!(target: "admin", user_id = %user, kind = kind.name(), allowed, denied, "simulated consumes");
     let usage = engine.usage(&user).await?;
     Ok(Json(json!({

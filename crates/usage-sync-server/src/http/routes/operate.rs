@@ -578,9 +578,9 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             "last_error": s.last_error,
             "by_trigger": by_trigger,
             "intervals_ms": {
-                "heartbeat": c.heartbeat_interval.as_millis() as u64,
-                "check": c.check_interval.as_millis() as u64,
-                "guarantee": c.max_sync_interval.as_millis() as u64,
+                "heartbeat": u64::try_from(c.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+                "check": u64::try_from(c.check_interval.as_millis()).unwrap_or(u64::MAX),
+                "guarantee": u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX),
             },
         },
         "consumes": {
@@ -594,10 +594,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "oldest_pending_age_seconds": t.oldest_pending.map_or(0.0, |o| now.since(o) as f64 / 1000.0),
         "retry_backlog_units": engine.retry_backlog().1,
         "next_runs_ms": engine.next_runs().map(|r| json!({
-            "check": r.check.as_millis() as u64,
-            "heartbeat": r.heartbeat.as_millis() as u64,
-            "guarantee": r.guarantee.as_millis() as u64,
-            "retry": r.retry.map(|d| d.as_millis() as u64),
+            "check": u64::try_from(r.check.as_millis()).unwrap_or(u64::MAX),
+            "heartbeat": u64::try_from(r.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            "guarantee": u64::try_from(r.guarantee.as_millis()).unwrap_or(u64::MAX),
+            "retry": r.retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })),
         "top_pending_users": top,
         "request_ids_remembered": engine.ledger().dedup_entries(),
@@ -611,12 +611,14 @@ pub async fn diagnose(
     let engine = state.engine()?;
     let u = engine.usage(&user).await?;
     let c = engine.config();
-    let threshold = c.force_sync_threshold as i64;
+    let threshold = i64::try_from(c.force_sync_threshold).unwrap_or(i64::MAX);
     let mut doc = usage_json(&u);
     let mut kinds = serde_json::Map::new();
     let mut advice = Vec::new();
     let runs = engine.next_runs();
-    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    let ms = |d: Option<std::time::Duration>| {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
     for k in &u.kinds {
         let waiting = k.pending - k.in_flight;
         let next = if k.in_flight != 0 {
@@ -673,7 +675,7 @@ pub async fn diagnose(
     doc["request_ids_remembered"] = json!(engine.ledger().dedup_entries_of(user.as_str()));
     doc["kinds"] = Value::Object(kinds);
     doc["force_sync_threshold"] = json!(threshold);
-    doc["guarantee_ms"] = json!(c.max_sync_interval.as_millis() as u64);
+    doc["guarantee_ms"] = json!(u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX));
     doc["recommendations"] = json!(advice);
     Ok(Json(doc))
 }
