@@ -96,7 +96,7 @@ fn main() {
         (users, users),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = WalConfig::new(dir.path(), Durability::None);
+        let mut config = WalConfig::new(dir.path(), Durability::Batched);
         config.max_segment_bytes = u64::MAX / 4;
         let (wal, _) = Wal::open(config).unwrap();
         let l = ledger();
