@@ -19,6 +19,14 @@ export interface ClientOptions {
   /** When the service stays unreachable: "closed" (default) throws; "open" lets consume and check through, counting nothing. */
   failMode?: "closed" | "open";
   fetch?: typeof fetch;
+  /**
+   * Opt-in: gather concurrent consume() calls into one POST /v1/consume/batch,
+   * sent after `maxWaitMs` (default 2) or once `maxEvents` (default 100, at
+   * most 1000) calls wait. Each call resolves with its own result; each
+   * event keeps its own request id, so a retried batch counts nothing
+   * twice; an event the service refuses fails its own call only.
+   */
+  batch?: { maxWaitMs?: number; maxEvents?: number };
 }
 
 /** A consume's answer; `request_id` is the one sent (generated if not given). */

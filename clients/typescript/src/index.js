@@ -6,6 +6,13 @@
 // backoff. A consume is retried under the same request_id (generated when
 // the caller gives none), so a retry after a lost response never counts
 // twice: the service answers it from its record with `deduplicated: true`.
+//
+// Batching (opt-in, `batch: { maxWaitMs, maxEvents }`): concurrent
+// consume() calls are gathered for up to maxWaitMs (or until maxEvents
+// wait) and sent as one POST /v1/consume/batch. Each call still gets its
+// own result, in its own promise; every event keeps its own request_id,
+// so a retried batch counts nothing twice; an event the service refuses
+// (an unknown kind, say) fails its own call only.
 
 export class UsageSyncError extends Error {
   /** @param {number} status @param {string} code @param {string} message */
@@ -38,6 +45,9 @@ export class UsageSyncClient {
    * @param {"closed"|"open"} [options.failMode="closed"] when the service stays unreachable:
    *   "closed" throws; "open" lets consume/check through with `fail_open: true` (nothing counted)
    * @param {typeof fetch} [options.fetch]
+   * @param {{maxWaitMs?: number, maxEvents?: number}} [options.batch] gather concurrent
+   *   consume() calls into one batch request: sent after maxWaitMs (default 2) or once
+   *   maxEvents (default 100, at most 1000) wait
    */
   constructor(options) {
     if (!options || !options.baseUrl) throw new TypeError("baseUrl is required");
@@ -51,6 +61,15 @@ export class UsageSyncClient {
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     if (this.failMode !== "closed" && this.failMode !== "open") {
       throw new TypeError('failMode must be "closed" or "open"');
+    }
+    this.batch = null;
+    if (options.batch) {
+      const maxWaitMs = options.batch.maxWaitMs ?? 2;
+      const maxEvents = options.batch.maxEvents ?? 100;
+      if (!(maxWaitMs >= 0) || !Number.isInteger(maxEvents) || maxEvents < 1 || maxEvents > 1000) {
+        throw new TypeError("batch: maxWaitMs must be >= 0 and maxEvents an integer from 1 to 1000");
+      }
+      this.batch = { maxWaitMs, maxEvents, queue: [], timer: null };
     }
   }
 
@@ -103,6 +122,7 @@ export class UsageSyncClient {
   /** May the user spend `amount` of `kind`? Counted if allowed. */
   async consume({ userId, kind, amount = 1, requestId }) {
     const rid = requestId ?? newRequestId();
+    if (this.batch) return this.enqueue({ user_id: userId, kind, amount, request_id: rid });
     try {
       const { body } = await this.request("POST", "/v1/consume", {
         body: { user_id: userId, kind, amount, request_id: rid },
@@ -112,6 +132,52 @@ export class UsageSyncClient {
     } catch (e) {
       return this.failOpen(e, userId, kind, amount, rid);
     }
+  }
+
+  /** Queues one consume for the next batch; resolves with its own result. */
+  enqueue(event) {
+    const b = this.batch;
+    return new Promise((resolve, reject) => {
+      b.queue.push({ event, resolve, reject });
+      if (b.queue.length >= b.maxEvents) {
+        this.sendBatch();
+      } else if (b.timer === null) {
+        b.timer = setTimeout(() => this.sendBatch(), b.maxWaitMs);
+      }
+    });
+  }
+
+  /** Sends what is queued (at most maxEvents) as one batch request. */
+  async sendBatch() {
+    const b = this.batch;
+    clearTimeout(b.timer);
+    b.timer = null;
+    const items = b.queue.splice(0, b.maxEvents);
+    if (b.queue.length > 0) b.timer = setTimeout(() => this.sendBatch(), b.maxWaitMs);
+    if (items.length === 0) return;
+    let results;
+    try {
+      const { body } = await this.request("POST", "/v1/consume/batch", {
+        body: { events: items.map(i => i.event) },
+      });
+      results = body.results;
+    } catch (e) {
+      // The whole request failed (after its retries): every call fails, or
+      // fails open, as a single consume would.
+      for (const { event: ev, resolve, reject } of items) {
+        try { resolve(this.failOpen(e, ev.user_id, ev.kind, ev.amount, ev.request_id)); } catch (err) { reject(err); }
+      }
+      return;
+    }
+    items.forEach(({ event: ev, resolve, reject }, i) => {
+      const { status, ...r } = results[i] ?? { status: 0, error: { code: "unexpected", message: "no result for this event" } };
+      if (status === 200 || status === 429) {
+        resolve({ ...r, request_id: ev.request_id });
+        return;
+      }
+      const err = new UsageSyncError(status, r.error?.code ?? "unexpected", r.error?.message ?? "");
+      try { resolve(this.failOpen(err, ev.user_id, ev.kind, ev.amount, ev.request_id)); } catch (e) { reject(e); }
+    });
   }
 
   /**

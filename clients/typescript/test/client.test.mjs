@@ -125,6 +125,52 @@ test("a batch is decided in order and can be retried without counting twice", as
   assert.equal((await client().usage("ts-b")).kinds.premium.used, 6);
 });
 
+test("batched consume() calls share one request, each with its own result, in call order", async () => {
+  let calls = 0;
+  const counting = async (url, init) => { calls++; return fetch(url, init); };
+  const c = client({ fetch: counting, batch: { maxWaitMs: 20 } });
+  const results = await Promise.all([
+    ...Array.from({ length: 61 }, (_, i) => c.consume({ userId: `ts-q-${i}`, kind: "fast", amount: i % 5 + 1 })),
+    // One user, three calls: decided in the order they were made.
+    ...[4, 4, 4].map(amount => c.consume({ userId: "ts-q-o", kind: "premium", amount })),
+  ]);
+  assert.equal(calls, 1, "64 calls, one request");
+  results.slice(0, 61).forEach((r, i) => {
+    assert.deepEqual([r.user_id, r.amount, r.used, r.allowed], [`ts-q-${i}`, i % 5 + 1, i % 5 + 1, true]);
+    assert.equal(typeof r.request_id, "string");
+    assert.equal(r.status, undefined, "shaped as a single consume's answer");
+  });
+  assert.deepEqual(results.slice(61).map(r => [r.allowed, r.used]), [[true, 4], [true, 8], [false, 8]]);
+});
+
+test("a retried batch of consume() calls counts nothing twice", async () => {
+  let calls = 0;
+  const lossy = async (url, init) => {
+    const res = await fetch(url, init);
+    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
+    return res;
+  };
+  const c = client({ fetch: lossy, batch: { maxWaitMs: 20 } });
+  const results = await Promise.all(Array.from({ length: 10 }, () => c.consume({ userId: "ts-q-r", kind: "fast" })));
+  assert.equal(calls, 2, "the batch was sent again");
+  assert.ok(results.every(r => r.deduplicated === true), "answered from the first attempt's records");
+  assert.equal((await client().usage("ts-q-r")).kinds.fast.used, 10);
+});
+
+test("an event the service refuses fails its own consume() call only", async () => {
+  const c = client({ batch: { maxWaitMs: 20 } });
+  const [a, bad, b] = await Promise.allSettled([
+    c.consume({ userId: "ts-q-n", kind: "fast" }),
+    c.consume({ userId: "ts-q-n", kind: "nope" }),
+    c.consume({ userId: "ts-q-n", kind: "fast" }),
+  ]);
+  assert.deepEqual([a.status, a.value.used, b.status, b.value.used], ["fulfilled", 1, "fulfilled", 2]);
+  assert.equal(bad.status, "rejected");
+  assert.ok(bad.reason instanceof UsageSyncError);
+  assert.deepEqual([bad.reason.status, bad.reason.code], [400, "unknown_kind"]);
+  assert.throws(() => client({ batch: { maxEvents: 1001 } }), TypeError);
+});
+
 test("check, refund and usage", async () => {
   const c = client();
   const chk = await c.check({ userId: "ts-4", kind: "fast", amount: 50 });

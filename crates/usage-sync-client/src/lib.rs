@@ -23,8 +23,16 @@
 //! an earlier attempt was counted and only its answer was lost, the service
 //! answers the retry from its record (`deduplicated: Some(true)`) and
 //! nothing is counted twice. Client errors (4xx) are never retried.
+//!
+//! Batching (opt-in, [`ClientBuilder::batch`]): concurrent
+//! [`Client::consume`] calls are gathered for up to `max_wait` (or until
+//! `max_events` wait) and sent as one `POST /v1/consume/batch`. Each call
+//! still gets its own decision; every event keeps its own request id, so a
+//! retried batch counts nothing twice; an event the service refuses fails
+//! its own call only.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -32,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The service answered with an error (its stable `code`).
     #[error("{status} {code}: {message}")]
@@ -136,6 +144,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     retries: u32,
     backoff: Duration,
+    batch: Option<(Duration, usize)>,
 }
 
 impl ClientBuilder {
@@ -162,7 +171,23 @@ impl ClientBuilder {
         self.backoff = d;
         self
     }
+    /// Opt-in: gather concurrent [`Client::consume`] calls into one
+    /// batch request, sent after `max_wait` or once `max_events` (1 to
+    /// 1000) calls wait. Needs a Tokio runtime (the batch is sent from a
+    /// task of its own, so a caller that gives up does not cancel its
+    /// neighbours).
+    pub fn batch(mut self, max_wait: Duration, max_events: usize) -> Self {
+        self.batch = Some((max_wait, max_events));
+        self
+    }
     pub fn build(self) -> Result<Client, Error> {
+        if let Some((_, n)) = self.batch
+            && !(1..=1000).contains(&n)
+        {
+            return Err(Error::Config(format!(
+                "batch max_events must be 1 to 1000, not {n}"
+            )));
+        }
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .build()
@@ -174,8 +199,40 @@ impl ClientBuilder {
             admin_token: self.admin_token,
             retries: self.retries,
             backoff: self.backoff,
+            batch: self.batch.map(|(max_wait, max_events)| {
+                Arc::new(Batcher {
+                    max_wait,
+                    max_events,
+                    queue: Mutex::new(Queue::default()),
+                })
+            }),
         })
     }
+}
+
+/// A consume waiting for its batch: the event, and where its result goes.
+type Queued = (Value, tokio::sync::oneshot::Sender<Result<Value, Error>>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: Vec<Queued>,
+    /// Bumped each time the queue is taken, so a timer armed for an
+    /// earlier batch does not send a later one early.
+    generation: u64,
+}
+
+impl Queue {
+    fn take(&mut self) -> Vec<Queued> {
+        self.generation += 1;
+        std::mem::take(&mut self.items)
+    }
+}
+
+#[derive(Debug)]
+struct Batcher {
+    max_wait: Duration,
+    max_events: usize,
+    queue: Mutex<Queue>,
 }
 
 /// A usage-sync client. Cheap to clone (one connection pool).
@@ -187,6 +244,7 @@ pub struct Client {
     admin_token: Option<String>,
     retries: u32,
     backoff: Duration,
+    batch: Option<Arc<Batcher>>,
 }
 
 /// A fresh request id: 128 random bits as hex.
@@ -216,6 +274,7 @@ impl Client {
             timeout: Duration::from_secs(2),
             retries: 3,
             backoff: Duration::from_millis(100),
+            batch: None,
         }
     }
 
@@ -321,6 +380,9 @@ impl Client {
     ) -> Result<Decision, Error> {
         let rid = request_id.map_or_else(new_request_id, str::to_owned);
         let body = json!({"user_id": user, "kind": kind, "amount": amount, "request_id": rid});
+        if let Some(b) = &self.batch {
+            return self.consume_batched(b, body, rid).await;
+        }
         let (_, v) = self
             .call(
                 reqwest::Method::POST,
@@ -335,6 +397,95 @@ impl Client {
             serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))?;
         d.request_id = rid;
         Ok(d)
+    }
+
+    /// Queues one consume for the next batch and waits for its own result.
+    async fn consume_batched(
+        &self,
+        b: &Arc<Batcher>,
+        event: Value,
+        rid: String,
+    ) -> Result<Decision, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (full, arm) = {
+            let mut q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.items.push((event, tx));
+            if q.items.len() >= b.max_events {
+                (Some(q.take()), None)
+            } else {
+                (None, (q.items.len() == 1).then_some(q.generation))
+            }
+        };
+        if let Some(items) = full {
+            let c = self.clone();
+            tokio::spawn(async move { c.send_batch(items).await });
+        } else if let Some(generation) = arm {
+            // The first of a batch: send it after `max_wait`, unless it
+            // filled up and went already.
+            let (c, b) = (self.clone(), b.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(b.max_wait).await;
+                let items = {
+                    let mut q = b.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.generation != generation {
+                        return;
+                    }
+                    q.take()
+                };
+                c.send_batch(items).await;
+            });
+        }
+        let v = rx
+            .await
+            .map_err(|_| Error::Unreachable("the batch was dropped before it was sent".into()))??;
+        match v["status"].as_u64() {
+            Some(200 | 429) => {
+                let mut d: Decision =
+                    serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))?;
+                d.request_id = rid;
+                Ok(d)
+            }
+            status => Err(Error::Api {
+                status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
+                code: v["error"]["code"]
+                    .as_str()
+                    .unwrap_or("unexpected")
+                    .to_owned(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
+            }),
+        }
+    }
+
+    /// Sends queued consumes as one batch and hands each its result (or
+    /// the batch's error, when the request failed after its retries).
+    async fn send_batch(&self, items: Vec<Queued>) {
+        let (events, senders): (Vec<Value>, Vec<_>) = items.into_iter().unzip();
+        let n = events.len();
+        let body = json!({ "events": events });
+        let results = self
+            .json::<Value>(
+                reqwest::Method::POST,
+                "/v1/consume/batch",
+                Some(&body),
+                false,
+            )
+            .await
+            .and_then(|v| match v.get("results") {
+                Some(Value::Array(r)) if r.len() == n => Ok(r.clone()),
+                _ => Err(Error::Decode(v.to_string())),
+            });
+        match results {
+            Ok(results) => {
+                for (tx, r) in senders.into_iter().zip(results) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                for tx in senders {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// Up to 1000 events in one call, decided in order as by

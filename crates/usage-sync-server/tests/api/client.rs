@@ -188,3 +188,81 @@ async fn the_rust_client_covers_the_api_and_retries_without_counting_twice() {
         Error::Unreachable(_)
     ));
 }
+
+/// Batching (opt-in): concurrent consumes go out as one batch request,
+/// each call gets its own decision in the order made, a lost answer is
+/// retried without counting twice, and an event the service refuses fails
+/// its own call only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_consumes_share_a_request_keep_their_order_and_fail_alone() {
+    let (bin, _dir) = server().await;
+    let batched = |base: &str, max_events: usize| {
+        Client::builder(base)
+            .api_token("api-t")
+            .backoff(Duration::from_millis(10))
+            .batch(Duration::from_secs(2), max_events)
+            .build()
+            .unwrap()
+    };
+    // 20 calls fill one batch; the proxy loses its first answer.
+    let upstream = bin.address.trim_start_matches("http://").to_owned();
+    let (proxy, seen) = lossy_proxy(upstream, 1).await;
+    let c = batched(&proxy, 20);
+    let calls: Vec<_> = (0..20u64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(
+                async move { c.consume(&format!("rb-{i}"), "fast", i % 5 + 1, None).await },
+            )
+        })
+        .collect();
+    let mut results = Vec::new();
+    for h in calls {
+        results.push(h.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "one batch request, lost once, sent again"
+    );
+    for (i, d) in (0u64..).zip(&results) {
+        assert_eq!(
+            (d.user_id.clone(), d.amount, d.used, d.deduplicated),
+            (format!("rb-{i}"), i % 5 + 1, i % 5 + 1, Some(true)),
+            "answered from the first attempt's records"
+        );
+        assert_eq!(d.request_id.len(), 32);
+    }
+    let direct = client(&bin.address);
+    assert_eq!(direct.usage("rb-7").await.unwrap().kinds["fast"].used, 3);
+
+    // One user, in call order; the unknown kind fails alone.
+    let c = batched(&bin.address, 1000);
+    let (a, bad, b, over) = tokio::join!(
+        c.consume("rb-o", "premium", 6, None),
+        c.consume("rb-o", "nope", 1, None),
+        c.consume("rb-o", "premium", 4, None),
+        c.consume("rb-o", "premium", 1, None),
+    );
+    let (a, b, over) = (a.unwrap(), b.unwrap(), over.unwrap());
+    assert_eq!(
+        [
+            (a.allowed, a.used),
+            (b.allowed, b.used),
+            (over.allowed, over.used)
+        ],
+        [(true, 6), (true, 10), (false, 10)]
+    );
+    match bad.unwrap_err() {
+        Error::Api { status, code, .. } => {
+            assert_eq!((status, code.as_str()), (400, "unknown_kind"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Client::builder("http://127.0.0.1:1")
+            .batch(Duration::from_millis(1), 0)
+            .build(),
+        Err(Error::Config(_))
+    ));
+}

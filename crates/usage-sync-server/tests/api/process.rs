@@ -294,7 +294,7 @@ async fn the_typescript_client_passes_its_tests_against_the_real_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# pass 9") && stdout.contains("# fail 0"),
+        stdout.contains("# pass 12") && stdout.contains("# fail 0"),
         "{stdout}"
     );
 }
