@@ -5,7 +5,7 @@
 //
 //   cargo build --release --bin usage-sync
 //   USAGE_SYNC_BIN=../../target/release/usage-sync node scripts/bench.mjs
-//   (CALLERS=64 SECONDS=10 MAX_WAIT_MS=1)
+//   (CALLERS=64 BENCH_SECONDS=10 MAX_WAIT_MS=1)
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -17,7 +17,7 @@ import { UsageSyncClient } from "../src/index.js";
 const here = fileURLToPath(new URL(".", import.meta.url));
 const BIN = process.env.USAGE_SYNC_BIN || join(here, "../../../target/release/usage-sync");
 const CALLERS = Number(process.env.CALLERS || 64);
-const SECONDS = Number(process.env.SECONDS || 10);
+const SECONDS = Number(process.env.BENCH_SECONDS || 10);
 const MAX_WAIT_MS = Number(process.env.MAX_WAIT_MS || 1);
 
 const port = await new Promise(res => {
