@@ -22,7 +22,7 @@
 
 use crate::counters::Decision;
 use crate::ids::{Kind, RequestId, UserId};
-use crate::sync::{FlushBatch, FlushId};
+use crate::batches::{FlushBatch, FlushId};
 use crate::time::Timestamp;
 
 /// Log sequence number: the position of a record in the log, increasing.

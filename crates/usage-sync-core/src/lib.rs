@@ -8,7 +8,7 @@
 //! - [`counters`]: the sharded in-memory ledger with the atomic
 //!   check-and-count, idempotency, refunds and the due-structures.
 //! - [`dedup`]: the idempotency table, 40 bytes per remembered request id.
-//! - [`sync`]: flush ids, batches, triggers.
+//! - [`batches`]: flush ids, batches, triggers.
 //! - [`journal`]: what the ledger records in the write-ahead log, and the
 //!   trait it records through.
 //! - [`error`]: the crate's error enum.
@@ -29,13 +29,13 @@
     )
 )]
 
+pub mod batches;
 pub mod counters;
 pub mod dedup;
 pub mod error;
 pub mod ids;
 pub mod journal;
 pub mod quota;
-pub mod sync;
 pub mod time;
 
 pub use counters::{
@@ -47,5 +47,5 @@ pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
 pub use journal::{Cut, Journal, Lsn, Record};
 pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue, open_catalogue};
-pub use sync::{Delta, FlushBatch, FlushId, Trigger};
+pub use batches::{Delta, FlushBatch, FlushId, Trigger};
 pub use time::Timestamp;
