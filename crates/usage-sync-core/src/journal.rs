@@ -20,9 +20,9 @@
 //!   shard's cut ([`Cut`]), so replay can tell the changes a checkpoint's
 //!   figures already hold from those that come after them.
 
+use crate::batches::{FlushBatch, FlushId};
 use crate::counters::Decision;
 use crate::ids::{Kind, RequestId, UserId};
-use crate::batches::{FlushBatch, FlushId};
 use crate::time::Timestamp;
 
 /// Log sequence number: the position of a record in the log, increasing.

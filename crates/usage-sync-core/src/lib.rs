@@ -38,6 +38,7 @@ pub mod journal;
 pub mod quota;
 pub mod time;
 
+pub use batches::{Delta, FlushBatch, FlushId, Trigger};
 pub use counters::{
     ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
     LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, UnitsOutside, UserUsage,
@@ -47,5 +48,4 @@ pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
 pub use journal::{Cut, Journal, Lsn, Record};
 pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue, open_catalogue};
-pub use batches::{Delta, FlushBatch, FlushId, Trigger};
 pub use time::Timestamp;

@@ -58,12 +58,12 @@ use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+use crate::batches::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
 use crate::dedup::{DedupKey, DedupTable, Fingerprint, Remembered, Window};
 use crate::error::CoreError;
 use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
 use crate::journal::{Cut, Journal, Lsn, Record};
 use crate::quota::{Limit, Plan, Plans, UserProfile};
-use crate::batches::{BatchBuilder, Delta, FlushBatch, FlushId, Trigger};
 use crate::time::Timestamp;
 
 /// Tuning of the ledger.

@@ -1,0 +1,327 @@
+//! What the settings turn into: the engine's, the store's and the
+//! server's configuration, and what `check-config` prints.
+
+use super::*;
+
+impl Settings {
+    /// Tokens are set both or neither: with one set, the routes of the
+    /// other stay open to anyone, which a half-configured deployment
+    /// would not notice (a warning at start is easy to miss). Blank
+    /// tokens are typos in any profile; production also refuses short
+    /// ones and one token used for both route sets.
+    pub(super) fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let rule = |m: String| Err(ConfigError::Rule(m));
+        for (t, var) in [
+            (&self.api_token, "USAGE_SYNC_API_TOKEN"),
+            (&self.admin_token, "USAGE_SYNC_ADMIN_TOKEN"),
+        ] {
+            if t.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+                return rule(format!("{var} is blank; {MAKE_TOKEN}"));
+            }
+        }
+        match (&self.api_token, &self.admin_token) {
+            (Some(_), None) => {
+                return rule(format!(
+                    "USAGE_SYNC_API_TOKEN is set but USAGE_SYNC_ADMIN_TOKEN is not: the admin routes \
+                     would stay open. Set USAGE_SYNC_ADMIN_TOKEN too ({MAKE_TOKEN}), or neither \
+                     (development only)"
+                ));
+            }
+            (None, Some(_)) => {
+                return rule(format!(
+                    "USAGE_SYNC_ADMIN_TOKEN is set but USAGE_SYNC_API_TOKEN is not: the /v1 routes \
+                     would stay open. Set USAGE_SYNC_API_TOKEN too ({MAKE_TOKEN}), or neither \
+                     (development only)"
+                ));
+            }
+            (None, None) if self.profile == Profile::Production => {
+                return rule(format!(
+                    "the production profile requires USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN \
+                     (or their _FILE variants); {MAKE_TOKEN} for each"
+                ));
+            }
+            (Some(api), Some(admin)) if self.profile == Profile::Production => {
+                for (t, var) in [
+                    (api, "USAGE_SYNC_API_TOKEN"),
+                    (admin, "USAGE_SYNC_ADMIN_TOKEN"),
+                ] {
+                    if t.expose().len() < MIN_TOKEN_BYTES {
+                        return rule(format!(
+                            "{var} is shorter than {MIN_TOKEN_BYTES} bytes, refused in production; {MAKE_TOKEN}"
+                        ));
+                    }
+                }
+                if api.expose() == admin.expose() {
+                    return rule(format!(
+                        "USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN are the same: an API client \
+                         could call the admin routes. Use two different tokens ({MAKE_TOKEN})"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Rules that involve several settings.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_tokens()?;
+        if self.profile == Profile::Production && self.durability == Durability::None {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_DURABILITY=none can lose acknowledged usage and is refused in the production profile (use fsync or batched)"
+                    .into(),
+            ));
+        }
+        if self.profile == Profile::Production
+            && (self.fault_crash_after_commit.is_some() || self.fault_crash_in_recovery)
+        {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_FAULT_* settings are test-only fault injection and are refused in the production profile".into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.enable_simulation {
+            return Err(ConfigError::Rule(
+                "USAGE_SYNC_ENABLE_SIMULATION consumes units for made-up requests and is refused in the production profile".into(),
+            ));
+        }
+        if !self.plans.contains_key(&self.default_plan) {
+            return Err(ConfigError::Rule(format!(
+                "default_plan '{}' is not among the configured plans ({})",
+                self.default_plan,
+                self.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.catalogue().map_err(ConfigError::Rule)?;
+        Ok(())
+    }
+
+    /// The kinds and plans as core types.
+    pub fn catalogue(&self) -> Result<(Kinds, Plans), String> {
+        let kinds = Kinds::new(&self.kinds)?;
+        let mut plans = Vec::new();
+        for (name, p) in &self.plans {
+            let plan = Plan::from_named_limits(
+                name,
+                p.period,
+                &kinds,
+                p.limits.iter().map(|(k, l)| (k.as_str(), *l)),
+            )
+            .map_err(|e| format!("plan '{name}': {e}"))?;
+            plans.push(plan);
+        }
+        let plans = Plans::new(&self.default_plan, plans).map_err(|e| e.to_string())?;
+        Ok((kinds, plans))
+    }
+
+    /// The sync engine's part.
+    pub fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            enabled: self.enable_usage_sync,
+            heartbeat_interval: self.heartbeat_interval,
+            check_interval: self.sync_check_interval,
+            force_sync_threshold: self.force_sync_threshold,
+            max_sync_interval: self.max_sync_interval,
+            max_active_users_check: self.max_active_users_check,
+            session_timeout: self.session_timeout,
+            sync_timeout: self.sync_timeout,
+            max_concurrent_syncs: self.max_concurrent_syncs,
+            batch_size: self.batch_size,
+            max_cached_users: self.max_cached_users,
+            dedup_window: self.dedup_window,
+            max_request_ids: self.max_request_ids,
+            wal: Some(WalConfig {
+                fsync_interval: self.fsync_interval,
+                accept_loss: self.accept_log_loss,
+                ..WalConfig::new(self.data_dir.join("wal"), self.durability)
+            }),
+            crash_after_commit: self.fault_crash_after_commit,
+            crash_in_recovery: self.fault_crash_in_recovery,
+            sharing: self.sharing.clone(),
+            // Users about to run out are flushed at once in optimized mode.
+            near_limit_flush_percent: (self.performance_mode == PerformanceMode::Optimized)
+                .then_some(90),
+            ..SyncConfig::default()
+        }
+    }
+
+    /// `(key, shown value)` for every setting, secrets redacted.
+    pub fn redacted(&self) -> Vec<(&'static str, String)> {
+        let secret = |s: &Option<Secret>| {
+            if s.is_some() {
+                "<redacted>".to_owned()
+            } else {
+                "<not set>".to_owned()
+            }
+        };
+        let plans = self
+            .plans
+            .iter()
+            .map(|(n, p)| {
+                let limits = p
+                    .limits
+                    .iter()
+                    .map(|(k, l)| {
+                        format!(
+                            "{k}={}",
+                            l.map_or("unlimited".to_owned(), |v| v.to_string())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                format!("{n}({}: {limits})", p.period.as_str())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            ("profile", self.profile.as_str().to_owned()),
+            (
+                "preset",
+                self.preset
+                    .map_or("<none>".to_owned(), |p| p.as_str().to_owned()),
+            ),
+            (
+                "heartbeat_interval",
+                format_duration(self.heartbeat_interval),
+            ),
+            (
+                "sync_check_interval",
+                format_duration(self.sync_check_interval),
+            ),
+            (
+                "force_sync_threshold",
+                self.force_sync_threshold.to_string(),
+            ),
+            ("max_sync_interval", format_duration(self.max_sync_interval)),
+            ("verbose_logging", self.verbose_logging.to_string()),
+            (
+                "max_active_users_check",
+                self.max_active_users_check.to_string(),
+            ),
+            ("session_timeout", format_duration(self.session_timeout)),
+            ("sync_timeout", format_duration(self.sync_timeout)),
+            (
+                "max_concurrent_syncs",
+                self.max_concurrent_syncs.to_string(),
+            ),
+            ("batch_size", self.batch_size.to_string()),
+            ("max_cached_users", self.max_cached_users.to_string()),
+            ("enable_usage_sync", self.enable_usage_sync.to_string()),
+            (
+                "performance_mode",
+                match self.performance_mode {
+                    PerformanceMode::Standard => "standard".into(),
+                    PerformanceMode::Optimized => "optimized".into(),
+                },
+            ),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("database_url", redact_url(&self.database_url)),
+            ("db_pool_size", self.db_pool_size.to_string()),
+            (
+                "sharing",
+                self.sharing
+                    .as_ref()
+                    .map_or("none", |s| s.mode.as_str())
+                    .to_owned(),
+            ),
+            (
+                "redis_url",
+                self.redis_url.as_ref().map_or("<not set>".to_owned(), |u| {
+                    u.expose()
+                        .split(',')
+                        .map(redact_url)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            ),
+            (
+                "redis_cluster",
+                self.sharing.as_ref().is_some_and(|s| s.cluster).to_string(),
+            ),
+            (
+                "redis_fallback",
+                self.sharing
+                    .as_ref()
+                    .map_or("local", |s| s.fallback.as_str())
+                    .to_owned(),
+            ),
+            (
+                "redis_timeout",
+                format_duration(
+                    self.sharing
+                        .as_ref()
+                        .map_or(Duration::from_millis(500), |s| s.timeout),
+                ),
+            ),
+            (
+                "redis_prefix",
+                self.sharing
+                    .as_ref()
+                    .map_or("usage-sync".to_owned(), |s| s.key_prefix.clone()),
+            ),
+            (
+                "lease_size",
+                self.sharing
+                    .as_ref()
+                    .map_or(10, |s| s.lease_size)
+                    .to_string(),
+            ),
+            (
+                "lease_ttl",
+                format_duration(
+                    self.sharing
+                        .as_ref()
+                        .map_or(Duration::from_secs(2), |s| s.lease_ttl),
+                ),
+            ),
+            ("listen", self.listen.to_string()),
+            ("api_token", secret(&self.api_token)),
+            ("admin_token", secret(&self.admin_token)),
+            ("metrics_token", secret(&self.metrics_token)),
+            (
+                "alert_sync_latency",
+                format_duration(self.alert_sync_latency),
+            ),
+            (
+                "alert_error_rate_percent",
+                self.alert_error_rate_percent.to_string(),
+            ),
+            ("alert_cpu_percent", self.alert_cpu_percent.to_string()),
+            ("alert_window", format_duration(self.alert_window)),
+            ("alert_interval", format_duration(self.alert_interval)),
+            ("alert_webhook", secret(&self.alert_webhook)),
+            (
+                "max_concurrent_syncs_ceiling",
+                self.max_concurrent_syncs_ceiling.to_string(),
+            ),
+            ("shutdown_timeout", format_duration(self.shutdown_timeout)),
+            ("header_timeout", format_duration(self.header_timeout)),
+            ("body_timeout", format_duration(self.body_timeout)),
+            ("max_connections", self.max_connections.to_string()),
+            ("dedup_window", format_duration(self.dedup_window)),
+            ("max_request_ids", self.max_request_ids.to_string()),
+            ("durability", self.durability.as_str().to_owned()),
+            ("fsync_interval", format_duration(self.fsync_interval)),
+            (
+                "fault_crash_after_commit",
+                self.fault_crash_after_commit
+                    .map_or("<not set>".to_owned(), |n| n.to_string()),
+            ),
+            (
+                "fault_crash_in_recovery",
+                self.fault_crash_in_recovery.to_string(),
+            ),
+            ("enable_simulation", self.enable_simulation.to_string()),
+            (
+                "log_format",
+                match self.log_format {
+                    LogFormat::Json => "json".into(),
+                    LogFormat::Pretty => "pretty".into(),
+                },
+            ),
+            ("log_level", self.log_level.clone()),
+            ("kinds", self.kinds.join(",")),
+            ("default_plan", self.default_plan.clone()),
+            ("plans", plans),
+        ]
+    }
+}
