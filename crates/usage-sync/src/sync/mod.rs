@@ -32,6 +32,9 @@ use crate::engine::{Engine, Inner, SyncAllReport};
 use crate::error::Error;
 use crate::stats::SyncStatsSnapshot;
 
+mod retry;
+mod scheduler;
+
 /// A failed batch waiting to be re-sent.
 struct Retry {
     batch: Arc<FlushBatch>,
@@ -88,34 +91,6 @@ impl FlushQueue {
             scheduler: Mutex::new(None),
         }
     }
-
-    fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
-        self.retries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn next_retry_at(&self) -> Option<Instant> {
-        self.retries().iter().map(|r| r.next_at).min()
-    }
-
-    /// Removes and returns the retries due at `now` (all of them if `now`
-    /// is `None`).
-    fn take_retries(&self, now: Option<Instant>) -> Vec<Retry> {
-        let mut list = self.retries();
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
-            .into_iter()
-            .partition(|r| now.is_none_or(|n| r.next_at <= n));
-        *list = keep;
-        due
-    }
-
-    /// Units held by batches waiting for a retry.
-    pub(crate) fn retry_units(&self) -> i64 {
-        self.retries().iter().map(|r| r.batch.units()).sum()
-    }
-
-    pub(crate) fn retry_batches(&self) -> usize {
-        self.retries().len()
-    }
 }
 
 /// What a shutdown achieved.
@@ -169,43 +144,6 @@ impl Drop for InFlight {
 }
 
 impl Inner {
-    /// Capped exponential backoff with "equal jitter": half fixed, half
-    /// random, so retries from many batches spread out after an outage.
-    fn backoff(&self, attempts: u32) -> Duration {
-        let base = u64::try_from(self.config.retry_base.as_millis()).unwrap_or(u64::MAX);
-        let cap = u64::try_from(self.config.retry_max.as_millis()).unwrap_or(u64::MAX);
-        let exp = base
-            .saturating_mul(1u64 << attempts.min(20))
-            .min(cap)
-            .max(1);
-        Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
-    }
-
-    /// Guards batches the moment they leave the ledger (no await may come
-    /// between a `take_*` call and this).
-    fn guard_new(self: &Arc<Self>, batches: Vec<FlushBatch>) -> Vec<InFlight> {
-        batches
-            .into_iter()
-            .map(|b| InFlight {
-                inner: self.clone(),
-                batch: Some(Arc::new(b)),
-                attempts: 0,
-            })
-            .collect()
-    }
-
-    /// Guards batches taken from the retry list.
-    fn guard_retries(self: &Arc<Self>, retries: Vec<Retry>) -> Vec<InFlight> {
-        retries
-            .into_iter()
-            .map(|r| InFlight {
-                inner: self.clone(),
-                batch: Some(r.batch),
-                attempts: r.attempts,
-            })
-            .collect()
-    }
-
     /// Writes one batch. On success the ledger learns the store's values;
     /// on failure the batch is queued for retry, unchanged. If this future
     /// is dropped midway, the guard queues it for retry.
@@ -392,190 +330,6 @@ impl Inner {
         // so their guards have re-queued the batches before we return.
         set.shutdown().await;
         (units, users.len(), total - done)
-    }
-
-    async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
-        let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
-        if !due.is_empty() {
-            info!(target: "heartbeat", batches = due.len(), "retrying failed flushes");
-        }
-        self.spawn_batches(due, Trigger::Heartbeat).await;
-        let hb = self.ledger.heartbeat(
-            self.clock.now(),
-            i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX),
-            self.config.max_cached_users,
-            self.config.batch_size,
-        );
-        let session_end = self.guard_new(hb.session_end);
-        if hb.session_end_users > 0 || hb.evicted > 0 {
-            debug!(
-                target: "heartbeat",
-                session_end_users = hb.session_end_users,
-                evicted = hb.evicted,
-                dedup_expired = hb.dedup_expired,
-                "heartbeat"
-            );
-        }
-        self.spawn_batches(session_end, Trigger::SessionEnd).await;
-        // Forget old flush ids about once an hour.
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
-            *last_prune = Some(Instant::now());
-            let before = self.clock.now().saturating_sub_ms(
-                i64::try_from(self.config.flush_id_retention.as_millis()).unwrap_or(i64::MAX),
-            );
-            if let Err(e) = self.store.prune_flushes(before).await {
-                warn!(target: "heartbeat", error = %e, "could not prune old flush ids");
-            }
-        }
-    }
-
-    /// The timed triggers and retries, in one task.
-    async fn scheduler(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
-        let c = &self.config;
-        let start = Instant::now();
-        let mut cadence = self.flushes.cadence.subscribe();
-        let stretched = |d: Duration, m: u32| d.saturating_mul(m.max(1));
-        // A cadence set before this task subscribed counts from the start.
-        let m0 = cadence.borrow_and_update().0;
-        let (ci, hi) = (
-            stretched(c.check_interval, m0),
-            stretched(c.heartbeat_interval, m0),
-        );
-        let mut check = interval_at(start + ci, ci);
-        let mut heartbeat = interval_at(start + hi, hi);
-        let mut guarantee = interval_at(start + c.max_sync_interval, c.max_sync_interval);
-        for i in [&mut check, &mut heartbeat, &mut guarantee] {
-            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        }
-        let mut last_prune = None;
-        // With MissedTickBehavior::Delay each tick is one period after the
-        // previous one fired, which is what these track.
-        let mut next = [start + ci, start + hi, start + c.max_sync_interval];
-        let mut periods = [ci, hi, c.max_sync_interval];
-        loop {
-            *self
-                .flushes
-                .next_runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(next);
-            let next_retry = self.flushes.next_retry_at();
-            let retry_due = async move {
-                match next_retry {
-                    Some(t) => sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                _ = guarantee.tick() => {
-                    next[2] = Instant::now() + periods[2];
-                    let (batches, users) = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
-                    let flights = self.guard_new(batches);
-                    if users > 0 {
-                        debug!(target: "guarantee", users, batches = flights.len(), "guarantee pass");
-                    }
-                    self.spawn_batches(flights, Trigger::Guarantee).await;
-                }
-                _ = check.tick() => {
-                    next[0] = Instant::now() + periods[0];
-                    let (batches, users) = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
-                    let flights = self.guard_new(batches);
-                    if users > 0 {
-                        debug!(target: "check", users, batches = flights.len(), "check pass");
-                    }
-                    self.spawn_batches(flights, Trigger::Check).await;
-                }
-                _ = heartbeat.tick() => {
-                    next[1] = Instant::now() + periods[1];
-                    self.heartbeat(&mut last_prune).await
-                }
-                _ = wal_full(&self.wal) => self.checkpoint(),
-                _ = retry_due => {
-                    let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
-                    self.spawn_batches(due, Trigger::Heartbeat).await;
-                }
-                _ = self.flushes.retry_wake.notified() => {}
-                Ok(()) = cadence.changed() => {
-                    // Stretch (or restore) check and heartbeat; the
-                    // guarantee keeps its interval whatever happens.
-                    let m = cadence.borrow_and_update().0;
-                    let now = Instant::now();
-                    check = interval_at(now + stretched(c.check_interval, m), stretched(c.check_interval, m));
-                    heartbeat = interval_at(now + stretched(c.heartbeat_interval, m), stretched(c.heartbeat_interval, m));
-                    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                    periods[0] = stretched(c.check_interval, m);
-                    periods[1] = stretched(c.heartbeat_interval, m);
-                    next[0] = now + periods[0];
-                    next[1] = now + periods[1];
-                }
-            }
-            // Reap finished flush tasks so the set does not grow.
-            let mut tasks = self.flushes.tasks.lock().await;
-            while tasks.try_join_next().is_some() {}
-        }
-    }
-
-    /// The threshold trigger, in its own task so its batching adapts to
-    /// load: at most one round of threshold flushes is in progress, and the
-    /// next round takes every counter that crossed the threshold meanwhile.
-    /// Idle, a crossing is flushed at once; under heavy load batches grow
-    /// instead of the number of transactions (like a group commit).
-    async fn threshold_loop(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
-        // Rounds start at least `threshold_linger` apart. After a quiet
-        // spell a crossing is flushed at once; under load every crossing
-        // in the interval shares the next round's transaction, so the
-        // database sees a bounded number of transactions per second
-        // whatever the request rate (SQLite then writes each leaf page
-        // once per round instead of once per tiny batch).
-        let mut next_round = Instant::now();
-        loop {
-            // Only the waits are cancelled by a stop; a round in progress
-            // finishes (each batch is bounded by sync_timeout).
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                _ = self.threshold_wake.notified() => {}
-            }
-            if Instant::now() < next_round {
-                tokio::select! {
-                    biased;
-                    _ = &mut stop => break,
-                    _ = sleep_until(next_round) => {}
-                }
-            }
-            next_round = Instant::now() + self.config.threshold_linger;
-            let _round = self.flushes.round.lock().await;
-            let flights = self.guard_new(self.ledger.take_threshold(self.config.batch_size));
-            if flights.is_empty() {
-                continue;
-            }
-            let work = flights
-                .into_iter()
-                .map(|f| (f, Trigger::Threshold))
-                .collect();
-            self.run_now(work, None).await;
-        }
-    }
-
-    /// Puts a batch in the retry list, due now (recovery re-sends).
-    pub(crate) fn requeue(&self, batch: FlushBatch) {
-        self.flushes.retries().push(Retry {
-            batch: Arc::new(batch),
-            attempts: 0,
-            next_at: Instant::now(),
-        });
-        self.flushes.retry_wake.notify_one();
-    }
-
-    /// Writes a checkpoint so the log can drop old segments.
-    fn checkpoint(&self) {
-        if let Some(wal) = &self.wal {
-            let started = Instant::now();
-            wal.checkpoint(&self.ledger, self.clock.now());
-            debug!(target: "flush", ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "write-ahead log checkpoint");
-        }
     }
 
     /// Everything due for a "flush all": failed batches (retried now,
@@ -807,28 +561,6 @@ impl Engine {
             .collect()
     }
 
-    /// When each timed trigger fires next; `None` before [`Engine::start`]
-    /// (or with sync disabled).
-    pub fn next_runs(&self) -> Option<NextRuns> {
-        let now = Instant::now();
-        let runs = (*self
-            .inner
-            .flushes
-            .next_runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()))?;
-        Some(NextRuns {
-            check: runs[0].saturating_duration_since(now),
-            heartbeat: runs[1].saturating_duration_since(now),
-            guarantee: runs[2].saturating_duration_since(now),
-            retry: self
-                .inner
-                .flushes
-                .next_retry_at()
-                .map(|t| t.saturating_duration_since(now)),
-        })
-    }
-
     /// Statistics of the sync engine since start (or the last reset).
     pub fn stats(&self) -> SyncStatsSnapshot {
         self.inner.stats.snapshot()
@@ -836,56 +568,6 @@ impl Engine {
 
     pub fn reset_stats(&self) {
         self.inner.stats.reset(self.inner.clock.now());
-    }
-
-    /// Flushes allowed to run at once right now.
-    pub fn flush_concurrency(&self) -> usize {
-        self.inner
-            .flushes
-            .concurrency
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Raises the flush concurrency to `n` (never lowers it: flushes in
-    /// progress hold permits). Returns the new value.
-    pub fn raise_flush_concurrency(&self, n: usize) -> usize {
-        let f = &self.inner.flushes;
-        let cur = f.concurrency.load(std::sync::atomic::Ordering::Relaxed);
-        if n > cur {
-            f.permits.add_permits(n - cur);
-            f.concurrency.store(n, std::sync::atomic::Ordering::Relaxed);
-            info!(target: "flush", from = cur, to = n, "flush concurrency raised");
-            return n;
-        }
-        cur
-    }
-
-    /// Stretches the check and heartbeat intervals by `multiplier` (1
-    /// restores them), with the reason shown in the status. The guarantee
-    /// interval is never stretched.
-    pub fn set_cadence(&self, multiplier: u32, reason: &str) {
-        let m = multiplier.max(1);
-        self.inner.flushes.cadence.send_if_modified(|cur| {
-            if cur.0 == m {
-                return false;
-            }
-            info!(target: "check", multiplier = m, reason, "check and heartbeat cadence changed");
-            *cur = (m, reason.to_owned());
-            true
-        });
-    }
-
-    /// The current cadence multiplier and its reason.
-    pub fn cadence(&self) -> (u32, String) {
-        self.inner.flushes.cadence.borrow().clone()
-    }
-
-    /// Batches waiting for a retry, and the units they hold.
-    pub fn retry_backlog(&self) -> (usize, i64) {
-        (
-            self.inner.flushes.retry_batches(),
-            self.inner.flushes.retry_units(),
-        )
     }
 }
 

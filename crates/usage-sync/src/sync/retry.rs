@@ -1,0 +1,93 @@
+//! Failed batches: the retry queue with its backoff, and the guard that
+//! puts a batch back in it whenever its flush does not finish.
+
+use super::*;
+
+impl FlushQueue {
+    pub(super) fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
+        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn next_retry_at(&self) -> Option<Instant> {
+        self.retries().iter().map(|r| r.next_at).min()
+    }
+
+    /// Removes and returns the retries due at `now` (all of them if `now`
+    /// is `None`).
+    pub(super) fn take_retries(&self, now: Option<Instant>) -> Vec<Retry> {
+        let mut list = self.retries();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+            .into_iter()
+            .partition(|r| now.is_none_or(|n| r.next_at <= n));
+        *list = keep;
+        due
+    }
+
+    /// Units held by batches waiting for a retry.
+    pub(crate) fn retry_units(&self) -> i64 {
+        self.retries().iter().map(|r| r.batch.units()).sum()
+    }
+
+    pub(crate) fn retry_batches(&self) -> usize {
+        self.retries().len()
+    }
+}
+
+impl Inner {
+    /// Capped exponential backoff with "equal jitter": half fixed, half
+    /// random, so retries from many batches spread out after an outage.
+    pub(super) fn backoff(&self, attempts: u32) -> Duration {
+        let base = u64::try_from(self.config.retry_base.as_millis()).unwrap_or(u64::MAX);
+        let cap = u64::try_from(self.config.retry_max.as_millis()).unwrap_or(u64::MAX);
+        let exp = base
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(cap)
+            .max(1);
+        Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
+    }
+
+    /// Guards batches the moment they leave the ledger (no await may come
+    /// between a `take_*` call and this).
+    pub(super) fn guard_new(self: &Arc<Self>, batches: Vec<FlushBatch>) -> Vec<InFlight> {
+        batches
+            .into_iter()
+            .map(|b| InFlight {
+                inner: self.clone(),
+                batch: Some(Arc::new(b)),
+                attempts: 0,
+            })
+            .collect()
+    }
+
+    /// Guards batches taken from the retry list.
+    pub(super) fn guard_retries(self: &Arc<Self>, retries: Vec<Retry>) -> Vec<InFlight> {
+        retries
+            .into_iter()
+            .map(|r| InFlight {
+                inner: self.clone(),
+                batch: Some(r.batch),
+                attempts: r.attempts,
+            })
+            .collect()
+    }
+
+    /// Puts a batch in the retry list, due now (recovery re-sends).
+    pub(crate) fn requeue(&self, batch: FlushBatch) {
+        self.flushes.retries().push(Retry {
+            batch: Arc::new(batch),
+            attempts: 0,
+            next_at: Instant::now(),
+        });
+        self.flushes.retry_wake.notify_one();
+    }
+}
+
+impl Engine {
+    /// Batches waiting for a retry, and the units they hold.
+    pub fn retry_backlog(&self) -> (usize, i64) {
+        (
+            self.inner.flushes.retry_batches(),
+            self.inner.flushes.retry_units(),
+        )
+    }
+}
