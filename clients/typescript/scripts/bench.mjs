@@ -6,13 +6,10 @@
 //   cargo build --release --bin usage-sync
 //   USAGE_SYNC_BIN=../../target/release/usage-sync node scripts/bench.mjs
 //   (CALLERS=64 BENCH_SECONDS=10 MAX_WAIT_MS=1)
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { UsageSyncClient } from "../src/index.js";
+import { serve } from "./serve.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const BIN = process.env.USAGE_SYNC_BIN || join(here, "../../../target/release/usage-sync");
@@ -20,28 +17,7 @@ const CALLERS = Number(process.env.CALLERS || 64);
 const SECONDS = Number(process.env.BENCH_SECONDS || 10);
 const MAX_WAIT_MS = Number(process.env.MAX_WAIT_MS || 1);
 
-const port = await new Promise(res => {
-  const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => res(p)); });
-});
-const dir = mkdtempSync(join(tmpdir(), "usage-sync-bench-"));
-const base = `http://127.0.0.1:${port}`;
-const server = spawn(BIN, ["serve"], {
-  env: {
-    PATH: process.env.PATH,
-    USAGE_SYNC_LISTEN: `127.0.0.1:${port}`,
-    USAGE_SYNC_DATA_DIR: dir,
-    USAGE_SYNC_API_TOKEN: "api-t",
-    USAGE_SYNC_ADMIN_TOKEN: "admin-t",
-    USAGE_SYNC_VERBOSE_LOGGING: "false",
-    USAGE_SYNC_LOG_LEVEL: "warn",
-  },
-  stdio: ["ignore", "ignore", "inherit"],
-});
-for (let i = 0; ; i++) {
-  try { if ((await fetch(`${base}/readyz`)).status === 200) break; } catch {}
-  if (i > 400) throw new Error("usage-sync did not become ready");
-  await new Promise(r => setTimeout(r, 50));
-}
+const { base, stop } = await serve(BIN);
 const admin = new UsageSyncClient({ baseUrl: base, adminToken: "admin-t" });
 await admin.putPlan("bench", { limits: { premium: 1_000_000_000, fast: 1_000_000_000 } });
 for (let u = 0; u < 10_000; u += 1) {
@@ -77,7 +53,4 @@ console.log("|---|---|---|---|");
 for (const r of rows) console.log(`| ${r.label} | ${Math.round(r.rate)} | ${r.p50} | ${r.p99} |`);
 const [a, b, c2, d] = rows;
 console.log(`\nbatched / one per consume: ${(b.rate / a.rate).toFixed(2)}x, ${(d.rate / c2.rate).toFixed(2)}x (two rounds)`);
-const exited = new Promise(r => server.once("exit", r));
-server.kill("SIGTERM");
-await exited;
-rmSync(dir, { recursive: true, force: true });
+await stop();

@@ -3,59 +3,23 @@
 //   USAGE_SYNC_BIN=../../target/debug/usage-sync node --test test/
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
-import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { UsageSyncClient, UsageSyncError } from "../src/index.js";
+import { serve } from "../scripts/serve.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const BIN = process.env.USAGE_SYNC_BIN || join(here, "../../../target/debug/usage-sync");
-let server, dir, base;
-
-const freePort = () => new Promise(res => {
-  const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => res(p)); });
-});
+let server, base;
 
 before(async () => {
-  if (!existsSync(BIN)) {
-    throw new Error(`no usage-sync binary at ${BIN}: build it (cargo build) or set USAGE_SYNC_BIN to its path`);
-  }
-  dir = mkdtempSync(join(tmpdir(), "usage-sync-ts-"));
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  server = spawn(BIN, ["serve"], {
-    env: {
-      PATH: process.env.PATH,
-      USAGE_SYNC_LISTEN: `127.0.0.1:${port}`,
-      USAGE_SYNC_DATA_DIR: dir,
-      USAGE_SYNC_API_TOKEN: "api-t",
-      USAGE_SYNC_ADMIN_TOKEN: "admin-t",
-      USAGE_SYNC_VERBOSE_LOGGING: "false",
-      USAGE_SYNC_LOG_LEVEL: "warn",
-      USAGE_SYNC_THRESHOLD: "1000000",
-    },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  let exited = null;
-  server.once("exit", code => { exited = code; });
-  for (let i = 0; i < 400; i++) {
-    if (exited !== null) throw new Error(`usage-sync (${BIN}) exited with code ${exited} before it was ready; see its output above`);
-    try { if ((await fetch(`${base}/readyz`)).status === 200) return; } catch {}
-    await new Promise(r => setTimeout(r, 50));
-  }
-  throw new Error("usage-sync did not become ready within 20 s");
+  server = await serve(BIN, { USAGE_SYNC_THRESHOLD: "1000000" });
+  base = server.base;
 });
 
 after(async () => {
-  // Wait for the exit: the final flush and checkpoint write into the data
-  // dir while the process stops.
-  const exited = new Promise(r => server.once("exit", r));
-  server.kill("SIGTERM");
-  await exited;
-  rmSync(dir, { recursive: true, force: true });
+  await server.stop();
 });
 
 const client = (extra = {}) => new UsageSyncClient({ baseUrl: base, apiToken: "api-t", adminToken: "admin-t", backoffMs: 10, ...extra });

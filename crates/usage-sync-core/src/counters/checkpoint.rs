@@ -59,17 +59,7 @@ impl Ledger {
         let mut out = Vec::new();
         for s in self.shards.iter() {
             for e in lock(&s.0).users.values() {
-                for (k, slot) in e.slots() {
-                    let units = slot.pending + slot.in_flight;
-                    if units != 0 {
-                        out.push(UnitsOutside {
-                            user: e.id.clone(),
-                            kind: *self.kinds.by_index(k),
-                            period_start: slot.period_start,
-                            units,
-                        });
-                    }
-                }
+                self.units_outside(e, &mut out);
             }
         }
         out
@@ -126,17 +116,7 @@ impl Ledger {
                         continue;
                     }
                     e.listed = false;
-                    for (k, slot) in e.slots() {
-                        let units = slot.pending + slot.in_flight;
-                        if units != 0 {
-                            out.push(UnitsOutside {
-                                user: e.id.clone(),
-                                kind: *self.kinds.by_index(k),
-                                period_start: slot.period_start,
-                                units,
-                            });
-                        }
-                    }
+                    self.units_outside(e, &mut out);
                     // Kept while it has any: pending -1 with 1 in flight
                     // is 0 outside the store now, but -1 once the flight
                     // lands (and completions do not list).
@@ -195,5 +175,21 @@ impl Ledger {
         e.stale.retain(|(_, s)| !s.is_clean());
         shard.totals.change(had, e.has_units(), pending, in_flight);
         Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
+    }
+
+    /// Pushes one copy per counter of `e` holding units outside the store
+    /// (pending plus in flight).
+    fn units_outside(&self, e: &UserEntry, out: &mut Vec<UnitsOutside>) {
+        for (k, slot) in e.slots() {
+            let units = slot.pending + slot.in_flight;
+            if units != 0 {
+                out.push(UnitsOutside {
+                    user: e.id.clone(),
+                    kind: *self.kinds.by_index(k),
+                    period_start: slot.period_start,
+                    units,
+                });
+            }
+        }
     }
 }
