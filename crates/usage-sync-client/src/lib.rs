@@ -31,6 +31,8 @@
 //! retried batch counts nothing twice; an event the service refuses fails
 //! its own call only.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

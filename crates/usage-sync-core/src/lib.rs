@@ -16,6 +16,7 @@
 //! Everything that depends on time takes `now` as an argument, so the engine
 //! decides what "now" is (the real clock, or paused tokio time in tests).
 
+#![forbid(unsafe_code)]
 // Numbers a client chose (amounts, limits) and the counters they feed are
 // converted with checked or saturating conversions, never `as`, which can
 // wrap silently (a limit of 2^64-1 once read as "unlimited" and 2^63 as a

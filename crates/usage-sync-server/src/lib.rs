@@ -13,6 +13,7 @@
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
+#![forbid(unsafe_code)]
 // Amounts, limits, ids and query numbers come from clients and operators:
 // converted with checked or saturating conversions, never `as`, which can
 // wrap silently (a limit of 2^64-1 once read as "unlimited"). The crate's

@@ -22,6 +22,7 @@
 //! applied exactly once. The conformance suite in `tests/` checks this for
 //! every backend.
 
+#![forbid(unsafe_code)]
 // Amounts, limits and counters reach the store from clients: converted
 // with checked or saturating conversions, never `as`, which can wrap
 // silently. The crate's tests and benches may cast freely.

@@ -38,6 +38,7 @@
 //! - [`stats`]: flush statistics per trigger.
 //! - [`error`]: the crate's [`Error`].
 
+#![forbid(unsafe_code)]
 // Amounts, limits and counters pass through the engine from clients and
 // from Redis: converted with checked or saturating conversions, never
 // `as`, which can wrap silently. The crate's tests may cast freely.
