@@ -2,7 +2,8 @@
 //! segment, and the request ids it remembered from the segments before it.
 //!
 //! Every segment starts with a checkpoint of the units outside the store,
-//! so one segment suffices for those. Request ids are not in checkpoints:
+//! so one segment suffices for those (read on through any later one whose
+//! checkpoint never finished). Request ids are not in checkpoints:
 //! a segment whose consumes carried ids is kept until the newest of them
 //! has left the dedup window (see [`super::Wal`]), and recovery reads the
 //! ids, and the refunds of them, from every segment still there. A torn
