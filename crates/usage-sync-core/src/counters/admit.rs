@@ -183,14 +183,16 @@ impl Ledger {
         now: Timestamp,
         granted: bool,
     ) -> Result<ConsumeOutcome, CoreError> {
+        // Hashed once: the user's shard, its bucket, and the request id's
+        // owner all come from this.
+        let user_hash = self.shard_hasher.hash_one(user);
         let Some(rid) = request_id else {
-            return self.consume_locked(user, kind, amount, None, now, granted);
+            return self.consume_locked(user, user_hash, kind, amount, None, now, granted);
         };
         // Lock order: dedup shard, then user shard (refund uses the same
         // order). Holding the dedup shard across the consume is what makes
         // two concurrent requests with one id count once.
         let fp = self.dedup_key.fingerprint(rid.as_str());
-        let user_hash = self.shard_hasher.hash_one(user);
         let mut dedup = self.dedup_of(fp);
         self.expire(&mut dedup, now);
         if let Some(rec) = dedup.get(fp) {
@@ -226,7 +228,7 @@ impl Ledger {
         if !granted && !self.room_for_one(&dedup) {
             return Err(CoreError::RequestIdsFull);
         }
-        let out = self.consume_locked(user, kind, amount, Some(rid), now, granted)?;
+        let out = self.consume_locked(user, user_hash, kind, amount, Some(rid), now, granted)?;
         let replaced = dedup.insert(
             fp,
             &Remembered {
@@ -246,9 +248,12 @@ impl Ledger {
         Ok(out)
     }
 
+    /// `hash`: the shard hasher's hash of `user`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn consume_locked(
         &self,
         user: &str,
+        hash: u64,
         kind: &Kind,
         amount: Units,
         request_id: Option<&RequestId>,
@@ -256,7 +261,7 @@ impl Ledger {
         granted: bool,
     ) -> Result<ConsumeOutcome, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
-        let (mut guard, hash) = self.shard_hashed(user);
+        let mut guard = lock(&self.shards[self.index_of_hash(hash)].0);
         let shard = &mut *guard;
         let e = shard
             .users

@@ -130,6 +130,7 @@ impl Ledger {
                     }
                 }
                 shard.with_units = keep;
+                shard.stale_listed = 0;
                 out
             };
             sink(copies);
@@ -191,5 +192,37 @@ impl Ledger {
                 });
             }
         }
+    }
+}
+
+impl Shard {
+    /// A listed user was evicted. Once such ids are more than half the
+    /// list (and over 64), the list is pruned, so it never grows past
+    /// about twice the users it should hold, however many times users
+    /// are evicted and loaded again between checkpoints.
+    pub(super) fn forget_listed(&mut self) {
+        self.stale_listed += 1;
+        if self.stale_listed <= 64 || self.stale_listed * 2 <= self.with_units.len() {
+            return;
+        }
+        let listed = std::mem::take(&mut self.with_units);
+        let mut keep = Vec::with_capacity(listed.len());
+        for id in listed {
+            // The first copy of a resident, listed user is kept; a second
+            // copy finds its flag cleared by the first.
+            if let Some(e) = self.users.get_mut(id.as_str())
+                && e.listed
+            {
+                e.listed = false;
+                keep.push(id);
+            }
+        }
+        for id in &keep {
+            if let Some(e) = self.users.get_mut(id.as_str()) {
+                e.listed = true;
+            }
+        }
+        self.with_units = keep;
+        self.stale_listed = 0;
     }
 }

@@ -332,7 +332,9 @@ impl Ledger {
                 }
                 let idle = e.last_activity <= cutoff;
                 if e.is_clean() {
-                    shard.users.remove(id.as_str());
+                    if shard.users.remove(id.as_str()).is_some_and(|e| e.listed) {
+                        shard.forget_listed();
+                    }
                     shard.epoch += 1;
                     self.resident.fetch_sub(1, Ordering::Relaxed);
                     out.evicted += 1;
@@ -381,6 +383,7 @@ impl Ledger {
             let mut guard = lock(&s.0);
             let shard = &mut *guard;
             let before = shard.users.len();
+            let mut listed = 0;
             shard.users.retain(|e| {
                 if e.last_activity > cutoff {
                     return true;
@@ -389,8 +392,12 @@ impl Ledger {
                     kept += 1;
                     return true;
                 }
+                listed += usize::from(e.listed);
                 false
             });
+            for _ in 0..listed {
+                shard.forget_listed();
+            }
             let n = before - shard.users.len();
             if n > 0 {
                 // Stale queue entries for removed users are skipped when

@@ -533,6 +533,10 @@ struct Shard {
     /// checkpoint copies these instead of walking every resident user
     /// under the shard's lock.
     with_units: Vec<UserId>,
+    /// Listed users evicted since the list was last pruned: their ids
+    /// stay in it (and a user loaded again is listed a second time) until
+    /// a checkpoint or `forget_listed` prunes it.
+    stale_listed: usize,
 }
 
 /// Units outside the store in one shard, and how many of its users hold
@@ -649,6 +653,7 @@ impl Ledger {
                     owners: HashMap::with_hasher(RandomState::default()),
                     cut: Cut(0),
                     with_units: Vec::new(),
+                    stale_listed: 0,
                 }))
             })
             .collect();

@@ -777,4 +777,5 @@ fn walked_units(l: &Ledger) -> Vec<UnitsKey> {
     sorted(l.units_outside_walked())
 }
 
+mod listing;
 mod periods;
