@@ -47,6 +47,8 @@ fn ledger() -> Arc<Ledger> {
         plans,
         LedgerConfig {
             threshold: 10,
+            // As the service sizes it for its default million users.
+            shards: LedgerConfig::shards_for(1_000_000),
             ..LedgerConfig::default()
         },
     ))

@@ -15,10 +15,10 @@
 //!   removes the batch's deltas);
 //! - a batch's exact deltas are recorded (`Intent`) before it is sent, so
 //!   after a crash the same batch can be re-sent under the same id;
-//! - a checkpoint takes the ledger one shard at a time while consumes go
-//!   on; every record of a change made under a shard's lock carries that
-//!   shard's cut ([`Cut`]), so replay can tell the changes a checkpoint's
-//!   figures already hold from those that come after them.
+//! - a checkpoint copies the ledger a few users at a time while consumes
+//!   go on; every record of a change carries its user's cut ([`Cut`]), so
+//!   replay can tell the changes a checkpoint's figures already hold from
+//!   those that come after them.
 
 use crate::batches::{FlushBatch, FlushId};
 use crate::counters::Decision;
@@ -42,7 +42,7 @@ pub enum Record<'a> {
         request_id: Option<&'a RequestId>,
         decision: &'a Decision,
         at: Timestamp,
-        /// The user's shard's cut when the units were counted (see
+        /// The user's cut when the units were counted (see
         /// [`Cut`]).
         cut: Cut,
     },
@@ -72,10 +72,10 @@ pub enum Record<'a> {
     },
 }
 
-/// The segment whose checkpoint last took a shard's counters (see
-/// [`crate::Ledger::cut_shards`]). A record of a change made under the
-/// shard's lock carries it: in the segment being checkpointed, a change
-/// from before the shard was taken is already in the checkpoint's figure
+/// The segment whose checkpoint had copied a user's counters when a
+/// change to them was made (see [`crate::Ledger::cut_shards`]). The
+/// change's record carries it: in the segment being checkpointed, a change
+/// from before the user was copied is already in the checkpoint's figure
 /// for its counter, and replay must not apply it twice. `Cut::NONE` marks
 /// a record with no units to apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -110,7 +110,7 @@ impl Engine {
             kinds,
             plans,
             LedgerConfig {
-                shards: 64,
+                shards: LedgerConfig::shards_for(config.max_cached_users),
                 threshold: config.force_sync_threshold,
                 dedup_window_ms: i64::try_from(config.dedup_window.as_millis()).unwrap_or(i64::MAX),
                 max_request_ids: config.max_request_ids,

@@ -56,6 +56,7 @@ impl Ledger {
             dirty_gen: 0,
             threshold_queued: false,
             listed: false,
+            taken: Cut(0),
         };
         shard.users.insert(Box::new(entry));
         shard.activity.push_back((now, user.clone()));
@@ -297,7 +298,7 @@ impl Ledger {
                 shard.threshold.push(e.id.clone());
                 threshold_reached = true;
             }
-            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
+            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, shard.cut, e, now);
         }
         let decision = e.decision(k, allowed);
         // Logged under the shard lock: the log's order is this counter's
@@ -312,7 +313,7 @@ impl Ledger {
                 request_id,
                 decision: &decision,
                 at: now,
-                cut: shard.cut,
+                cut: e.cut(shard.cut),
             })),
             _ => None,
         };

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Listed users a checkpoint copies per hold of a shard's lock: about
+/// 20 µs, so a consume of that shard waits no longer than that.
+const CUT_RUN: usize = 64;
+
 impl Ledger {
     /// Totals over all resident users: (pending units, in-flight units,
     /// users with pending units, time the oldest pending unit was counted).
@@ -87,53 +91,58 @@ impl Ledger {
         all
     }
 
-    /// The checkpoint's pass over the counters, one shard at a time: each
-    /// shard is locked only while its counters holding units are copied
-    /// and its cut is set to `segment`, then `sink` gets the copies (to
-    /// write outside the lock). Nothing else is stopped: a change in a
-    /// shard not yet taken is in the copy *and* in the segment's records,
-    /// marked with the older cut, so replay applies it once (see
-    /// [`Cut`]).
+    /// The checkpoint's pass over the counters, one shard at a time, and
+    /// within a shard [`CUT_RUN`] listed users at a time: the shard is
+    /// locked only while a run is copied, then `sink` gets the copies (to
+    /// write outside the lock). Nothing else is stopped.
+    ///
+    /// Taking a shard sets its cut to `segment` and takes its list of
+    /// users holding units. Each user is marked as it is copied
+    /// (`UserEntry::taken`), so a change between two runs is on one side
+    /// of the copy: to a user not yet copied, it is in the copy *and* in
+    /// the segment's records, marked with the older cut, and replay
+    /// applies it once (see [`Cut`]); to a user copied, or one that had
+    /// no units when the shard was taken, it is only in the records.
     pub fn cut_shards(&self, segment: Cut, sink: &mut dyn FnMut(Vec<UnitsOutside>)) {
         for s in self.shards.iter() {
-            let copies = {
-                let mut guard = lock(&s.0);
-                let shard = &mut *guard;
+            let listed = {
+                let mut shard = lock(&s.0);
                 shard.cut = segment;
-                let mut out = Vec::new();
-                // Only the listed users: a user only gains units through
-                // `mark_dirty`, which lists it (a take moves them, a
-                // completion only removes them). Those without units any
-                // more (or evicted) leave the list; an id listed twice (a
-                // user evicted and loaded again) is taken once.
-                let listed = std::mem::take(&mut shard.with_units);
-                let mut keep = Vec::with_capacity(listed.len());
-                for id in listed {
-                    let Some(e) = shard.users.get_mut(id.as_str()) else {
-                        continue;
-                    };
-                    if !e.listed {
-                        continue;
-                    }
-                    e.listed = false;
-                    self.units_outside(e, &mut out);
-                    // Kept while it has any: pending -1 with 1 in flight
-                    // is 0 outside the store now, but -1 once the flight
-                    // lands (and completions do not list).
-                    if e.has_units() {
-                        keep.push(id);
-                    }
-                }
-                for id in &keep {
-                    if let Some(e) = shard.users.get_mut(id.as_str()) {
-                        e.listed = true;
-                    }
-                }
-                shard.with_units = keep;
                 shard.stale_listed = 0;
-                out
+                // Users listed from now on (by `mark_dirty`) go to a new
+                // list, already marked as taken.
+                std::mem::take(&mut shard.with_units)
             };
-            sink(copies);
+            for run in listed.chunks(CUT_RUN) {
+                let copies = {
+                    let mut guard = lock(&s.0);
+                    let shard = &mut *guard;
+                    let mut out = Vec::new();
+                    for id in run {
+                        // Evicted since (it had no units), no longer
+                        // listed, or taken already (listed afresh, or an
+                        // id listed twice: a user evicted and loaded again).
+                        let Some(e) = shard.users.get_mut(id.as_str()) else {
+                            continue;
+                        };
+                        if !e.listed || e.taken >= segment {
+                            continue;
+                        }
+                        e.taken = segment;
+                        self.units_outside(e, &mut out);
+                        // Kept while it has any: pending -1 with 1 in
+                        // flight is 0 outside the store now, but -1 once
+                        // the flight lands (and completions do not list).
+                        if e.has_units() {
+                            shard.with_units.push(id.clone());
+                        } else {
+                            e.listed = false;
+                        }
+                    }
+                    out
+                };
+                sink(copies);
+            }
         }
     }
 
@@ -175,7 +184,7 @@ impl Ledger {
         }
         e.stale.retain(|(_, s)| !s.is_clean());
         shard.totals.change(had, e.has_units(), pending, in_flight);
-        Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
+        Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, shard.cut, e, now);
     }
 
     /// Pushes one copy per counter of `e` holding units outside the store

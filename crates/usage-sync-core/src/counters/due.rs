@@ -247,18 +247,19 @@ impl Ledger {
         debug_assert_eq!(batch.deltas.len(), used_after.len());
         let mut due = false;
         // Each counter takes its completion under its shard's lock, with
-        // that shard's cut; the `Done` record carries them all, so replay
+        // its user's cut; the `Done` record carries them all, so replay
         // knows, delta by delta, whether a checkpoint already saw it.
         let mut cuts = Vec::with_capacity(batch.deltas.len());
         for (d, &after) in batch.deltas.iter().zip(used_after) {
             let mut guard = self.shard(d.user.as_str());
             let shard = &mut *guard;
-            cuts.push(shard.cut);
             // Users with in-flight units are never evicted.
             let Some(e) = shard.users.get_mut(d.user.as_str()) else {
                 debug_assert!(false, "user with in-flight units was evicted");
+                cuts.push(shard.cut);
                 continue;
             };
+            cuts.push(e.cut(shard.cut));
             let k = d.kind.index();
             let had = e.has_units();
             let mut landed = 0;

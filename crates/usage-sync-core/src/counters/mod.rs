@@ -66,10 +66,15 @@ use crate::journal::{Cut, Journal, Lsn, Record};
 use crate::quota::{Limit, Plan, Plans, UserProfile};
 use crate::time::Timestamp;
 
+/// Request-id tables: at most this many (fewer when the ledger has fewer
+/// shards).
+const DEDUP_SHARDS: usize = 64;
+
 /// Tuning of the ledger.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
-    /// Number of shards, rounded up to a power of two.
+    /// Number of user shards, rounded up to a power of two; see
+    /// [`LedgerConfig::shards_for`].
     pub shards: usize,
     /// Pending units of one counter that make it due (`force_sync_threshold`).
     pub threshold: u64,
@@ -104,6 +109,23 @@ impl Default for LedgerConfig {
             dedup_key: None,
             near_limit_percent: None,
         }
+    }
+}
+
+impl LedgerConfig {
+    /// User shards for at most `max_users` resident users: about one per
+    /// thousand of them, between 64 and 1 024.
+    ///
+    /// A checkpoint locks one shard at a time while it copies that shard's
+    /// users holding units, so what a consume can wait behind is one
+    /// shard's worth: with a million users holding units, about a thousand
+    /// in 1 024 shards (a tenth of a millisecond), where 64 shards held
+    /// 16 000 each and consumes due meanwhile waited milliseconds. Not
+    /// more shards for fewer users: the heartbeat's resident bound is kept
+    /// per shard (`max_users / shards`), and a bound of one or two users a
+    /// shard would evict users still in use wherever two hash together.
+    pub fn shards_for(max_users: usize) -> usize {
+        (max_users / 1000).clamp(64, 1024).next_power_of_two()
     }
 }
 
@@ -329,9 +351,27 @@ struct UserEntry {
     threshold_queued: bool,
     /// In its shard's `with_units` list.
     listed: bool,
+    /// While listed: the segment whose checkpoint last copied this user's
+    /// counters, or the shard's cut when it was listed (it had no units
+    /// before). See [`UserEntry::cut`].
+    taken: Cut,
 }
 
 impl UserEntry {
+    /// The cut a record of a change to this user carries: which side of
+    /// the running checkpoint's copy of it the change is on.
+    ///
+    /// A listed user not yet copied by the checkpoint of segment `S` has
+    /// `taken < S`: its change is in the copy to come, and replay from
+    /// `S` skips the record. Once copied, `taken == S` and the record is
+    /// applied. A user not listed holds no units: the checkpoint has
+    /// nothing of it, and every record of it since the shard's cut is
+    /// applied. A checkpoint copies a shard in short runs between which
+    /// changes go on; this per-user mark keeps each change on one side.
+    fn cut(&self, shard_cut: Cut) -> Cut {
+        if self.listed { self.taken } else { shard_cut }
+    }
+
     /// Re-resolves plan, limits and period when the catalogue changed or the
     /// period ended. On a period change, counters with units move to `stale`
     /// so they are flushed into the period they were consumed in.
@@ -576,6 +616,7 @@ impl Shard {
     fn mark_dirty(
         dirty: &mut VecDeque<(Timestamp, u32, UserId)>,
         with_units: &mut Vec<UserId>,
+        cut: Cut,
         e: &mut UserEntry,
         now: Timestamp,
     ) {
@@ -584,7 +625,10 @@ impl Shard {
             dirty.push_back((now, e.dirty_gen, e.id.clone()));
         }
         if !e.listed && e.has_units() {
+            // It had no units: whatever it gets from now on is after the
+            // shard's cut (see `UserEntry::cut`).
             e.listed = true;
+            e.taken = cut;
             with_units.push(e.id.clone());
         }
     }
@@ -610,6 +654,7 @@ pub struct Ledger {
     max_ids_per_shard: usize,
     shard_hasher: RandomState,
     shard_mask: usize,
+    dedup_mask: usize,
     shards: Box<[Padded<Mutex<Shard>>]>,
     dedup: Box<[Padded<Mutex<DedupTable>>]>,
     instance_nonce: u64,
@@ -657,7 +702,12 @@ impl Ledger {
                 }))
             })
             .collect();
-        let dedup = (0..n)
+        // The request-id tables keep their own, smaller count: each holds
+        // its entries in 4 096-entry chunks, so a thousand tables would
+        // keep up to a thousand part-filled chunks (150 MiB). Their locks
+        // are held for one insert or lookup, never for a pass.
+        let dn = n.min(DEDUP_SHARDS);
+        let dedup = (0..dn)
             .map(|_| Padded(Mutex::new(DedupTable::new())))
             .collect();
         let version = plans.version;
@@ -669,9 +719,10 @@ impl Ledger {
             near_limit_percent: config.near_limit_percent,
             dedup_window: Window::new(config.dedup_window_ms),
             dedup_key: config.dedup_key.unwrap_or_else(DedupKey::random),
-            max_ids_per_shard: config.max_request_ids.div_ceil(n).max(1),
+            max_ids_per_shard: config.max_request_ids.div_ceil(dn).max(1),
             shard_hasher,
             shard_mask: n - 1,
+            dedup_mask: dn - 1,
             shards,
             dedup,
             instance_nonce: config.instance_nonce,

@@ -6,7 +6,7 @@ use super::*;
 impl Ledger {
     /// The dedup shard of a fingerprint, locked.
     pub(super) fn dedup_of(&self, fp: Fingerprint) -> MutexGuard<'_, DedupTable> {
-        lock(&self.dedup[fp.shard_bits() & self.shard_mask].0)
+        lock(&self.dedup[fp.shard_bits() & self.dedup_mask].0)
     }
 
     /// The fingerprint of a request id under this ledger's key.
@@ -204,8 +204,8 @@ impl Ledger {
             }
             shard.totals.change(had, e.has_units(), -signed(amount), 0);
             e.last_activity = now;
-            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, e, now);
-            cut = shard.cut;
+            Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, shard.cut, e, now);
+            cut = e.cut(shard.cut);
         }
         // Appended after the shard's lock is released: the cut read under
         // it says which side of a checkpoint the change is on.

@@ -40,7 +40,7 @@ const T_CHECKPOINT_START: u8 = 7;
 const T_CHECKPOINT_END: u8 = 8;
 /// `CheckpointStart` of a sequenced segment (see the module docs).
 pub(super) const T_CHECKPOINT_START_SEQUENCED: u8 = 9;
-/// A `Done` some of whose deltas were taken before their shard's cut.
+/// A `Done` some of whose deltas were taken before their user's cut.
 const T_DONE_PRECUT: u8 = 12;
 /// On a `Consume` or `Refund` tag: the change was made before its shard's
 /// cut in this segment's checkpoint, whose figures hold it already.
@@ -80,7 +80,7 @@ pub enum LogRecord {
         request_id: Option<String>,
         decision: LoggedDecision,
         at: Timestamp,
-        /// Made before its shard's cut: the segment's checkpoint holds it.
+        /// Made before its user's cut: the segment's checkpoint holds it.
         precut: bool,
     },
     Refund {
@@ -99,7 +99,7 @@ pub enum LogRecord {
     Done {
         id: FlushId,
         /// Indexes of the intent's deltas whose counters took the
-        /// completion before their shard's cut.
+        /// completion before their user's cut.
         precut: Vec<u32>,
     },
     Unpersisted {
@@ -344,7 +344,7 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
 /// Appends one framed record from the ledger, as frame `seq` of its
 /// segment. Returns the frame's length.
 pub fn encode_frame(rec: &Record<'_>, seq: u64, segment: u64, out: &mut Vec<u8>) -> usize {
-    // A change made before its shard's cut in this segment's checkpoint.
+    // A change made before its user's cut in this segment's checkpoint.
     let precut = |cut: &Cut| *cut != Cut::NONE && *cut < Cut(segment);
     let done_precut: Vec<u32>;
     let view = match rec {

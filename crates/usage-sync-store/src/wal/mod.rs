@@ -22,8 +22,8 @@
 //! - The log is a series of segments `wal-<seq>.log`. Every segment starts
 //!   with a checkpoint (the outstanding batch intents, then the units
 //!   outside the store of every counter), written while records go on
-//!   arriving: the ledger is taken one shard at a time, and each record
-//!   says whether its change came before its shard was taken
+//!   arriving: the ledger is copied a few users at a time, and each record
+//!   says whether its change came before its user was copied
 //!   ([`usage_sync_core::Cut`]). Recovery reads the units from the newest
 //!   segment whose checkpoint is complete (and on through any later one
 //!   whose checkpoint never finished). Request ids stay in the consume
@@ -149,6 +149,10 @@ pub const STALL_RETRY: Duration = Duration::from_millis(500);
 /// Checkpoint records appended per hold of the log's lock: about 8 µs of
 /// encoding, so a consume appending meanwhile waits no longer than that.
 const CHECKPOINT_RUN: usize = 32;
+
+/// Bytes a checkpoint may have waiting in the buffer before it waits for
+/// the writer to take them.
+const CHECKPOINT_BACKLOG: usize = 256 << 10;
 
 /// How often, at most, the manifest records a new position within a
 /// segment (see [`manifest`]).
@@ -484,12 +488,13 @@ impl Wal {
     /// durable, older segments may be deleted by the writer.
     ///
     /// Nothing is stopped. The new segment starts at once (with the
-    /// outstanding intents); then the ledger's shards are taken one at a
-    /// time ([`Ledger::cut_shards`]), each locked only while its counters
-    /// are copied, and the copies are appended in short runs between the
-    /// records that go on arriving. Records of changes made in a shard
-    /// before it was taken carry the older cut and are applied once by
-    /// replay (see `replay`). One checkpoint at a time.
+    /// outstanding intents); then the ledger is copied a few users at a
+    /// time ([`Ledger::cut_shards`]), each shard locked only while a run of
+    /// its users is copied, and the copies are appended in short runs
+    /// between the records that go on arriving, never more than
+    /// [`CHECKPOINT_BACKLOG`] ahead of the writer. Records of changes made
+    /// to a user before it was copied carry the older cut and are applied
+    /// once by replay (see `replay`). One checkpoint at a time.
     pub fn checkpoint(&self, ledger: &Ledger, now: Timestamp) -> Lsn {
         let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let seq = {
@@ -527,6 +532,17 @@ impl Wal {
             for run in units.chunks(CHECKPOINT_RUN) {
                 std::thread::yield_now();
                 let mut g = self.shared();
+                // Never more than a backlog ahead of the writer: a buffer
+                // of tens of MiB grows (and faults its pages in) under the
+                // lock every consume appends under. A stalled log is not
+                // waited for (its buffer is kept whole, as before).
+                while g.buf.len() >= CHECKPOINT_BACKLOG && !self.failed.load(Ordering::Acquire) {
+                    g.urgent = true;
+                    self.wake.notify_one();
+                    drop(g);
+                    std::thread::sleep(Duration::from_micros(200));
+                    g = self.shared();
+                }
                 for u in run {
                     let frame_seq = g.position.frames;
                     let rec = Record::Unpersisted {

@@ -288,6 +288,9 @@ fn checkpoints_beside_concurrent_changes_replay_exactly() {
         plans,
         LedgerConfig {
             threshold: u64::MAX,
+            // One shard: its 300 users are copied in several runs, with
+            // the changes going on between them.
+            shards: 1,
             ..LedgerConfig::default()
         },
     );
@@ -326,6 +329,14 @@ fn checkpoints_beside_concurrent_changes_replay_exactly() {
                     }
                     16 => {
                         let _ = l.refund(&format!("r{}", rng.u64(1..=n)), None, now);
+                    }
+                    17 => {
+                        // A user flushed whole: clean, it leaves the list
+                        // at the next checkpoint and joins it again with
+                        // its next consume, maybe in the middle of one.
+                        for b in l.take_user(user, 64) {
+                            l.complete(&b, &vec![0; b.deltas.len()], now);
+                        }
                     }
                     _ => {
                         let (batches, _) = l.take_oldest(rng.usize(1..50), 64, Trigger::Check);

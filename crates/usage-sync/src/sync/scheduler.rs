@@ -101,7 +101,7 @@ impl Inner {
                     next[1] = Instant::now() + periods[1];
                     self.heartbeat(&mut last_prune).await
                 }
-                _ = wal_full(&self.wal) => self.checkpoint(),
+                _ = wal_full(&self.wal) => self.checkpoint().await,
                 _ = retry_due => {
                     let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
                     self.spawn_batches(due, Trigger::Heartbeat).await;
@@ -170,12 +170,27 @@ impl Inner {
         }
     }
 
-    /// Writes a checkpoint so the log can drop old segments.
-    pub(super) fn checkpoint(&self) {
-        if let Some(wal) = &self.wal {
+    /// Writes a checkpoint so the log can drop old segments. It runs on a
+    /// blocking thread: with a million users holding units it takes about
+    /// half a second of CPU, which on a runtime worker would hold up every
+    /// request queued behind it there. The scheduler waits for it (its
+    /// triggers resume after), consumes do not: the ledger is never
+    /// stopped (`Wal::checkpoint`).
+    pub(super) async fn checkpoint(self: &Arc<Self>) {
+        if self.wal.is_none() {
+            return;
+        }
+        let inner = self.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let Some(wal) = &inner.wal else { return };
             let started = Instant::now();
-            wal.checkpoint(&self.ledger, self.clock.now());
+            wal.checkpoint(&inner.ledger, inner.clock.now());
             debug!(target: "flush", ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "write-ahead log checkpoint");
+        });
+        if let Err(e) = run.await {
+            // Only a panic gets here; the log keeps its older checkpoint,
+            // which stays complete, so nothing is lost.
+            error!(target: "flush", error = %e, "write-ahead log checkpoint failed");
         }
     }
 }

@@ -768,8 +768,12 @@ fn sorted(v: Vec<crate::UnitsOutside>) -> Vec<UnitsKey> {
 /// What a checkpoint copies, from the shards' lists of users holding
 /// units.
 fn listed_units(l: &Ledger) -> Vec<UnitsKey> {
+    // Each checkpoint is of a newer segment than the last (a user copied
+    // at a segment's checkpoint is not copied again at the same one).
+    static SEGMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let segment = SEGMENT.fetch_add(1, Ordering::Relaxed);
     let mut all = Vec::new();
-    l.cut_shards(crate::Cut(1), &mut |units| all.extend(units));
+    l.cut_shards(crate::Cut(segment), &mut |units| all.extend(units));
     sorted(all)
 }
 
@@ -779,3 +783,37 @@ fn walked_units(l: &Ledger) -> Vec<UnitsKey> {
 
 mod listing;
 mod periods;
+
+#[test]
+fn shards_grow_with_resident_users_between_64_and_1024() {
+    assert_eq!(LedgerConfig::shards_for(0), 64);
+    assert_eq!(LedgerConfig::shards_for(10_000), 64);
+    assert_eq!(LedgerConfig::shards_for(100_000), 128);
+    assert_eq!(LedgerConfig::shards_for(1_000_000), 1024);
+    assert_eq!(LedgerConfig::shards_for(usize::MAX), 1024);
+    // Request-id tables stay at 64 whatever the user shards (each keeps
+    // its entries in 4 096-entry chunks, so a thousand tables would hold a
+    // thousand part-filled chunks): a bound of 1 is 1 id in each of 64.
+    let (kinds, plans) = default_catalogue();
+    let l = Ledger::new(
+        kinds,
+        plans,
+        LedgerConfig {
+            shards: 1024,
+            max_request_ids: 1,
+            ..LedgerConfig::default()
+        },
+    );
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let fast = kind(&l, "fast");
+    let mut remembered = 0;
+    for i in 0..10_000 {
+        let rid = RequestId::parse(&format!("r{i}")).unwrap();
+        match l.consume("u", &fast, Units::ONE, Some(&rid), T0) {
+            Ok(_) => remembered += 1,
+            Err(e) => assert_eq!(e, CoreError::RequestIdsFull),
+        }
+    }
+    assert_eq!(remembered, 64);
+    assert_eq!(l.dedup_entries(), 64);
+}
