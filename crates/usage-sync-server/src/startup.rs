@@ -250,7 +250,7 @@ impl Application {
         tokio::spawn(crate::alerts::run(engine.clone(), alert_config, alerts));
         tracing::info!(
             %listen,
-            store = engine.store().backend(),
+            store = engine.store_backend(),
             durability = self.settings.durability.as_str(),
             profile = self.settings.profile.as_str(),
             "usage-sync is ready"

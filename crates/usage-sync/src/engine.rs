@@ -169,7 +169,7 @@ impl Engine {
     }
 
     /// The write-ahead log, when configured.
-    pub fn wal(&self) -> Option<&Arc<Wal>> {
+    pub(crate) fn wal(&self) -> Option<&Arc<Wal>> {
         self.inner.wal.as_ref()
     }
 
@@ -204,12 +204,13 @@ impl Engine {
         self.inner.started_at
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
-    /// Read access to the ledger, for diagnostics and tests.
-    pub fn ledger(&self) -> &Ledger {
+    /// The ledger. Outside the engine, [`Engine::ledger_figures`] and the
+    /// other typed queries (`queries.rs`) show what it holds.
+    pub(crate) fn ledger(&self) -> &Ledger {
         &self.inner.ledger
     }
 

@@ -324,7 +324,7 @@ async fn guarantee_flushes_everything_within_max_sync_interval() {
     assert!(h.wait_db("u49", "premium", 1, Duration::from_secs(2)).await);
     let s = h.engine.stats();
     assert_eq!(s.trigger(Trigger::Guarantee).units, 50);
-    assert_eq!(h.engine.ledger().totals().pending, 0);
+    assert_eq!(h.engine.ledger_figures().totals.pending, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -341,10 +341,10 @@ async fn session_timeout_flushes_idle_users_then_evicts_them() {
     assert_eq!(h.engine.stats().trigger(Trigger::SessionEnd).units, 2);
     // Clean and still idle: evicted by a later heartbeat, memory bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(400);
-    while h.engine.ledger().resident_users() > 0 && tokio::time::Instant::now() < deadline {
+    while h.engine.ledger_figures().users_resident > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert_eq!(h.engine.ledger().resident_users(), 0);
+    assert_eq!(h.engine.ledger_figures().users_resident, 0);
     // Evicted users come back from the store with their usage.
     let u = h.engine.usage(&uid("idle")).await.unwrap();
     assert_eq!(
@@ -600,7 +600,7 @@ async fn a_flush_cancelled_by_the_shutdown_deadline_is_kept_for_retry() {
     h.store.set_flush_delay(Duration::ZERO);
     h.engine.sync_all().await.unwrap();
     assert_eq!(h.db("u", "fast").await, 3);
-    assert_eq!(h.engine.ledger().totals().in_flight, 0);
+    assert_eq!(h.engine.ledger_figures().totals.in_flight, 0);
 }
 
 #[path = "engine/wal.rs"]

@@ -179,8 +179,8 @@ async fn bad_consume_bodies_are_rejected_without_any_state_change() {
     assert_eq!(s, 200);
     // Nothing was counted, loaded or remembered.
     assert_eq!(app.usage("u").await["kinds"]["fast"]["used"], json!(0));
-    assert_eq!(app.engine.ledger().dedup_entries(), 0);
-    assert_eq!(app.engine.ledger().totals().pending, 0);
+    assert_eq!(app.engine.ledger_figures().request_ids_remembered, 0);
+    assert_eq!(app.engine.ledger_figures().totals.pending, 0);
     app.sync_all().await;
     assert_eq!(app.db("u", "fast").await, 0);
 }

@@ -149,7 +149,7 @@ async fn usage_of_an_unknown_user_is_zero_on_the_default_plan() {
         (json!(null), json!(null))
     );
     // Reading usage does not load the user into memory.
-    assert_eq!(app.engine.ledger().resident_users(), 0);
+    assert_eq!(app.engine.ledger_figures().users_resident, 0);
 }
 
 #[tokio::test]

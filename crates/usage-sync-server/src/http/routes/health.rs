@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Code};
+use usage_sync::StoreReachability;
 
 /// The process is alive and serving HTTP.
 pub async fn healthz() -> Json<Value> {
@@ -25,11 +26,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     if let Some(why) = state.engine()?.log_failure() {
         return Err(unavailable(why));
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.engine()?.store().ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "store": state.engine()?.store().backend()}),
+    let engine = state.engine()?;
+    match engine.ping_store(Duration::from_secs(2)).await {
+        StoreReachability::Reachable => Ok(Json(
+            json!({"status": "ready", "store": engine.store_backend()}),
         )),
-        Ok(Err(e)) => Err(unavailable(format!("store unreachable: {e}"))),
-        Err(_) => Err(unavailable("store did not answer within 2s".into())),
+        StoreReachability::Failed(e) => Err(unavailable(format!("store unreachable: {e}"))),
+        StoreReachability::TimedOut(_) => Err(unavailable("store did not answer within 2s".into())),
     }
 }

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
-use usage_sync::Engine;
+use usage_sync::{Engine, LogStatus, StoreReachability};
 use usage_sync_core::Trigger;
 
 use crate::http::AppState;
@@ -122,7 +122,7 @@ async fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Val
         json!({"check": "flush latency", "ok": s.avg_flush_ms() < 5000.0, "value": format!("{:.1} ms average", s.avg_flush_ms()), "target": "< 5 s"}),
         json!({"check": "flush errors", "ok": s.error_rate() < 0.01, "value": format!("{:.2} %", s.error_rate() * 100.0), "target": "< 1 %"}),
     ];
-    checks.push(match engine.store().pool_status() {
+    checks.push(match engine.store_pool() {
         Some((size, in_use)) => json!({"check": "store pool", "ok": in_use < size, "value": format!("{in_use} of {size} in use"), "target": "below the pool size"}),
         None => json!({"check": "store pool", "ok": true, "value": "no pool (SQLite)", "target": "below the pool size"}),
     });
@@ -291,7 +291,8 @@ pub fn render(engine: &Engine) -> String {
     let _ = writeln!(o, "usage_sync_rows_written_total {}", s.rows_written);
 
     let now = engine.now();
-    let t = engine.ledger().totals();
+    let figures = engine.ledger_figures();
+    let t = &figures.totals;
     metric(
         &mut o,
         "pending_units",
@@ -312,11 +313,7 @@ pub fn render(engine: &Engine) -> String {
         age as f64 / 1000.0
     );
     metric(&mut o, "users_tracked", "gauge", "Users held in memory.");
-    let _ = writeln!(
-        o,
-        "usage_sync_users_tracked {}",
-        engine.ledger().resident_users()
-    );
+    let _ = writeln!(o, "usage_sync_users_tracked {}", figures.users_resident);
     metric(
         &mut o,
         "users_active",
@@ -333,7 +330,7 @@ pub fn render(engine: &Engine) -> String {
     let _ = writeln!(
         o,
         "usage_sync_request_ids_remembered {}",
-        engine.ledger().dedup_entries()
+        figures.request_ids_remembered
     );
     metric(
         &mut o,
@@ -400,7 +397,7 @@ pub fn render(engine: &Engine) -> String {
         "Batches waiting for a retry.",
     );
     let _ = writeln!(o, "usage_sync_retry_backlog_batches {retry_batches}");
-    if let Some((size, in_use)) = engine.store().pool_status() {
+    if let Some((size, in_use)) = engine.store_pool() {
         metric(
             &mut o,
             "store_pool_connections",
@@ -417,8 +414,12 @@ pub fn render(engine: &Engine) -> String {
             size.saturating_sub(in_use)
         );
     }
-    if let Some(wal) = engine.wal() {
-        let (seq, bytes) = wal.segment();
+    if let Some(LogStatus {
+        segment: seq,
+        segment_bytes: bytes,
+        writable,
+    }) = engine.log_status()
+    {
         metric(
             &mut o,
             "wal_segment_bytes",
@@ -439,7 +440,7 @@ pub fn render(engine: &Engine) -> String {
             "gauge",
             "1 while the write-ahead log can write; 0 while it cannot (a full disk): consumes answer 503 until it heals.",
         );
-        let _ = writeln!(o, "usage_sync_wal_writable {}", u8::from(!wal.failed()));
+        let _ = writeln!(o, "usage_sync_wal_writable {}", u8::from(writable));
     }
     if let Some((cpu, rss)) = process_stats() {
         metric(
@@ -514,10 +515,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     let engine = state.engine()?;
     let s = engine.stats();
     let now = engine.now();
-    let t = engine.ledger().totals();
-    let store_ok = tokio::time::timeout(std::time::Duration::from_secs(2), engine.store().ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let figures = engine.ledger_figures();
+    let t = &figures.totals;
+    let store_ok =
+        engine.ping_store(std::time::Duration::from_secs(2)).await == StoreReachability::Reachable;
     let by_trigger: serde_json::Map<String, Value> = Trigger::ALL
         .iter()
         .map(|t| {
@@ -529,7 +530,6 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         })
         .collect();
     let top: Vec<Value> = engine
-        .ledger()
         .top_pending(10)
         .into_iter()
         .map(|(u, n)| json!({"user_id": u.as_str(), "pending": n}))
@@ -557,7 +557,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "preset": state.info.preset,
         "durability": state.info.durability,
         "sharing": sharing_json(engine),
-        "store": {"backend": engine.store().backend(), "reachable": store_ok, "pool": engine.store().pool_status().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))},
+        "store": {"backend": engine.store_backend(), "reachable": store_ok, "pool": engine.store_pool().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))},
         "sync": {
             "enabled": c.enabled,
             "flushes": s.flushes,
@@ -588,7 +588,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             "denied": engine.request_metrics().denied.get(),
             "deduplicated": engine.request_metrics().deduplicated.get(),
         },
-        "users_tracked": engine.ledger().resident_users(),
+        "users_tracked": figures.users_resident,
         "users_active": t.users_with_pending,
         "pending_units": t.pending + t.in_flight,
         "oldest_pending_age_seconds": t.oldest_pending.map_or(0.0, |o| now.since(o) as f64 / 1000.0),
@@ -600,7 +600,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             "retry": r.retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         })),
         "top_pending_users": top,
-        "request_ids_remembered": engine.ledger().dedup_entries(),
+        "request_ids_remembered": figures.request_ids_remembered,
     })))
 }
 
@@ -672,7 +672,7 @@ pub async fn diagnose(
         "at": u.last_sync_at.map(|t| t.to_rfc3339()),
         "trigger": u.last_sync_trigger.map(|t| t.as_str()),
     });
-    doc["request_ids_remembered"] = json!(engine.ledger().dedup_entries_of(user.as_str()));
+    doc["request_ids_remembered"] = json!(engine.request_ids_of(&user));
     doc["kinds"] = Value::Object(kinds);
     doc["force_sync_threshold"] = json!(threshold);
     doc["guarantee_ms"] = json!(u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX));
