@@ -34,7 +34,7 @@ pub enum StoreError {
     /// The write-ahead log lost or garbled records it had made durable.
     #[error("the write-ahead log is damaged: {0}")]
     LogDamage(String),
-    /// A failure injected by [`crate::FaultyStore`].
+    /// A failure injected by `FaultyStore` (feature `test-util`).
     #[error("injected fault: {0}")]
     Injected(&'static str),
     #[error("store task failed: {0}")]

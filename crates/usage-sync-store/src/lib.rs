@@ -8,9 +8,10 @@
 //! - [`migrations`]: the schema, per SQL dialect, applied at start;
 //! - [`wal`]: the write-ahead log (framing, group commit, checkpoints,
 //!   recovery);
-//! - [`testing`]: throwaway PostgreSQL databases for test suites;
-//! - [`fault`]: a wrapper that injects failures into a real store, for the
-//!   engine's outage and lost-acknowledgement tests;
+//! - `testing`: throwaway PostgreSQL databases for test suites, and
+//!   `fault`: a wrapper that injects failures into a real store, for the
+//!   engine's outage and lost-acknowledgement tests. Both are behind the
+//!   `test-util` feature, which only test suites enable;
 //! - [`error`]: the crate's error type, which knows what is transient.
 //!
 //! # The contract a backend must honour
@@ -36,10 +37,12 @@
 )]
 
 pub mod error;
+#[cfg(feature = "test-util")]
 pub mod fault;
 pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "test-util")]
 pub mod testing;
 pub mod wal;
 
@@ -48,6 +51,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use error::StoreError;
+#[cfg(feature = "test-util")]
 pub use fault::FaultyStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

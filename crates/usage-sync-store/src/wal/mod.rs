@@ -492,7 +492,7 @@ impl Wal {
     /// time ([`Ledger::cut_shards`]), each shard locked only while a run of
     /// its users is copied, and the copies are appended in short runs
     /// between the records that go on arriving, never more than
-    /// [`CHECKPOINT_BACKLOG`] ahead of the writer. Records of changes made
+    /// `CHECKPOINT_BACKLOG` ahead of the writer. Records of changes made
     /// to a user before it was copied carry the older cut and are applied
     /// once by replay (see `replay`). One checkpoint at a time.
     pub fn checkpoint(&self, ledger: &Ledger, now: Timestamp) -> Lsn {
