@@ -7,8 +7,11 @@
 #      request (10 000 users, one hot row) and one Redis round trip per
 #      request; requests/s, p50/p99, database statements per million units;
 #   4. ingest through POST /v1/consume/batch;
-#   5. throughput against connection count.
-# Writes docs/benchmarks-suite.md and PNG charts under docs/bench/.
+#   5. throughput against connection count;
+#   6. the HTTP front against limitador-server (scripts/bench-limitador.sh:
+#      needs LIMITADOR_BIN, and says it skipped when it is unset).
+# Writes docs/benchmarks-suite.md, docs/bench/limitador.md and PNG charts
+# under docs/bench/.
 #
 #   scripts/bench.sh                # ~15 minutes on 2 cores
 #   ROUNDS=1 DURATION=5s scripts/bench.sh   # quicker, noisier
@@ -40,9 +43,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 PORT=18700
 
-echo "1/5 in-process (limitador, floor)..." >&2
+echo "1/6 in-process (limitador, floor)..." >&2
 bench/compare/target/release/usage-sync-compare > "$WORK/compare.txt"
-echo "2/5 scaling..." >&2
+echo "2/6 scaling..." >&2
 cargo bench -q -p usage-sync-core --bench scaling 2>/dev/null | grep '^|' > "$WORK/scaling.txt"
 
 wait_ready() {
@@ -83,7 +86,7 @@ baseline() {
   kill $pid; wait $pid 2>/dev/null || true
 }
 
-echo "3/5 HTTP, $ROUNDS interleaved rounds..." >&2
+echo "3/6 HTTP, $ROUNDS interleaved rounds..." >&2
 for R in $(seq 1 "$ROUNDS"); do
   usage_sync "usage-sync fsync" 10000 "$CONNS" consume.lua USAGE_SYNC_DURABILITY=fsync
   usage_sync "usage-sync batched" 10000 "$CONNS" consume.lua USAGE_SYNC_DURABILITY=batched
@@ -98,11 +101,11 @@ for R in $(seq 1 "$ROUNDS"); do
   baseline "Redis Lua round trip per request" 10000 sh -c "exec $EX/naive_redis \$0 $REDIS 1000000000" $((PORT + 1))
 done
 
-echo "4/5 ingest..." >&2
+echo "4/6 ingest..." >&2
 for R in $(seq 1 "$ROUNDS"); do
   usage_sync "batch ingest (1000 events per request)" 10000 8 batch.lua USAGE_SYNC_DURABILITY=batched
 done
-echo "5/5 connections..." >&2
+echo "5/6 connections..." >&2
 for C in 8 64 256; do
   usage_sync "usage-sync batched, $C connections" 10000 "$C" consume.lua USAGE_SYNC_DURABILITY=batched
 done
@@ -208,3 +211,5 @@ ax.plot(xs, ys, marker="o"); ax.set_xscale("log", base=2); ax.set_ylim(bottom=0)
 ax.set_title("usage-sync (batched): throughput against connections"); fig.tight_layout(); fig.savefig("docs/bench/connections.png", dpi=110)
 print(open(out).read())
 PY
+echo "6/6 against limitador-server..." >&2
+scripts/bench-limitador.sh

@@ -1,9 +1,27 @@
--- wrk script: POST /v1/consume for a random user out of USERS (default
--- 10 000), kind "fast". Prints one machine-readable RESULT line.
+-- wrk script: POST /v1/consume for a user out of USERS (default 10 000),
+-- kind "fast". With SEQ=1 the users are taken in order (each thread its
+-- own share), so a run of fewer than USERS requests touches each user at
+-- most once. Prints one machine-readable RESULT line.
 local users = tonumber(os.getenv("USERS") or "10000")
-math.randomseed(os.time())
+local seq = os.getenv("SEQ") == "1"
+-- `id` is each thread's number, set by setup() in the thread's state.
+local next_id, n = 0, 0
+setup = function(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+init = function(args)
+  math.randomseed(os.time() + (id or 0))
+end
 request = function()
-  local body = '{"user_id":"user-' .. math.random(0, users - 1) .. '","kind":"fast"}'
+  local u
+  if seq then
+    u = (n * 2 + (id or 0)) % users
+    n = n + 1
+  else
+    u = math.random(0, users - 1)
+  end
+  local body = '{"user_id":"user-' .. u .. '","kind":"fast"}'
   return wrk.format("POST", "/v1/consume", {["Content-Type"] = "application/json"}, body)
 end
 done = function(summary, latency, requests)
