@@ -69,16 +69,11 @@ impl Journal for Cuts {
 /// record carries the new cut (replay applies it).
 #[test]
 fn a_change_between_two_runs_of_a_checkpoint_is_on_one_side_of_it() {
-    let (kinds, plans) = default_catalogue();
-    let l = Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            shards: 1,
-            threshold: u64::MAX,
-            ..LedgerConfig::default()
-        },
-    );
+    let l = ledger_with(LedgerConfig {
+        shards: 1,
+        threshold: u64::MAX,
+        ..LedgerConfig::default()
+    });
     let cuts = Arc::new(Cuts::default());
     // 200 users holding one unit each, listed in this order; one user
     // holding none.

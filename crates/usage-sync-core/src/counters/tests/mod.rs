@@ -21,6 +21,12 @@ fn ledger(threshold: u64) -> Ledger {
     )
 }
 
+/// A ledger over the default catalogue with `config`.
+fn ledger_with(config: LedgerConfig) -> Ledger {
+    let (kinds, plans) = default_catalogue();
+    Ledger::new(kinds, plans, config)
+}
+
 fn warm(l: &Ledger, user: &str, profile: UserProfile, rows: &[PersistedRow], now: Timestamp) {
     let id = UserId::parse(user).unwrap();
     let epoch = l.load_epoch(user);
@@ -794,16 +800,11 @@ fn shards_grow_with_resident_users_between_64_and_1024() {
     // Request-id tables stay at 64 whatever the user shards (each keeps
     // its entries in 4 096-entry chunks, so a thousand tables would hold a
     // thousand part-filled chunks): a bound of 1 is 1 id in each of 64.
-    let (kinds, plans) = default_catalogue();
-    let l = Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            shards: 1024,
-            max_request_ids: 1,
-            ..LedgerConfig::default()
-        },
-    );
+    let l = ledger_with(LedgerConfig {
+        shards: 1024,
+        max_request_ids: 1,
+        ..LedgerConfig::default()
+    });
     warm(&l, "u", UserProfile::default(), &[], T0);
     let fast = kind(&l, "fast");
     let mut remembered = 0;
