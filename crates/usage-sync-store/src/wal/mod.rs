@@ -534,9 +534,12 @@ impl Wal {
                 let mut g = self.shared();
                 // Never more than a backlog ahead of the writer: a buffer
                 // of tens of MiB grows (and faults its pages in) under the
-                // lock every consume appends under. A stalled log is not
-                // waited for (its buffer is kept whole, as before).
-                while g.buf.len() >= CHECKPOINT_BACKLOG && !self.failed.load(Ordering::Acquire) {
+                // lock every consume appends under. A stalled or closing
+                // log is not waited for (its buffer is kept whole).
+                while g.buf.len() >= CHECKPOINT_BACKLOG
+                    && !g.closing
+                    && !self.failed.load(Ordering::Acquire)
+                {
                     g.urgent = true;
                     self.wake.notify_one();
                     drop(g);

@@ -96,6 +96,46 @@ fn a_large_checkpoint_is_never_followed_by_another_back_to_back() {
     wal.close();
 }
 
+/// A checkpoint larger than the backlog it may run ahead of the writer
+/// (30 000 users holding units, about 1.5 MiB) waits for the writer as it
+/// goes, and is whole: a restart recovers every unit from it. A checkpoint
+/// after the log is closed does not wait for a writer that is gone.
+#[test]
+fn a_checkpoint_larger_than_its_backlog_waits_for_the_writer_and_is_whole() {
+    use usage_sync_core::{LedgerConfig, Units, UserId, default_catalogue};
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalConfig::new(dir.path(), Durability::Batched)).unwrap();
+    let (kinds, plans) = default_catalogue();
+    let fast = *kinds.get("fast").unwrap();
+    let ledger = Ledger::new(kinds, plans, LedgerConfig::default());
+    let now = Timestamp::from_millis(1_795_000_000_000);
+    wal.checkpoint(&ledger, now);
+    ledger.attach_journal(wal.clone());
+    for i in 0..30_000 {
+        let user = UserId::parse(&format!("user-{i:05}")).unwrap();
+        let epoch = ledger.load_epoch(user.as_str());
+        ledger
+            .warm(&user, Default::default(), &[], epoch, now)
+            .unwrap();
+        ledger
+            .consume(user.as_str(), &fast, Units::ONE, None, now)
+            .unwrap();
+    }
+    wal.checkpoint(&ledger, now);
+    let checkpoint = wal.segment().1;
+    assert!(
+        checkpoint > 4 * CHECKPOINT_BACKLOG as u64,
+        "checkpoint of {checkpoint} bytes"
+    );
+    wal.close();
+    // Closed: the buffer no longer drains, and the checkpoint returns.
+    wal.checkpoint(&ledger, now);
+    drop(wal);
+    let (_, rec) = Wal::open(WalConfig::new(dir.path(), Durability::Batched)).unwrap();
+    assert_eq!(rec.unpersisted.len(), 30_000);
+    assert_eq!(rec.unpersisted.values().sum::<i64>(), 30_000);
+}
+
 /// Request ids are not in checkpoints: the segments whose consumes
 /// carry them stay until the newest id has left the dedup window, and
 /// recovery reads them there, refunds in later segments included.
