@@ -7,15 +7,10 @@ use super::*;
 /// and the list still gives exactly what a walk gives.
 #[test]
 fn the_list_of_users_holding_units_stays_bounded_through_evictions() {
-    let (kinds, plans) = default_catalogue();
-    let l = Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            shards: 1,
-            ..LedgerConfig::default()
-        },
-    );
+    let l = ledger_with(LedgerConfig {
+        shards: 1,
+        ..LedgerConfig::default()
+    });
     for round in 0..1_000 {
         let now = T0.saturating_add_ms(round);
         warm(&l, "u", UserProfile::default(), &[], now);

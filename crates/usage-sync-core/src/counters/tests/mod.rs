@@ -193,17 +193,12 @@ fn a_request_id_reused_for_another_request_conflicts_and_counts_nothing() {
 /// ones are taken again.
 #[test]
 fn remembered_request_ids_are_bounded_and_never_forgotten_early() {
-    let (kinds, plans) = default_catalogue();
-    let l = Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            shards: 1,
-            max_request_ids: 3,
-            dedup_window_ms: 1000,
-            ..LedgerConfig::default()
-        },
-    );
+    let l = ledger_with(LedgerConfig {
+        shards: 1,
+        max_request_ids: 3,
+        dedup_window_ms: 1000,
+        ..LedgerConfig::default()
+    });
     warm(&l, "u", UserProfile::default(), &[], T0);
     let fast = kind(&l, "fast");
     let rid = |i: u32| RequestId::parse(&format!("r{i}")).unwrap();
@@ -628,17 +623,12 @@ proptest! {
 
 #[test]
 fn near_limit_counters_are_due_at_once_when_enabled() {
-    let (kinds, plans) = default_catalogue();
-    let l = Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            shards: 8,
-            threshold: 1000,
-            near_limit_percent: Some(90),
-            ..LedgerConfig::default()
-        },
-    );
+    let l = ledger_with(LedgerConfig {
+        shards: 8,
+        threshold: 1000,
+        near_limit_percent: Some(90),
+        ..LedgerConfig::default()
+    });
     // free plan: fast = 50. 45 is 90 %.
     let rows = [PersistedRow {
         kind: kind(&l, "fast").index(),
