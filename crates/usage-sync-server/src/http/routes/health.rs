@@ -32,6 +32,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             json!({"status": "ready", "store": engine.store_backend()}),
         )),
         StoreReachability::Failed(e) => Err(unavailable(format!("store unreachable: {e}"))),
-        StoreReachability::TimedOut(_) => Err(unavailable("store did not answer within 2s".into())),
+        StoreReachability::TimedOut(d) => Err(unavailable(format!(
+            "store did not answer within {} s",
+            d.as_secs()
+        ))),
     }
 }
