@@ -108,6 +108,10 @@ pub struct WalConfig {
     /// request ids is kept until the newest of them is this old (plus
     /// 1/256, past the ledger's own rounding), so recovery can read them.
     pub dedup_window: Duration,
+    /// A checkpoint rests this long after each [`CHECKPOINT_BUSY`] of
+    /// work, so that it (with the writer taking its bytes) leaves the
+    /// consumes beside it most of the machine's cores. Zero: no rest.
+    pub checkpoint_rest: Duration,
 }
 
 impl WalConfig {
@@ -119,6 +123,7 @@ impl WalConfig {
             max_segment_bytes: 64 << 20,
             accept_loss: false,
             dedup_window: Duration::from_secs(24 * 3600),
+            checkpoint_rest: CHECKPOINT_BUSY,
         }
     }
 }
@@ -153,6 +158,9 @@ const CHECKPOINT_RUN: usize = 32;
 /// Bytes a checkpoint may have waiting in the buffer before it waits for
 /// the writer to take them.
 const CHECKPOINT_BACKLOG: usize = 256 << 10;
+
+/// How long a checkpoint works before it rests (`WalConfig::checkpoint_rest`).
+pub const CHECKPOINT_BUSY: Duration = Duration::from_millis(1);
 
 /// How often, at most, the manifest records a new position within a
 /// segment (see [`manifest`]).
@@ -524,6 +532,7 @@ impl Wal {
             }
             seq
         };
+        let mut busy = Instant::now();
         ledger.cut_shards(Cut(seq), &mut |units| {
             // Short runs: the log's lock is what every consume appends
             // under. The lock is not fair: re-taken at once, it would go
@@ -545,6 +554,7 @@ impl Wal {
                     drop(g);
                     std::thread::sleep(Duration::from_micros(200));
                     g = self.shared();
+                    busy = Instant::now();
                 }
                 for u in run {
                     let frame_seq = g.position.frames;
@@ -556,6 +566,11 @@ impl Wal {
                     };
                     let n = codec::encode_frame(&rec, frame_seq, seq, &mut g.buf);
                     self.push(&mut g, n);
+                }
+                drop(g);
+                if !self.config.checkpoint_rest.is_zero() && busy.elapsed() >= CHECKPOINT_BUSY {
+                    std::thread::sleep(self.config.checkpoint_rest);
+                    busy = Instant::now();
                 }
             }
         });
