@@ -185,7 +185,7 @@ impl Engine {
         // 5. From now on every change is logged; the checkpoint makes the
         // recovered state the new starting point.
         inner.ledger.attach_journal(wal.clone());
-        wal.checkpoint(&inner.ledger, now);
+        wal.checkpoint_at_once(&inner.ledger, now);
         wal.sync().await?;
         report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(

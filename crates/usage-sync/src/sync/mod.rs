@@ -495,7 +495,7 @@ impl Engine {
         // stayed down past the deadline) is in the checkpoint and recovered
         // by the next start.
         if let Some(wal) = &inner.wal {
-            inner.checkpoint().await;
+            inner.checkpoint(false).await;
             if let Err(e) = wal.sync().await {
                 error!(target: "flush", error = %e, "could not sync the write-ahead log at shutdown");
             }

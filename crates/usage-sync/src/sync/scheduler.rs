@@ -101,7 +101,7 @@ impl Inner {
                     next[1] = Instant::now() + periods[1];
                     self.heartbeat(&mut last_prune).await
                 }
-                _ = wal_full(&self.wal) => self.checkpoint().await,
+                _ = wal_full(&self.wal) => self.checkpoint(true).await,
                 _ = retry_due => {
                     let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
                     self.spawn_batches(due, Trigger::Heartbeat).await;
@@ -175,8 +175,9 @@ impl Inner {
     /// half a second of CPU, which on a runtime worker would hold up every
     /// request queued behind it there. The scheduler waits for it (its
     /// triggers resume after), consumes do not: the ledger is never
-    /// stopped (`Wal::checkpoint`).
-    pub(super) async fn checkpoint(self: &Arc<Self>) {
+    /// stopped (`Wal::checkpoint`). `beside_requests` false (at shutdown)
+    /// skips the rests that leave requests their cores.
+    pub(super) async fn checkpoint(self: &Arc<Self>, beside_requests: bool) {
         if self.wal.is_none() {
             return;
         }
@@ -184,7 +185,12 @@ impl Inner {
         let run = tokio::task::spawn_blocking(move || {
             let Some(wal) = &inner.wal else { return };
             let started = Instant::now();
-            wal.checkpoint(&inner.ledger, inner.clock.now());
+            let now = inner.clock.now();
+            if beside_requests {
+                wal.checkpoint(&inner.ledger, now);
+            } else {
+                wal.checkpoint_at_once(&inner.ledger, now);
+            }
             debug!(target: "flush", ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "write-ahead log checkpoint");
         });
         if let Err(e) = run.await {
