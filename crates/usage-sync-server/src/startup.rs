@@ -197,10 +197,16 @@ impl Application {
             header_timeout: self.settings.header_timeout,
             max_connections: self.settings.max_connections,
         };
+        // Kept until the engine's final flush is done (see
+        // `ConnectionThreads`).
+        let threads = Arc::new(http::serve::ConnectionThreads::start_or_none(
+            http::serve::ConnectionThreads::per_core(),
+        ));
         let server = tokio::spawn(http::serve::serve(
             self.listener,
             router,
             limits,
+            threads.clone(),
             stop_rx.clone(),
             self.settings.shutdown_timeout,
         ));
@@ -260,6 +266,10 @@ impl Application {
             connections_cut = cut,
             "stopped accepting requests; flushing pending usage"
         );
-        Ok(engine.shutdown(self.settings.shutdown_timeout).await)
+        let report = engine.shutdown(self.settings.shutdown_timeout).await;
+        // The store's last call is made: the HTTP threads may go (joined
+        // off the runtime, as joining blocks).
+        let _ = tokio::task::spawn_blocking(move || drop(threads)).await;
+        Ok(report)
     }
 }

@@ -96,6 +96,44 @@ async fn the_service_runs_on_postgres() {
     assert_eq!((s, v["store"].clone()), (200, json!("postgres")));
 }
 
+/// Connections are served on their own threads' runtimes, and a request
+/// that loads a user may open a pool connection there. The final flush at
+/// shutdown runs after the last HTTP connection closed: it must still
+/// reach PostgreSQL through those connections (the threads outlive it).
+#[tokio::test]
+async fn the_shutdown_flush_reaches_postgres_through_connections_requests_opened() {
+    let Some(db) = TempDatabase::create().await else {
+        return;
+    };
+    let app = spawn_app_with(&[("DATABASE_URL", &db.url), ("USAGE_SYNC_DB_POOL_SIZE", "4")]).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (client, url) = (app.client.clone(), format!("{}/v1/consume", app.address));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"user_id": format!("s{}", i % 50), "kind": "fast"});
+            client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Nothing flushed yet: every unit goes out in the shutdown flush.
+    let store = PostgresStore::connect(&db.url, 1).unwrap();
+    assert_eq!(store.all_usage().await.unwrap().len(), 0);
+    let (report, _dir) = app.stop().await;
+    assert_eq!((report.flushed_units, report.remaining_units), (200, 0));
+    let rows = store.all_usage().await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.used).sum::<i64>(), 200);
+    assert_eq!(rows.len(), 50);
+}
+
 /// Two instances on one PostgreSQL database without Redis: once one has
 /// flushed, the other's usage view includes those units (it reads the
 /// database's value), while its own pending units still count.
