@@ -2,6 +2,7 @@ use std::sync::atomic::AtomicUsize;
 use std::task::Wake;
 
 use super::*;
+use usage_sync_core::{Cut, Ledger};
 
 /// Counts its wake-ups.
 struct Counter(AtomicUsize);
