@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use usage_sync_store::testing::TempDatabase;
 use usage_sync_store::{PostgresStore, Store};
 
-use crate::helpers::{Binary, spawn_app_with};
+use crate::helpers::{Binary, TestApp, spawn_app_with};
 
 /// Forwards a local port to PostgreSQL; `set_down(true)` drops every open
 /// connection and refuses new ones, like a network partition.
@@ -70,23 +70,42 @@ fn upstream_of(url: &str) -> (String, String) {
 const UNLIMITED: &str =
     "[plans.free]\nlimits = { premium = \"unlimited\", fast = \"unlimited\" }\n";
 
+/// Sends `n` consumes at once, the i-th with `body(i)`; their statuses,
+/// in order.
+async fn consume_at_once(app: &TestApp, n: usize, body: impl Fn(usize) -> Value) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (client, url) = (app.client.clone(), format!("{}/v1/consume", app.address));
+        let body = body(i).to_string();
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::with_capacity(n);
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
 #[tokio::test]
 async fn the_service_runs_on_postgres() {
     let Some(db) = TempDatabase::create().await else {
         return;
     };
     let app = spawn_app_with(&[("DATABASE_URL", &db.url), ("USAGE_SYNC_DB_POOL_SIZE", "3")]).await;
-    let mut tasks = Vec::new();
-    for i in 0..100 {
-        let (client, url) = (app.client.clone(), format!("{}/v1/consume", app.address));
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"user_id": format!("p{}", i % 5), "kind": "fast", "request_id": format!("r{i}")});
-            client.post(url).body(body.to_string()).send().await.unwrap().status().as_u16()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
-    }
+    let statuses = consume_at_once(&app, 100, |i| {
+        json!({"user_id": format!("p{}", i % 5), "kind": "fast", "request_id": format!("r{i}")})
+    })
+    .await;
+    assert_eq!(statuses, vec![200; 100]);
     assert_eq!(app.sync_all().await["flushed_units"], json!(100));
     let store = PostgresStore::connect(&db.url, 1).unwrap();
     let rows = store.all_usage().await.unwrap();
@@ -106,24 +125,13 @@ async fn the_shutdown_flush_reaches_postgres_through_connections_requests_opened
         return;
     };
     let app = spawn_app_with(&[("DATABASE_URL", &db.url), ("USAGE_SYNC_DB_POOL_SIZE", "4")]).await;
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let (client, url) = (app.client.clone(), format!("{}/v1/consume", app.address));
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"user_id": format!("s{}", i % 50), "kind": "fast"});
-            client
-                .post(url)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
-    }
+    let statuses = consume_at_once(
+        &app,
+        200,
+        |i| json!({"user_id": format!("s{}", i % 50), "kind": "fast"}),
+    )
+    .await;
+    assert_eq!(statuses, vec![200; 200]);
     // Nothing flushed yet: every unit goes out in the shutdown flush.
     let store = PostgresStore::connect(&db.url, 1).unwrap();
     assert_eq!(store.all_usage().await.unwrap().len(), 0);
