@@ -28,8 +28,13 @@ impl Wal {
     /// A checkpoint without rests, for when nothing runs beside it that
     /// could use the cores (at start-up, before requests are served; at
     /// shutdown, after they stopped): it takes half the time.
+    /// A background checkpoint still running (at shutdown) stops resting,
+    /// so this one does not wait out its rests.
     pub fn checkpoint_at_once(&self, ledger: &Ledger, now: Timestamp) -> Lsn {
-        self.checkpoint_paced(ledger, now, Duration::ZERO)
+        self.hurry.store(true, Ordering::Release);
+        let end = self.checkpoint_paced(ledger, now, Duration::ZERO);
+        self.hurry.store(false, Ordering::Release);
+        end
     }
 
     fn checkpoint_paced(&self, ledger: &Ledger, now: Timestamp, rest: Duration) -> Lsn {
@@ -97,7 +102,10 @@ impl Wal {
                     self.push(&mut g, n);
                 }
                 drop(g);
-                if !rest.is_zero() && busy.elapsed() >= CHECKPOINT_BUSY {
+                if !rest.is_zero()
+                    && busy.elapsed() >= CHECKPOINT_BUSY
+                    && !self.hurry.load(Ordering::Acquire)
+                {
                     std::thread::sleep(rest);
                     busy = Instant::now();
                 }

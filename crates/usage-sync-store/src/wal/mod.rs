@@ -276,6 +276,9 @@ pub struct Wal {
     manifest: Mutex<(Position, Instant)>,
     /// Held by the checkpoint being written: one at a time.
     checkpointing: Mutex<()>,
+    /// A checkpoint that must not rest waits for the one running: that one
+    /// stops resting too (see `checkpoint::checkpoint_at_once`).
+    hurry: AtomicBool,
 }
 
 impl Shared {
@@ -416,6 +419,7 @@ impl Wal {
             written_pos: Mutex::new(Position::default()),
             manifest: Mutex::new((Position::default(), Instant::now())),
             checkpointing: Mutex::new(()),
+            hurry: AtomicBool::new(false),
         });
         let w = wal.clone();
         let handle = std::thread::Builder::new()
