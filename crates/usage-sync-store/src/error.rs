@@ -4,8 +4,10 @@
 /// whether retrying the same batch can succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[cfg(feature = "sqlite")]
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[cfg(feature = "postgres")]
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool in time.
@@ -56,6 +58,7 @@ impl StoreError {
     /// data, constraint violations) need an operator.
     pub fn is_transient(&self) -> bool {
         match self {
+            #[cfg(feature = "sqlite")]
             StoreError::Sqlite(e) => match e.sqlite_error_code() {
                 Some(code) => matches!(
                     code,
@@ -69,6 +72,7 @@ impl StoreError {
                 ),
                 None => false,
             },
+            #[cfg(feature = "postgres")]
             StoreError::Postgres(e) => match e.code() {
                 // No SQLSTATE: the connection broke or could not be made.
                 None => true,

@@ -3,8 +3,10 @@
 //! Modules:
 //! - this file: the [`Store`] trait every backend implements, and the
 //!   records it exchanges with the engine;
-//! - [`sqlite`]: the embedded default backend;
-//! - [`postgres`]: the production backend (several instances, one database);
+//! - `sqlite`: the embedded default backend (feature `sqlite`, on by
+//!   default);
+//! - `postgres`: the production backend, several instances on one
+//!   database (feature `postgres`);
 //! - [`migrations`]: the schema, per SQL dialect, applied at start;
 //! - [`wal`]: the write-ahead log (framing, group commit, checkpoints,
 //!   recovery);
@@ -40,7 +42,9 @@ pub mod error;
 #[cfg(feature = "test-util")]
 pub mod fault;
 pub mod migrations;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -53,7 +57,9 @@ use std::sync::Arc;
 pub use error::StoreError;
 #[cfg(feature = "test-util")]
 pub use fault::FaultyStore;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 use usage_sync_core::{FlushBatch, FlushId, Limit, PeriodKind, Timestamp};
 pub use wal::{Durability, Wal, WalConfig};
