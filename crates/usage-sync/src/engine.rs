@@ -88,6 +88,14 @@ impl Engine {
         config: SyncConfig,
         clock: SharedClock,
     ) -> Result<Engine, Error> {
+        if cfg!(not(feature = "redis")) && config.sharing.is_some() {
+            // Before anything is opened: a shared tier that can never
+            // connect would otherwise retry for ever.
+            return Err(Error::Invalid(
+                "sharing needs Redis, and this build of usage-sync has no Redis client:                  enable the `redis` feature of the usage-sync crate"
+                    .into(),
+            ));
+        }
         store.migrate().await?;
         let mut plans = plans;
         for stored in store.load_plans().await? {

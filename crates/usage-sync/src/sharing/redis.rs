@@ -25,15 +25,24 @@
 //! touch all of them; starting with the length, it is never empty (an
 //! empty tag would hash the whole key and scatter a user's keys).
 
+// Without the `redis` feature the replies are never built and most keys
+// never named: the stubs at the end fail every call.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
+#[cfg(feature = "redis")]
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
 use redis::aio::{ConnectionLike, ConnectionManager};
+#[cfg(feature = "redis")]
 use redis::cluster_async::ClusterConnection;
+#[cfg(feature = "redis")]
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
 /// A connection to a single server or a cluster. Both are multiplexed and
 /// cheap to clone: one per call, no pool.
+#[cfg(feature = "redis")]
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -45,8 +54,16 @@ enum Conn {
 pub enum RedisFailure {
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[cfg(feature = "redis")]
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
+    /// This build has no Redis client (`Engine::open` refuses a sharing
+    /// configuration first, so no call gets here).
+    #[cfg(not(feature = "redis"))]
+    #[error(
+        "this build of usage-sync has no Redis client: enable the `redis` feature of the usage-sync crate"
+    )]
+    NotBuilt,
     #[error("redis is not connected")]
     NotConnected,
     #[error("unexpected reply from redis: {0}")]
@@ -61,10 +78,14 @@ impl RedisFailure {
     /// fails the request that met it, and must not degrade the instance
     /// for every other user.
     pub(crate) fn is_connectivity(&self) -> bool {
+        #[cfg(feature = "redis")]
         use redis::{ErrorKind, ServerErrorKind};
         match self {
             RedisFailure::Timeout(_) | RedisFailure::NotConnected => true,
             RedisFailure::Protocol(_) => false,
+            #[cfg(not(feature = "redis"))]
+            RedisFailure::NotBuilt => false,
+            #[cfg(feature = "redis")]
             RedisFailure::Redis(e) => {
                 e.is_io_error()
                     || e.is_timeout()
@@ -89,13 +110,18 @@ impl RedisFailure {
 }
 
 pub(crate) struct Redis {
+    #[cfg(feature = "redis")]
     urls: Vec<String>,
+    #[cfg(feature = "redis")]
     cluster: bool,
+    #[cfg(feature = "redis")]
     timeout: Duration,
     prefix: String,
+    #[cfg(feature = "redis")]
     conn: Mutex<Option<Conn>>,
 }
 
+#[cfg(feature = "redis")]
 impl Redis {
     pub(crate) fn new(urls: Vec<String>, cluster: bool, timeout: Duration, prefix: String) -> Self {
         Redis {
@@ -183,7 +209,9 @@ impl Redis {
             Err(RedisFailure::Protocol(pong))
         }
     }
+}
 
+impl Redis {
     // ---- keys ------------------------------------------------------------
 
     fn user_tag(&self, user: &str) -> String {
@@ -209,7 +237,10 @@ impl Redis {
     fn plans_key(&self) -> String {
         format!("{}:plans:v", self.prefix)
     }
+}
 
+#[cfg(feature = "redis")]
+impl Redis {
     // ---- operations --------------------------------------------------------
 
     /// Strict admission: check the limit, add the units and record the
@@ -444,6 +475,7 @@ pub(crate) enum RefundReply {
     },
 }
 
+#[cfg(feature = "redis")]
 fn parse_admit(reply: &[String]) -> Result<AdmitReply, RedisFailure> {
     let bad = || RedisFailure::Protocol(format!("{reply:?}"));
     let n = |i: usize| -> Result<u64, RedisFailure> {
@@ -473,6 +505,7 @@ fn parse_admit(reply: &[String]) -> Result<AdmitReply, RedisFailure> {
 /// KEYS: counter, user version, request record. ARGV: amount, limit (-1 for
 /// none), seed, expire-at ms (0 never), expected version, dedup ttl ms,
 /// has-request-id, period start ms, kind.
+#[cfg(feature = "redis")]
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -509,6 +542,7 @@ return {allowed, tostring(used)}
 /// expire-at ms, expected version. Grants half of what remains, capped by
 /// the lease size and at least the amount asked for: leases shrink near the
 /// limit so no idle instance strands the last units.
+#[cfg(feature = "redis")]
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -535,6 +569,7 @@ return {tostring(grant), tostring(used)}
 
 /// KEYS: counter. ARGV: units. Never below zero (a counter re-seeded after
 /// Redis lost its data may be lower than the units handed out before).
+#[cfg(feature = "redis")]
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -549,6 +584,7 @@ return n
 });
 
 /// KEYS: counter. ARGV: units.
+#[cfg(feature = "redis")]
 static ADD_IF_EXISTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -560,6 +596,7 @@ return -1
 
 /// KEYS: request record, counter. Marks the record refunded and takes its
 /// units off the counter, once.
+#[cfg(feature = "redis")]
 static REFUND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -580,7 +617,7 @@ return {'ok', r[1], r[3]}
     )
 });
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 
@@ -704,5 +741,73 @@ mod tests {
             AdmitReply::Stale(4)
         );
         assert!(parse_admit(&s(&["x"])).is_err());
+    }
+}
+
+/// Without the `redis` feature: the same calls, each failing with
+/// [`RedisFailure::NotBuilt`]. `Engine::open` refuses a sharing
+/// configuration in such a build, so these are never reached.
+#[cfg(not(feature = "redis"))]
+#[allow(clippy::unused_async)]
+impl Redis {
+    pub(crate) fn new(
+        _urls: Vec<String>,
+        _cluster: bool,
+        _timeout: Duration,
+        prefix: String,
+    ) -> Self {
+        Redis { prefix }
+    }
+    pub(crate) async fn connect(&self) -> Result<(), RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn ping(&self) -> Result<(), RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn admit(&self, _a: &Admission<'_>) -> Result<AdmitReply, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn lease(
+        &self,
+        _a: &Admission<'_>,
+        _lease_size: u64,
+    ) -> Result<LeaseReply, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn give_back(
+        &self,
+        _counter_key: &str,
+        _units: u64,
+    ) -> Result<(), RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn add_debt(
+        &self,
+        _counter_key: &str,
+        _units: u64,
+    ) -> Result<(), RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn counter(&self, _counter_key: &str) -> Result<Option<u64>, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn owner(&self, _request_id: &str) -> Result<Option<String>, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn refund(
+        &self,
+        _user: &str,
+        _request_id: &str,
+    ) -> Result<RefundReply, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn bump_user(&self, _user: &str) -> Result<u64, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn bump_plans(&self) -> Result<u64, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
+    }
+    pub(crate) async fn plans_version(&self) -> Result<u64, RedisFailure> {
+        Err(RedisFailure::NotBuilt)
     }
 }
