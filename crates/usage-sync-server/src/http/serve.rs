@@ -261,3 +261,39 @@ pub async fn serve(
     conns.shutdown().await;
     left
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a task spawned on `rt` runs: its thread's name.
+    fn thread_of(rt: &Handle) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        rx.recv().unwrap().unwrap_or_default()
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_threads_which_stop_on_drop() {
+        let threads = ConnectionThreads::start(2).unwrap();
+        let picked: Vec<String> = (0..4).map(|_| thread_of(threads.pick().unwrap())).collect();
+        assert_eq!(picked, ["http-0", "http-1", "http-0", "http-1"]);
+        let rt = threads.pick().unwrap().clone();
+        // Joins both threads: their runtimes are gone, and a task handed
+        // to one now is cancelled instead of run.
+        drop(threads);
+        let task = rt.spawn(async { 1 });
+        let local = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(local.block_on(task).unwrap_err().is_cancelled());
+    }
+
+    #[test]
+    fn without_threads_connections_stay_on_the_callers_runtime() {
+        assert!(ConnectionThreads::none().pick().is_none());
+        assert!(ConnectionThreads::start(0).unwrap().pick().is_none());
+    }
+}
