@@ -10,7 +10,7 @@
 //! samples, not a few hundred); the consumes due while a checkpoint ran
 //! are compared with the baseline. Also the checkpoint's size and
 //! duration. CHECKPOINT_REST_US sets the checkpoint's rest (0: none), for
-//! an A/B of it.
+//! an A/B of it; CHECKPOINT_ROWS picks rows (`34`: the two largest).
 //!
 //!   cargo bench -p usage-sync-store --bench checkpoint
 //!   (CHECKPOINT_USERS=100000 for a smaller run)
@@ -112,11 +112,11 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = WalConfig::new(dir.path(), Durability::Batched);
         config.max_segment_bytes = u64::MAX / 4;
-        if let Some(ms) = std::env::var("CHECKPOINT_REST_US")
+        if let Some(us) = std::env::var("CHECKPOINT_REST_US")
             .ok()
             .and_then(|s| s.parse().ok())
         {
-            config.checkpoint_rest = Duration::from_micros(ms);
+            config.checkpoint_rest = Duration::from_micros(us);
         }
         let (wal, _) = Wal::open(config).unwrap();
         let l = ledger();

@@ -92,7 +92,8 @@ impl Engine {
             // Before anything is opened: a shared tier that can never
             // connect would otherwise retry for ever.
             return Err(Error::Invalid(
-                "sharing needs Redis, and this build of usage-sync has no Redis client:                  enable the `redis` feature of the usage-sync crate"
+                "sharing needs Redis, and this build of usage-sync has no Redis client: \
+                 enable the `redis` feature of the usage-sync crate"
                     .into(),
             ));
         }
@@ -751,5 +752,42 @@ pub(crate) fn profile_from_stored(kinds: &Kinds, p: StoredUser) -> UserProfile {
             .filter_map(|(k, l)| kinds.get(&k).ok().map(|k| (k.index(), l)))
             .collect(),
         reset_at: p.reset_at,
+    }
+}
+
+/// Built without the `redis` feature (`.ci/run` runs these with
+/// `--no-default-features --features sqlite`): a sharing configuration is
+/// refused before anything is opened, with the feature to enable.
+#[cfg(all(test, not(feature = "redis")))]
+mod without_redis {
+    use std::sync::Arc;
+
+    use usage_sync_core::default_catalogue;
+    use usage_sync_store::SqliteStore;
+
+    use crate::{Engine, Error, SharingConfig, SharingMode, SyncConfig, SystemClock};
+
+    #[tokio::test]
+    async fn a_sharing_configuration_is_refused_with_the_feature_to_enable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("u.db")).unwrap());
+        let (kinds, plans) = default_catalogue();
+        let config = SyncConfig {
+            sharing: Some(SharingConfig::new(
+                SharingMode::Redis,
+                "redis://127.0.0.1:6379",
+            )),
+            ..SyncConfig::default()
+        };
+        let Err(e) = Engine::open(store, kinds, plans, config, Arc::new(SystemClock)).await else {
+            panic!("opened with sharing and no Redis client");
+        };
+        assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "sharing needs Redis, and this build of usage-sync has no Redis client: \
+             enable the `redis` feature of the usage-sync crate"
+        );
     }
 }
