@@ -6,6 +6,13 @@
 //! `cargo bench -p usage-sync-core --bench hot_path` prints a small table;
 //! docs/benchmarks.md records it.
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -6,6 +6,9 @@
 //! true, "used"}` after the UPDATE committed (autocommit). The connections
 //! are used round-robin, like a pool.
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -15,6 +15,9 @@
 //!   cargo bench -p usage-sync-store --bench checkpoint
 //!   (CHECKPOINT_USERS=100000 for a smaller run)
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

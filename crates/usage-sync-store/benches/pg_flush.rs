@@ -55,7 +55,7 @@ async fn main() {
     }
     let baseline = t.elapsed();
     let total = total_used(&store).await;
-    assert_eq!(total, (COUNTERS * (3 * 6 + 1)) as i64);
+    assert_eq!(total, i64::try_from(COUNTERS * (3 * 6 + 1)).unwrap());
     println!(
         "pg flush of {COUNTERS} counters: first (insert) {:.1} ms, then (update) median {:.1} ms of 5; \
          baseline {COUNTERS} single UPDATEs {:.0} ms; ratio {:.0}x",

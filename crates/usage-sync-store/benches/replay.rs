@@ -41,7 +41,7 @@ fn main() {
                     used: 1,
                     limit: None,
                 },
-                at: Timestamp(1_795_000_000_000 + n as i64),
+                at: Timestamp(1_795_000_000_000 + n.cast_signed()),
                 precut: false,
             },
             &mut buf,

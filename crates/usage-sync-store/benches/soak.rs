@@ -9,6 +9,9 @@
 //!   cargo bench -p usage-sync-store --bench soak
 //!   (SOAK_IDS=2000000 for a shorter run)
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::time::{Duration, Instant};
 
 use usage_sync_core::{

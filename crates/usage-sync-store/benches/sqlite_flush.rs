@@ -4,6 +4,9 @@
 //! with the same `synchronous = FULL`, same file system, same run.
 //! `cargo bench -p usage-sync-store --bench sqlite_flush`
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

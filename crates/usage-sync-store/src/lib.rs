@@ -26,17 +26,7 @@
 //! every backend.
 
 #![forbid(unsafe_code)]
-// Amounts, limits and counters reach the store from clients: converted
-// with checked or saturating conversions, never `as`, which can wrap
-// silently. The crate's tests and benches may cast freely.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::cast_possible_wrap,
-        clippy::cast_sign_loss,
-        clippy::cast_possible_truncation
-    )
-)]
+// Casts that can wrap are denied in the whole workspace (Cargo.toml).
 
 pub mod error;
 #[cfg(feature = "test-util")]

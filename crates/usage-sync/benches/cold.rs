@@ -5,6 +5,9 @@
 //!
 //!   cargo bench -p usage-sync --bench cold   (COLD_USERS=20000)
 
+// Measurement arithmetic: its numbers are its own, not a client's.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -145,8 +145,8 @@ async fn concurrent_consumes(n: usize) {
     assert_eq!(usage.kinds[1].used, n as u64);
     assert_eq!(h.db("u", "fast").await, 0, "nothing flushed yet");
     let report = h.engine.sync_all().await.unwrap();
-    assert_eq!(report.flushed_units, n as i64);
-    assert_eq!(h.db("u", "fast").await, n as i64);
+    assert_eq!(report.flushed_units, i64::try_from(n).unwrap());
+    assert_eq!(h.db("u", "fast").await, i64::try_from(n).unwrap());
 }
 
 /// A stampede of misses (a restart under load): 300 users with persisted

@@ -652,5 +652,5 @@ async fn past_the_request_id_bound_a_new_id_is_a_503_that_counts_nothing() {
         "{metrics}"
     );
     app.sync_all().await;
-    assert_eq!(app.db("u", "fast").await, used as i64 + 1);
+    assert_eq!(app.db("u", "fast").await, used.cast_signed() + 1);
 }

@@ -424,7 +424,7 @@ async fn a_30s_database_outage_under_load_fails_no_request_and_loses_nothing() {
             200
         );
     }
-    let mut acked = users.len() as i64;
+    let mut acked = i64::try_from(users.len()).unwrap();
     let lock = lock_database(&db);
     let outage = Instant::now();
     let mut failures = 0;

@@ -175,7 +175,7 @@ proptest! {
         let frame_start = *starts.iter().rfind(|&&s| s <= pos).unwrap();
         let end = scan(&buf, |_, _, _| {});
         match end {
-            ScanEnd::Corrupt { offset, .. } => prop_assert_eq!(offset as usize, frame_start),
+            ScanEnd::Corrupt { offset, .. } => prop_assert_eq!(usize::try_from(offset).unwrap(), frame_start),
             ScanEnd::Torn { .. } => {
                 // Only possible if the flip made the length claim run
                 // past the end of the data: then everything after is
@@ -357,12 +357,12 @@ fn damage_is_torn_unless_a_valid_record_follows() {
     half.truncate(valid + 15);
     half.extend_from_slice(&[0u8; 100]);
     assert!(
-        matches!(scan(&half, |_, _, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+        matches!(scan(&half, |_, _, _| {}), ScanEnd::Torn { offset, .. } if usize::try_from(offset).unwrap() == valid)
     );
     // ...and so is garbage left by an interrupted write...
     buf.extend_from_slice(b"garbage");
     assert!(
-        matches!(scan(&buf, |_, _, _| {}), ScanEnd::Torn { offset, .. } if offset as usize == valid)
+        matches!(scan(&buf, |_, _, _| {}), ScanEnd::Torn { offset, .. } if usize::try_from(offset).unwrap() == valid)
     );
     // ...but a valid record after the damage means real data would be
     // skipped: corruption, at the damaged offset.
@@ -374,6 +374,6 @@ fn damage_is_torn_unless_a_valid_record_follows() {
         &mut buf,
     );
     assert!(
-        matches!(scan(&buf, |_, _, _| {}), ScanEnd::Corrupt { offset, .. } if offset as usize == valid)
+        matches!(scan(&buf, |_, _, _| {}), ScanEnd::Corrupt { offset, .. } if usize::try_from(offset).unwrap() == valid)
     );
 }

@@ -59,7 +59,7 @@ async fn three_instances_flush_the_same_counters_exactly_and_without_deadlock() 
                         .await
                         .unwrap();
                     assert!(out.decision.allowed);
-                    sent += n as i64;
+                    sent += n.cast_signed();
                     // Pace the load so it spans many flush rounds.
                     if rng.u8(0..8) == 0 {
                         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -235,7 +235,7 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     let ScanEnd::Clean { end } = codec::scan(&good, |_, _, _| {}) else {
         panic!("a cleanly halted log ends cleanly");
     };
-    let end = end as usize;
+    let end = usize::try_from(end).unwrap();
     assert!(end > 0 && good[end..].iter().all(|&b| b == 0));
 
     // A torn write where the next record goes: the start of a frame (a
@@ -243,7 +243,9 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     // the reported length is exact, and before bytes that are not zero so
     // the zeros after it cannot complete it).
     let mut last = 0;
-    codec::scan(&good, |offset, _, _| last = offset as usize);
+    codec::scan(&good, |offset, _, _| {
+        last = usize::try_from(offset).unwrap()
+    });
     let frame = &good[last..end];
     let cut = frame[..20].iter().rposition(|&b| b != 0).unwrap() + 1;
     assert!(frame[cut..].iter().any(|&b| b != 0));
@@ -262,7 +264,7 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_start() {
     let ScanEnd::Clean { end } = codec::scan(&bad, |_, _, _| {}) else {
         panic!("a cleanly halted log ends cleanly");
     };
-    let mid = end as usize / 2;
+    let mid = usize::try_from(end).unwrap() / 2;
     bad[mid] ^= 0x40;
     std::fs::write(&seg, &bad).unwrap();
     let err = super::try_open_engine(
@@ -302,7 +304,7 @@ async fn damaged_log_fixture(dir: &Path) -> (PathBuf, Vec<u8>, Vec<usize>) {
     let mut frames = Vec::new();
     let end = codec::scan(&bytes, |offset, seq, _| {
         assert_eq!(seq, Some(frames.len() as u64), "a sequenced segment");
-        frames.push(offset as usize);
+        frames.push(usize::try_from(offset).unwrap());
     });
     assert_eq!(
         end,
@@ -436,7 +438,7 @@ async fn log_damage_is_refused_or_harmless_case_by_case() {
                     "{name}"
                 );
                 node.engine.sync_all().await.unwrap();
-                assert_eq!(node.db("u", "fast").await, n as i64, "{name}");
+                assert_eq!(node.db("u", "fast").await, n.cast_signed(), "{name}");
                 node.engine.halt();
             }
             (Expect::Refused(_), Ok(_)) => panic!("{name}: the start must be refused"),

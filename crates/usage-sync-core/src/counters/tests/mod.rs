@@ -429,11 +429,11 @@ proptest! {
                     let rid = RequestId::parse(&format!("r{next_rid}")).unwrap();
                     let k = kind(&l, if op == 0 { "fast" } else { "premium" });
                     let o = l.consume(&user, &k, Units::parse(n as i128).unwrap(), Some(&rid), T0).unwrap();
-                    if o.decision.allowed { admitted += n as i64; rids.push(rid.to_string()); }
+                    if o.decision.allowed { admitted += n.cast_signed(); rids.push(rid.to_string()); }
                 }
                 2 => {
                     if let Some(r) = rids.pop() {
-                        refunded += l.refund(&r, None, T0).unwrap().refunded as i64;
+                        refunded += l.refund(&r, None, T0).unwrap().refunded.cast_signed();
                     }
                 }
                 3 => outstanding.extend(l.take_oldest(2, 3, Trigger::Check).0),

@@ -231,7 +231,7 @@ proptest! {
                         Ok(o) => {
                             if o.decision.allowed {
                                 let p = o.decision.period_start;
-                                *admitted.entry(p).or_default() += n as i64;
+                                *admitted.entry(p).or_default() += n.cast_signed();
                                 prop_assert!(admitted[&p] <= 10, "period {p:?} admitted {}", admitted[&p]);
                                 rids.push((rid, p, n, false));
                             }
@@ -254,7 +254,7 @@ proptest! {
                         };
                         if let Ok(o) = out {
                             prop_assert_eq!(o.refunded, r.2);
-                            *admitted.get_mut(&r.1).unwrap() -= r.2 as i64;
+                            *admitted.get_mut(&r.1).unwrap() -= r.2.cast_signed();
                             r.3 = true;
                         }
                     }
