@@ -2,7 +2,10 @@
 
 /** Alerts as last evaluated. */
 export interface AlertsDoc {
+  actions: Record<string, unknown>;
   firing: Array<Record<string, unknown>>;
+  recent: Array<Record<string, unknown>>;
+  window: Record<string, unknown>;
 }
 
 /** Body of `POST /v1/consume/batch`. */
@@ -28,6 +31,7 @@ export interface BatchItemDoc {
   deduplicated?: boolean | null;
   error?: null | ErrorDetail;
   kind?: string | null;
+  /** Present with every decision, `null` when unlimited. */
   limit?: number | null;
   period_start?: string | null;
   remaining?: number | null;
@@ -37,6 +41,7 @@ export interface BatchItemDoc {
   user_id?: string | null;
 }
 
+/** The answer of `POST /v1/consume/batch`. */
 export interface BatchResultDoc {
   results: Array<BatchItemDoc>;
 }
@@ -72,8 +77,16 @@ export interface DecisionBody {
 
 /** One user's diagnosis (see docs/metrics.md). */
 export interface DiagnoseDoc {
+  force_sync_threshold: number;
+  guarantee_ms: number;
+  /** Kind name → persisted, pending, in-flight and used units, the limit,
+the next flush and the lease held. */
   kinds: Record<string, unknown>;
+  last_activity_at?: string | null;
   last_flush: Record<string, unknown>;
+  last_sync_at?: string | null;
+  period_start: string;
+  plan: string;
   recommendations: Array<string>;
   request_ids_remembered: number;
   resident: boolean;
@@ -126,11 +139,9 @@ negative after refunds). */
   used: number;
 }
 
-export type Option = null | number;
-
 export interface PlanBody {
   /** Kind → limit; `null` is unlimited; kinds not listed get 0. */
-  limits: Record<string, Option>;
+  limits: Record<string, number | null>;
   period?: string | null;
 }
 
@@ -187,16 +198,29 @@ export interface SimulateDoc {
 
 /** The status document (see docs/metrics.md for every field). */
 export interface StatusDoc {
+  alerts: Array<Record<string, unknown>>;
+  cadence: Record<string, unknown>;
   checklist: Array<Record<string, unknown>>;
+  consumes: Record<string, unknown>;
   durability: string;
+  flush_concurrency: number;
+  next_runs_ms?: Record<string, unknown> | null;
+  oldest_pending_age_seconds: number;
   pending_units: number;
+  preset?: string | null;
+  process: Record<string, unknown>;
   profile: string;
+  request_ids_remembered: number;
+  retry_backlog_units: number;
   running: boolean;
   sharing: Record<string, unknown>;
   store: Record<string, unknown>;
   sync: Record<string, unknown>;
+  top_pending_users: Array<Record<string, unknown>>;
   uptime_seconds: number;
+  users_active: number;
   users_tracked: number;
+  verbose_logging: boolean;
 }
 
 export interface SyncReportDoc {
@@ -218,7 +242,7 @@ export interface UsageDoc {
 }
 
 export interface UserBody {
-  limits?: Record<string, Option> | null;
+  limits?: Record<string, number | null> | null;
   plan?: string | null;
 }
 

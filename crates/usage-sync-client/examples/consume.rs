@@ -29,6 +29,9 @@ async fn main() -> Result<(), usage_sync_client::Error> {
     // The work failed: give the unit back. Naming the user makes the
     // service refuse a request id that is not this user's.
     let back = usage.refund(&d.request_id, Some("example-user")).await?;
-    println!("refunded {:?}", back.refunded);
+    match back {
+        Some(r) => println!("refunded {} units", r.refunded),
+        None => println!("refunded by an earlier attempt whose answer was lost"),
+    }
     Ok(())
 }

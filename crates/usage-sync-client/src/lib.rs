@@ -38,8 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Why a call failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -74,68 +73,56 @@ impl Error {
     }
 }
 
-/// A consume or check decision.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// The API's own types (shared with the service, so they cannot drift).
+pub use usage_sync_api as api;
+pub use usage_sync_api::{
+    Alerts, BatchItem, Diagnosis, Eviction, KindUsage, Plan, Refund, Status, SyncReport, Usage,
+    UserList,
+};
+
+/// A consume or check decision, as the service gave it, and the request id
+/// the consume was sent under (empty for `check`). Derefs to the decision:
+/// `d.allowed`, `d.used`, ...
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub allowed: bool,
-    /// `Some(true)`: a repeated request id; nothing was counted and this is
-    /// the original decision. Absent on `check`.
-    #[serde(default)]
-    pub deduplicated: Option<bool>,
-    pub user_id: String,
-    pub kind: String,
-    pub amount: u64,
-    pub used: u64,
-    pub limit: Option<u64>,
-    pub remaining: Option<u64>,
-    pub period_start: String,
-    /// The request id the consume was sent under (empty for `check`).
-    #[serde(default)]
+    pub decision: api::Decision<'static>,
     pub request_id: String,
 }
 
-/// Usage of one kind.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct KindUsage {
-    pub persisted: u64,
-    pub pending: i64,
-    pub used: u64,
-    pub limit: Option<u64>,
-    pub remaining: Option<u64>,
+impl std::ops::Deref for Decision {
+    type Target = api::Decision<'static>;
+    fn deref(&self) -> &Self::Target {
+        &self.decision
+    }
 }
 
-/// The usage document of one user.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Usage {
-    pub user_id: String,
-    pub plan: String,
-    pub period_start: String,
-    pub kinds: BTreeMap<String, KindUsage>,
-    pub last_sync_at: Option<String>,
-    pub last_activity_at: Option<String>,
-}
-
-/// The answer to a refund.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Refunded {
-    pub request_id: String,
-    /// Units given back; `None` when a retry found the refund already done
-    /// by an earlier attempt whose answer was lost.
-    pub refunded: Option<u64>,
-    #[serde(default)]
-    pub user_id: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub used: u64,
-}
-
-/// `POST /admin/v1/sync`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct SyncReport {
-    pub checked: u64,
-    pub flushed_users: u64,
-    pub flushed_units: i64,
+/// One event's result in a batch: the decision (allowed or over the limit),
+/// or the error the service gave that event alone.
+fn batch_result(item: BatchItem<'static>, request_id: String) -> Result<Decision, Error> {
+    if let Some(e) = item.error {
+        return Err(Error::Api {
+            status: item.status,
+            code: e.code.as_str().to_owned(),
+            message: e.message,
+        });
+    }
+    let missing = || Error::Decode(format!("batch result {} without a decision", item.status));
+    let decision = api::Decision {
+        allowed: item.allowed.ok_or_else(missing)?,
+        deduplicated: item.deduplicated,
+        user_id: item.user_id.clone().ok_or_else(missing)?,
+        kind: item.kind.clone().ok_or_else(missing)?,
+        amount: item.amount.ok_or_else(missing)?,
+        used: item.used.ok_or_else(missing)?,
+        limit: item.limit.ok_or_else(missing)?,
+        remaining: item.remaining.ok_or_else(missing)?,
+        period_start: item.period_start.clone().ok_or_else(missing)?,
+        error: None,
+    };
+    Ok(Decision {
+        decision,
+        request_id,
+    })
 }
 
 /// Builds a [`Client`].
@@ -213,7 +200,10 @@ impl ClientBuilder {
 }
 
 /// A consume waiting for its batch: the event, and where its result goes.
-type Queued = (Value, tokio::sync::oneshot::Sender<Result<Value, Error>>);
+type Queued = (
+    api::BatchEvent<'static>,
+    tokio::sync::oneshot::Sender<Result<BatchItem<'static>, Error>>,
+);
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -286,7 +276,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&str>,
         admin: bool,
         ok: &[u16],
         ambiguous: &mut bool,
@@ -312,7 +302,7 @@ impl Client {
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/json")
-                    .body(b.to_string());
+                    .body(b.to_owned());
             }
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -362,13 +352,13 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&str>,
         admin: bool,
     ) -> Result<T, Error> {
         let (_, v) = self
             .call(method, path, body, admin, &[200], &mut false)
             .await?;
-        serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))
+        decode(v)
     }
 
     /// May `user` spend `amount` of `kind`? Counted if allowed. A 429 from
@@ -381,10 +371,17 @@ impl Client {
         request_id: Option<&str>,
     ) -> Result<Decision, Error> {
         let rid = request_id.map_or_else(new_request_id, str::to_owned);
-        let body = json!({"user_id": user, "kind": kind, "amount": amount, "request_id": rid});
+        let event = api::BatchEvent {
+            user_id: user.to_owned().into(),
+            kind: kind.to_owned().into(),
+            amount: Some(amount_field(amount)),
+            request_id: Some(rid.clone().into()),
+        };
         if let Some(b) = &self.batch {
-            return self.consume_batched(b, body, rid).await;
+            return self.consume_batched(b, event, rid).await;
         }
+        // A batch event has exactly the fields of a consume.
+        let body = encode(&event)?;
         let (_, v) = self
             .call(
                 reqwest::Method::POST,
@@ -395,17 +392,17 @@ impl Client {
                 &mut false,
             )
             .await?;
-        let mut d: Decision =
-            serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))?;
-        d.request_id = rid;
-        Ok(d)
+        Ok(Decision {
+            decision: decode(v)?,
+            request_id: rid,
+        })
     }
 
     /// Queues one consume for the next batch and waits for its own result.
     async fn consume_batched(
         &self,
         b: &Arc<Batcher>,
-        event: Value,
+        event: api::BatchEvent<'static>,
         rid: String,
     ) -> Result<Decision, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -437,49 +434,20 @@ impl Client {
                 c.send_batch(items).await;
             });
         }
-        let v = rx
+        let item = rx
             .await
             .map_err(|_| Error::Unreachable("the batch was dropped before it was sent".into()))??;
-        match v["status"].as_u64() {
-            Some(200 | 429) => {
-                let mut d: Decision =
-                    serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))?;
-                d.request_id = rid;
-                Ok(d)
-            }
-            status => Err(Error::Api {
-                status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
-                code: v["error"]["code"]
-                    .as_str()
-                    .unwrap_or("unexpected")
-                    .to_owned(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
-            }),
-        }
+        batch_result(item, rid)
     }
 
     /// Sends queued consumes as one batch and hands each its result (or
     /// the batch's error, when the request failed after its retries).
     async fn send_batch(&self, items: Vec<Queued>) {
-        let (events, senders): (Vec<Value>, Vec<_>) = items.into_iter().unzip();
-        let n = events.len();
-        let body = json!({ "events": events });
-        let results = self
-            .json::<Value>(
-                reqwest::Method::POST,
-                "/v1/consume/batch",
-                Some(&body),
-                false,
-            )
-            .await
-            .and_then(|v| match v.get("results") {
-                Some(Value::Array(r)) if r.len() == n => Ok(r.clone()),
-                _ => Err(Error::Decode(v.to_string())),
-            });
-        match results {
+        let (events, senders): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        match self.post_batch(events).await {
             Ok(results) => {
                 for (tx, r) in senders.into_iter().zip(results) {
-                    let _ = tx.send(Ok(r));
+                    let _ = tx.send(r);
                 }
             }
             Err(e) => {
@@ -490,23 +458,15 @@ impl Client {
         }
     }
 
-    /// Up to 1000 events in one call, decided in order as by
-    /// [`Client::consume`]. Events without a request id get one, so a
-    /// retried batch counts nothing twice. One result per event: the JSON
-    /// object of the API (`status` 200 or 429 with the decision, or an
-    /// `error`), with `request_id` set.
-    pub async fn consume_batch(
+    /// `POST /v1/consume/batch`: one result per event, in order. Each
+    /// result is read on its own, so one the client cannot read (a code
+    /// newer than this client) fails its own event only.
+    async fn post_batch(
         &self,
-        events: &[(&str, &str, u64, Option<&str>)],
-    ) -> Result<Vec<Value>, Error> {
-        let events: Vec<Value> = events
-            .iter()
-            .map(|(u, k, a, r)| {
-                json!({"user_id": u, "kind": k, "amount": a,
-                       "request_id": r.map_or_else(new_request_id, str::to_owned)})
-            })
-            .collect();
-        let body = json!({ "events": events });
+        events: Vec<api::BatchEvent<'static>>,
+    ) -> Result<Vec<Result<BatchItem<'static>, Error>>, Error> {
+        let n = events.len();
+        let body = encode(&api::BatchRequest { events })?;
         let v: Value = self
             .json(
                 reqwest::Method::POST,
@@ -515,31 +475,76 @@ impl Client {
                 false,
             )
             .await?;
-        let mut results = match v.get("results") {
-            Some(Value::Array(r)) if r.len() == events.len() => r.clone(),
-            _ => return Err(Error::Decode(v.to_string())),
-        };
-        for (r, e) in results.iter_mut().zip(&events) {
-            r["request_id"] = e["request_id"].clone();
+        match v {
+            Value::Object(mut o) => match o.remove("results") {
+                Some(Value::Array(r)) if r.len() == n => Ok(r.into_iter().map(decode).collect()),
+                _ => Err(Error::Decode(Value::Object(o).to_string())),
+            },
+            v => Err(Error::Decode(v.to_string())),
         }
-        Ok(results)
+    }
+
+    /// Up to 1000 events in one call, decided in order as by
+    /// [`Client::consume`]. Events without a request id get one, so a
+    /// retried batch counts nothing twice. One result per event, in order:
+    /// its decision (allowed or not), or the error the service gave that
+    /// event alone.
+    pub async fn consume_batch(
+        &self,
+        events: &[(&str, &str, u64, Option<&str>)],
+    ) -> Result<Vec<Result<Decision, Error>>, Error> {
+        let (events, ids): (Vec<_>, Vec<_>) = events
+            .iter()
+            .map(|(u, k, a, r)| {
+                let rid = r.map_or_else(new_request_id, str::to_owned);
+                let event = api::BatchEvent {
+                    user_id: (*u).to_owned().into(),
+                    kind: (*k).to_owned().into(),
+                    amount: Some(amount_field(*a)),
+                    request_id: Some(rid.clone().into()),
+                };
+                (event, rid)
+            })
+            .unzip();
+        let results = self.post_batch(events).await?;
+        Ok(results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, rid)| r.and_then(|item| batch_result(item, rid)))
+            .collect())
     }
 
     /// The same question without counting.
     pub async fn check(&self, user: &str, kind: &str, amount: u64) -> Result<Decision, Error> {
-        let body = json!({"user_id": user, "kind": kind, "amount": amount});
-        self.json(reqwest::Method::POST, "/v1/check", Some(&body), false)
-            .await
+        let body = encode(&api::CheckRequest {
+            user_id: user.to_owned(),
+            kind: kind.to_owned(),
+            amount: Some(amount_field(amount)),
+        })?;
+        let decision = self
+            .json(reqwest::Method::POST, "/v1/check", Some(&body), false)
+            .await?;
+        Ok(Decision {
+            decision,
+            request_id: String::new(),
+        })
     }
 
     /// Gives back the units of a consume, once. With `user`, the service
     /// refuses (409 `request_id_conflict`) unless the consume was that
     /// user's: pass it whenever the caller knows it.
-    pub async fn refund(&self, request_id: &str, user: Option<&str>) -> Result<Refunded, Error> {
-        let mut body = json!({"request_id": request_id});
-        if let Some(u) = user {
-            body["user_id"] = json!(u);
-        }
+    ///
+    /// `Ok(None)`: a retry found the refund already done by an earlier
+    /// attempt whose answer was lost; the units are back all the same.
+    pub async fn refund(
+        &self,
+        request_id: &str,
+        user: Option<&str>,
+    ) -> Result<Option<Refund>, Error> {
+        let body = encode(&api::RefundRequest {
+            request_id: request_id.to_owned(),
+            user_id: user.map(str::to_owned),
+        })?;
         let mut ambiguous = false;
         match self
             .call(
@@ -552,15 +557,9 @@ impl Client {
             )
             .await
         {
-            Ok((_, v)) => serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string())),
+            Ok((_, v)) => decode(v).map(Some),
             // An earlier attempt landed before its answer was lost.
-            Err(e) if ambiguous && e.code() == Some("already_refunded") => Ok(Refunded {
-                request_id: request_id.to_owned(),
-                refunded: None,
-                user_id: String::new(),
-                kind: String::new(),
-                used: 0,
-            }),
+            Err(e) if ambiguous && e.code() == Some("already_refunded") => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -578,9 +577,12 @@ impl Client {
         name: &str,
         period: &str,
         limits: &BTreeMap<String, Option<u64>>,
-    ) -> Result<Value, Error> {
+    ) -> Result<Plan, Error> {
         let path = format!("/admin/v1/plans/{}", path_segment(name));
-        let body = json!({"limits": limits, "period": period});
+        let body = encode(&api::PlanRequest {
+            limits: limits.clone(),
+            period: Some(period.to_owned()),
+        })?;
         self.json(reqwest::Method::PUT, &path, Some(&body), true)
             .await
     }
@@ -593,20 +595,12 @@ impl Client {
         limits: Option<&BTreeMap<String, Option<u64>>>,
     ) -> Result<Usage, Error> {
         let path = format!("/admin/v1/users/{}", path_segment(user));
-        let mut body = serde_json::Map::new();
-        if let Some(p) = plan {
-            body.insert("plan".into(), json!(p));
-        }
-        if let Some(l) = limits {
-            body.insert("limits".into(), json!(l));
-        }
-        self.json(
-            reqwest::Method::PUT,
-            &path,
-            Some(&Value::Object(body)),
-            true,
-        )
-        .await
+        let body = encode(&api::UserRequest {
+            plan: plan.map(str::to_owned),
+            limits: limits.cloned(),
+        })?;
+        self.json(reqwest::Method::PUT, &path, Some(&body), true)
+            .await
     }
 
     pub async fn reset_user(&self, user: &str) -> Result<Usage, Error> {
@@ -617,10 +611,8 @@ impl Client {
     /// Flushes one user now; returns the units written.
     pub async fn sync_user(&self, user: &str) -> Result<i64, Error> {
         let path = format!("/admin/v1/users/{}/sync", path_segment(user));
-        let v: Value = self.json(reqwest::Method::POST, &path, None, true).await?;
-        v["flushed_units"]
-            .as_i64()
-            .ok_or_else(|| Error::Decode(v.to_string()))
+        let r: api::UserSync = self.json(reqwest::Method::POST, &path, None, true).await?;
+        Ok(r.flushed_units)
     }
 
     pub async fn sync_all(&self) -> Result<SyncReport, Error> {
@@ -630,7 +622,7 @@ impl Client {
 
     /// `GET /admin/v1/users` with the given query pairs (page, limit,
     /// search, sort, order, plan).
-    pub async fn list_users(&self, query: &[(&str, &str)]) -> Result<Value, Error> {
+    pub async fn list_users(&self, query: &[(&str, &str)]) -> Result<UserList, Error> {
         let q: Vec<String> = query
             .iter()
             .map(|(k, v)| format!("{k}={}", path_segment(v)))
@@ -644,32 +636,47 @@ impl Client {
     }
 
     /// Flushes, then evicts users idle at least `idle_seconds`.
-    pub async fn evict(&self, idle_seconds: u64) -> Result<Value, Error> {
+    pub async fn evict(&self, idle_seconds: u64) -> Result<Eviction, Error> {
         let path = format!("/admin/v1/cache/evict?idle_seconds={idle_seconds}");
         self.json(reqwest::Method::POST, &path, None, true).await
     }
 
-    pub async fn status(&self) -> Result<Value, Error> {
+    pub async fn status(&self) -> Result<Status, Error> {
         self.json(reqwest::Method::GET, "/admin/v1/status", None, true)
             .await
     }
 
-    pub async fn alerts(&self) -> Result<Value, Error> {
+    pub async fn alerts(&self) -> Result<Alerts, Error> {
         self.json(reqwest::Method::GET, "/admin/v1/alerts", None, true)
             .await
     }
 
-    pub async fn diagnose(&self, user: &str) -> Result<Value, Error> {
+    pub async fn diagnose(&self, user: &str) -> Result<Diagnosis, Error> {
         let path = format!("/admin/v1/users/{}/diagnose", path_segment(user));
         self.json(reqwest::Method::GET, &path, None, true).await
     }
 
     pub async fn reset_stats(&self) -> Result<(), Error> {
-        let _: Value = self
+        let _: api::StatsReset = self
             .json(reqwest::Method::POST, "/admin/v1/stats/reset", None, true)
             .await?;
         Ok(())
     }
+}
+
+/// An amount as the API's signed field holds it. Past `i64::MAX` it
+/// saturates, and the service refuses it as over its largest amount: the
+/// same 400 `invalid_request` as before it was sent.
+fn amount_field(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+fn encode<T: serde::Serialize>(body: &T) -> Result<String, Error> {
+    serde_json::to_string(body).map_err(|e| Error::Config(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(v: Value) -> Result<T, Error> {
+    serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))
 }
 
 #[cfg(test)]

@@ -4,48 +4,11 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use usage_sync::Error as EngineError;
 use usage_sync_core::CoreError;
 
-/// Stable error codes. Clients switch on these; never rename one. (The
-/// OpenAPI document lists them from this enum.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = ErrorCode)]
-pub enum Code {
-    InvalidRequest,
-    UnknownKind,
-    LimitExceeded,
-    Unauthorized,
-    NotFound,
-    UnknownRequest,
-    AlreadyRefunded,
-    RequestIdConflict,
-    PayloadTooLarge,
-    RequestTimeout,
-    Unavailable,
-    Internal,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::InvalidRequest => "invalid_request",
-            Code::UnknownKind => "unknown_kind",
-            Code::LimitExceeded => "limit_exceeded",
-            Code::Unauthorized => "unauthorized",
-            Code::NotFound => "not_found",
-            Code::UnknownRequest => "unknown_request",
-            Code::AlreadyRefunded => "already_refunded",
-            Code::RequestIdConflict => "request_id_conflict",
-            Code::PayloadTooLarge => "payload_too_large",
-            Code::RequestTimeout => "request_timeout",
-            Code::Unavailable => "unavailable",
-            Code::Internal => "internal",
-        }
-    }
-}
+// The codes and the body live with the API types; see `usage_sync_api::error`.
+pub use usage_sync_api::{Code, ErrorBody, ErrorDetail};
 
 /// An error response.
 #[derive(Debug)]
@@ -69,15 +32,20 @@ impl ApiError {
     }
 
     /// The `{"code", "message"}` object, for embedding in other bodies
-    /// (the 429 consume answer carries one).
-    pub fn body(code: Code, message: &str) -> serde_json::Value {
-        json!({"code": code.as_str(), "message": message})
+    /// (the 429 consume answer and a batch's invalid events carry one).
+    pub fn detail(code: Code, message: impl Into<String>) -> ErrorDetail {
+        ErrorDetail {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": ApiError::body(self.code, &self.message)});
+        let body = ErrorBody {
+            error: ApiError::detail(self.code, self.message),
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -1,64 +1,49 @@
 //! Admin routes: plans, per-user settings, resets and manual syncs.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 use usage_sync::{SortKey, UserListQuery};
+use usage_sync_api::{
+    Eviction, KindTotal, Plan, PlanRequest, SimulateRequest, Simulation, SyncReport, Usage,
+    UserList, UserRequest, UserSync, UserTotals,
+};
 use usage_sync_core::{Limit, PeriodKind};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Code};
 use crate::http::extract::{JsonBody, PlanPath, UserPath};
-use crate::http::routes::usage::usage_json;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[derive(utoipa::ToSchema)]
-pub struct PlanBody {
-    /// Kind → limit; `null` is unlimited; kinds not listed get 0.
-    limits: BTreeMap<String, Limit>,
-    #[serde(default)]
-    period: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[derive(utoipa::ToSchema)]
-pub struct UserBody {
-    #[serde(default)]
-    plan: Option<String>,
-    #[serde(default)]
-    limits: Option<BTreeMap<String, Limit>>,
-}
+use crate::http::routes::usage::usage_doc;
 
 pub async fn put_plan(
     State(state): State<AppState>,
     PlanPath(name): PlanPath,
-    JsonBody(body): JsonBody<PlanBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<PlanRequest>,
+) -> Result<Json<Plan>, ApiError> {
     let period: PeriodKind = body.period.as_deref().unwrap_or("monthly").parse()?;
     let limits: Vec<(String, Limit)> = body.limits.into_iter().collect();
     let plan = state.engine()?.set_plan(&name, period, &limits).await?;
     tracing::info!(target: "admin", plan = %name, period = period.as_str(), "plan updated");
-    let mut out = Map::new();
-    for k in state.engine()?.kinds().iter() {
-        out.insert(k.name().to_owned(), json!(plan.limits[k.index()]));
-    }
-    Ok(Json(
-        json!({"plan": plan.name, "period": plan.period.as_str(), "limits": out}),
-    ))
+    let limits = state
+        .engine()?
+        .kinds()
+        .iter()
+        .map(|k| (k.name().to_owned(), plan.limits[k.index()]))
+        .collect();
+    Ok(Json(Plan {
+        plan: plan.name.to_string(),
+        period: plan.period.as_str().to_owned(),
+        limits,
+    }))
 }
 
 pub async fn put_user(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-    JsonBody(body): JsonBody<UserBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<UserRequest>,
+) -> Result<Json<Usage>, ApiError> {
     if body.plan.is_none() && body.limits.is_none() {
         return Err(ApiError::invalid("give at least one of plan and limits"));
     }
@@ -68,36 +53,37 @@ pub async fn put_user(
         .set_user(&user, body.plan.as_deref(), limits.as_deref())
         .await?;
     tracing::info!(target: "admin", user_id = %user, "user updated");
-    Ok(Json(usage_json(&u)))
+    Ok(Json(usage_doc(&u)))
 }
 
 pub async fn reset_user(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Usage>, ApiError> {
     let u = state.engine()?.reset_user(&user).await?;
     tracing::info!(target: "admin", user_id = %user, "usage reset: a new period starts now");
-    Ok(Json(usage_json(&u)))
+    Ok(Json(usage_doc(&u)))
 }
 
 pub async fn sync_user(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserSync>, ApiError> {
     let units = state.engine()?.sync_user(&user).await?;
-    Ok(Json(
-        json!({"user_id": user.as_str(), "flushed_units": units}),
-    ))
+    Ok(Json(UserSync {
+        user_id: user.as_str().to_owned(),
+        flushed_units: units,
+    }))
 }
 
-pub async fn sync_all(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn sync_all(State(state): State<AppState>) -> Result<Json<SyncReport>, ApiError> {
     let r = state.engine()?.sync_all().await?;
     tracing::info!(target: "admin", users = r.flushed_users, units = r.flushed_units, "manual sync of all users");
-    Ok(Json(json!({
-        "checked": r.checked,
-        "flushed_users": r.flushed_users,
-        "flushed_units": r.flushed_units,
-    })))
+    Ok(Json(SyncReport {
+        checked: r.checked as u64,
+        flushed_users: r.flushed_users as u64,
+        flushed_units: r.flushed_units,
+    }))
 }
 
 /// Query of `GET /admin/v1/users`.
@@ -125,7 +111,7 @@ pub struct ListParams {
 pub async fn list_users(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let engine = state.engine()?;
     let page = p.page.unwrap_or(1);
@@ -164,24 +150,32 @@ pub async fn list_users(
         descending,
     };
     let list = engine.list_users(&q).await?;
-    let mut per_kind = Map::new();
-    for t in &list.per_kind {
-        per_kind.insert(
-            t.kind.name().to_owned(),
-            json!({"used": t.used, "pending": t.pending}),
-        );
-    }
-    Ok(Json(json!({
-        "page": page,
-        "limit": limit,
-        "matched": list.matched,
-        "users": list.users.iter().map(usage_json).collect::<Vec<_>>(),
-        "totals": {
-            "users": list.total_users,
-            "usage": per_kind,
-            "users_per_plan": list.per_plan,
+    let usage = list
+        .per_kind
+        .iter()
+        .map(|t| {
+            let total = KindTotal {
+                used: t.used,
+                pending: t.pending,
+            };
+            (t.kind.name().to_owned(), total)
+        })
+        .collect();
+    Ok(Json(UserList {
+        page,
+        limit,
+        matched: list.matched as u64,
+        users: list.users.iter().map(usage_doc).collect(),
+        totals: UserTotals {
+            users: list.total_users as u64,
+            usage,
+            users_per_plan: list
+                .per_plan
+                .into_iter()
+                .map(|(p, n)| (p, n as u64))
+                .collect(),
         },
-    })))
+    }))
 }
 
 #[derive(Deserialize)]
@@ -197,7 +191,7 @@ pub struct EvictParams {
 pub async fn evict(
     State(state): State<AppState>,
     params: Result<Query<EvictParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Eviction>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let idle = p.idle_seconds.unwrap_or(0);
     if idle > 365 * 86_400 {
@@ -208,21 +202,12 @@ pub async fn evict(
         .evict_idle(i64::try_from(idle).unwrap_or(i64::MAX).saturating_mul(1000))
         .await?;
     tracing::info!(target: "admin", evicted = r.evicted, kept = r.kept, "cache eviction");
-    Ok(Json(json!({
-        "flushed_units": r.flushed_units,
-        "evicted": r.evicted,
-        "kept_with_pending": r.kept,
-        "resident_users": r.resident_after,
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[derive(utoipa::ToSchema)]
-pub struct SimulateBody {
-    kind: String,
-    #[serde(default)]
-    count: Option<i64>,
+    Ok(Json(Eviction {
+        flushed_units: r.flushed_units,
+        evicted: r.evicted as u64,
+        kept_with_pending: r.kept as u64,
+        resident_users: r.resident_after as u64,
+    }))
 }
 
 /// `POST /admin/v1/users/{user_id}/simulate {"kind", "count"}`: consumes
@@ -231,8 +216,8 @@ pub struct SimulateBody {
 pub async fn simulate(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-    JsonBody(body): JsonBody<SimulateBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<SimulateRequest>,
+) -> Result<Json<Simulation>, ApiError> {
     if !state.info.simulation {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -251,9 +236,9 @@ pub async fn simulate(
         .await?;
     tracing::info!(target: "admin", user_id = %user, kind = kind.name(), allowed, denied, "simulated consumes");
     let usage = engine.usage(&user).await?;
-    Ok(Json(json!({
-        "allowed": allowed,
-        "denied": denied,
-        "usage": usage_json(&usage),
-    })))
+    Ok(Json(Simulation {
+        allowed: allowed.into(),
+        denied: denied.into(),
+        usage: usage_doc(&usage),
+    }))
 }

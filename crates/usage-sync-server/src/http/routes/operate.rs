@@ -21,7 +21,7 @@ use usage_sync_core::Trigger;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::UserPath;
-use crate::http::routes::usage::usage_json;
+use usage_sync_api::{Alerts, Diagnosis, StatsReset, Status};
 
 /// Process CPU seconds and resident bytes, from `/proc/self` (Linux; `None`
 /// elsewhere). CPU ticks are assumed at 100 Hz, the Linux default.
@@ -511,7 +511,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     ))
 }
 
-pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let engine = state.engine()?;
     let s = engine.stats();
     let now = engine.now();
@@ -544,21 +544,31 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .firing
         .clone();
     let (cadence, cadence_reason) = engine.cadence();
-    Ok(Json(json!({
-        "alerts": firing,
-        "flush_concurrency": engine.flush_concurrency(),
-        "cadence": {"multiplier": cadence, "reason": cadence_reason},
-        "process": process,
-        "checklist": checklist,
-        "running": engine.is_accepting(),
-        "uptime_seconds": uptime_s,
-        "profile": state.info.profile,
-        "verbose_logging": state.verbose,
-        "preset": state.info.preset,
-        "durability": state.info.durability,
-        "sharing": sharing_json(engine),
-        "store": {"backend": engine.store_backend(), "reachable": store_ok, "pool": engine.store_pool().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))},
-        "sync": {
+    let next_runs_ms = engine.next_runs().map(|r| {
+        json!({
+            "check": u64::try_from(r.check.as_millis()).unwrap_or(u64::MAX),
+            "heartbeat": u64::try_from(r.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            "guarantee": u64::try_from(r.guarantee.as_millis()).unwrap_or(u64::MAX),
+            "retry": r.retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+    });
+    Ok(Json(Status {
+        running: engine.is_accepting(),
+        uptime_seconds: uptime_s,
+        profile: state.info.profile.clone(),
+        preset: state.info.preset.clone(),
+        durability: state.info.durability.clone(),
+        verbose_logging: state.verbose,
+        pending_units: t.pending + t.in_flight,
+        users_tracked: figures.users_resident as u64,
+        users_active: t.users_with_pending as u64,
+        oldest_pending_age_seconds: t
+            .oldest_pending
+            .map_or(0.0, |o| now.since(o) as f64 / 1000.0),
+        retry_backlog_units: engine.retry_backlog().1,
+        request_ids_remembered: figures.request_ids_remembered as u64,
+        flush_concurrency: engine.flush_concurrency() as u64,
+        sync: json!({
             "enabled": c.enabled,
             "flushes": s.flushes,
             "failures": s.failures,
@@ -582,37 +592,31 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
                 "check": u64::try_from(c.check_interval.as_millis()).unwrap_or(u64::MAX),
                 "guarantee": u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX),
             },
-        },
-        "consumes": {
+        }),
+        consumes: json!({
             "allowed": engine.request_metrics().allowed.get(),
             "denied": engine.request_metrics().denied.get(),
             "deduplicated": engine.request_metrics().deduplicated.get(),
-        },
-        "users_tracked": figures.users_resident,
-        "users_active": t.users_with_pending,
-        "pending_units": t.pending + t.in_flight,
-        "oldest_pending_age_seconds": t.oldest_pending.map_or(0.0, |o| now.since(o) as f64 / 1000.0),
-        "retry_backlog_units": engine.retry_backlog().1,
-        "next_runs_ms": engine.next_runs().map(|r| json!({
-            "check": u64::try_from(r.check.as_millis()).unwrap_or(u64::MAX),
-            "heartbeat": u64::try_from(r.heartbeat.as_millis()).unwrap_or(u64::MAX),
-            "guarantee": u64::try_from(r.guarantee.as_millis()).unwrap_or(u64::MAX),
-            "retry": r.retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        })),
-        "top_pending_users": top,
-        "request_ids_remembered": figures.request_ids_remembered,
-    })))
+        }),
+        cadence: json!({"multiplier": cadence, "reason": cadence_reason}),
+        next_runs_ms: next_runs_ms.unwrap_or(Value::Null),
+        top_pending_users: top,
+        sharing: sharing_json(engine),
+        store: json!({"backend": engine.store_backend(), "reachable": store_ok, "pool": engine.store_pool().map(|(size, in_use)| json!({"size": size, "in_use": in_use}))}),
+        process,
+        checklist,
+        alerts: firing,
+    }))
 }
 
 pub async fn diagnose(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Diagnosis>, ApiError> {
     let engine = state.engine()?;
     let u = engine.usage(&user).await?;
     let c = engine.config();
     let threshold = i64::try_from(c.force_sync_threshold).unwrap_or(i64::MAX);
-    let mut doc = usage_json(&u);
     let mut kinds = serde_json::Map::new();
     let mut advice = Vec::new();
     let runs = engine.next_runs();
@@ -667,17 +671,23 @@ pub async fn diagnose(
                 .to_owned(),
         );
     }
-    doc["resident"] = json!(u.resident);
-    doc["last_flush"] = json!({
-        "at": u.last_sync_at.map(|t| t.to_rfc3339()),
-        "trigger": u.last_sync_trigger.map(|t| t.as_str()),
-    });
-    doc["request_ids_remembered"] = json!(engine.request_ids_of(&user));
-    doc["kinds"] = Value::Object(kinds);
-    doc["force_sync_threshold"] = json!(threshold);
-    doc["guarantee_ms"] = json!(u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX));
-    doc["recommendations"] = json!(advice);
-    Ok(Json(doc))
+    Ok(Json(Diagnosis {
+        user_id: user.as_str().to_owned(),
+        plan: u.plan.clone(),
+        period_start: u.period_start.to_rfc3339(),
+        resident: u.resident,
+        kinds: Value::Object(kinds),
+        last_sync_at: u.last_sync_at.map(|t| t.to_rfc3339()),
+        last_activity_at: u.last_activity_at.map(|t| t.to_rfc3339()),
+        last_flush: json!({
+            "at": u.last_sync_at.map(|t| t.to_rfc3339()),
+            "trigger": u.last_sync_trigger.map(|t| t.as_str()),
+        }),
+        request_ids_remembered: engine.request_ids_of(&user) as u64,
+        force_sync_threshold: threshold,
+        guarantee_ms: u64::try_from(c.max_sync_interval.as_millis()).unwrap_or(u64::MAX),
+        recommendations: advice,
+    }))
 }
 
 /// The shared tier as status shows it (`null` in single-instance mode).
@@ -701,28 +711,28 @@ fn sharing_json(engine: &Engine) -> Value {
     })
 }
 
-pub async fn alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn alerts(State(state): State<AppState>) -> Result<Json<Alerts>, ApiError> {
     let engine = state.engine()?;
     let v = state.alerts.lock().unwrap_or_else(|e| e.into_inner());
     let (multiplier, reason) = engine.cadence();
-    Ok(Json(json!({
-        "firing": v.firing,
-        "recent": v.history,
-        "window": {
+    Ok(Json(Alerts {
+        firing: v.firing.clone(),
+        recent: v.history.iter().cloned().collect(),
+        window: json!({
             "avg_flush_ms": v.figures.avg_flush_ms,
             "error_rate": v.figures.error_rate,
             "cpu_percent": v.figures.cpu_percent,
-        },
-        "actions": {
+        }),
+        actions: json!({
             "flush_concurrency": engine.flush_concurrency(),
             "cadence_multiplier": multiplier,
             "cadence_reason": reason,
-        },
-    })))
+        }),
+    }))
 }
 
-pub async fn reset_stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn reset_stats(State(state): State<AppState>) -> Result<Json<StatsReset>, ApiError> {
     state.engine()?.reset_stats();
     tracing::info!(target: "admin", "sync statistics reset");
-    Ok(Json(json!({"reset": true})))
+    Ok(Json(StatsReset { reset: true }))
 }

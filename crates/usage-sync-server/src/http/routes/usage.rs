@@ -6,64 +6,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use usage_sync_api::{
+    BatchRequest, CheckRequest, ConsumeRequest, Decision as DecisionDoc, ErrorDetail, KindUsage,
+    Refund, RefundRequest, Usage,
+};
 use usage_sync_core::{Decision, Kind, RequestId, Timestamp, Units, UserId, UserUsage};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Code};
 use crate::http::extract::{BodyBytes, JsonBody, UserPath, parse_json};
-
-/// Body of `POST /v1/consume` and `POST /v1/check`. Unknown fields are
-/// rejected: a misspelt `"ammount": 5` must not silently consume 1.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumeBody {
-    user_id: String,
-    kind: String,
-    #[serde(default)]
-    amount: Option<i64>,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CheckBody {
-    user_id: String,
-    kind: String,
-    #[serde(default)]
-    amount: Option<i64>,
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefundBody {
-    request_id: String,
-    /// When given, the refund is refused (409 `request_id_conflict`)
-    /// unless the consume was this user's.
-    #[serde(default)]
-    user_id: Option<String>,
-}
-
-/// The decision as the API shows it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DecisionBody<'a> {
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deduplicated: Option<bool>,
-    user_id: &'a str,
-    kind: &'a str,
-    amount: u64,
-    used: u64,
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    period_start: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::ErrorDetail>)]
-    error: Option<Value>,
-}
 
 struct Parsed {
     user: UserId,
@@ -91,7 +43,7 @@ fn decision_response(
     deduplicated: Option<bool>,
 ) -> Response {
     let error = (!d.allowed).then(|| {
-        ApiError::body(
+        ApiError::detail(
             Code::LimitExceeded,
             &match d.remaining {
                 Some(left) if left > 0 => format!(
@@ -113,11 +65,11 @@ fn decision_response(
     } else {
         StatusCode::TOO_MANY_REQUESTS
     };
-    let body = DecisionBody {
+    let body = DecisionDoc {
         allowed: d.allowed,
         deduplicated,
-        user_id: user.as_str(),
-        kind: kind.name(),
+        user_id: Cow::Borrowed(user.as_str()),
+        kind: Cow::Borrowed(kind.name()),
         amount,
         used: d.used,
         limit: d.limit,
@@ -155,7 +107,7 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
 
 pub async fn consume(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<ConsumeBody>,
+    JsonBody(body): JsonBody<ConsumeRequest>,
 ) -> Result<Response, ApiError> {
     let p = parse(&state, &body.user_id, &body.kind, body.amount)?;
     let rid = body
@@ -189,7 +141,7 @@ pub async fn consume(
 
 pub async fn check(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<CheckBody>,
+    JsonBody(body): JsonBody<CheckRequest>,
 ) -> Result<Response, ApiError> {
     let p = parse(&state, &body.user_id, &body.kind, body.amount)?;
     let d = state.engine()?.check(&p.user, &p.kind, p.amount).await?;
@@ -204,88 +156,59 @@ pub async fn check(
 
 pub async fn refund(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<RefundBody>,
+    JsonBody(body): JsonBody<RefundRequest>,
 ) -> Result<Response, ApiError> {
     let rid = RequestId::parse(&body.request_id)?;
     let owner = body.user_id.as_deref().map(UserId::parse).transpose()?;
     let r = state.engine()?.refund(rid.as_str(), owner.as_ref()).await?;
     let k = &r.usage.kinds[r.kind.index()];
-    Ok(Json(json!({
-        "request_id": rid.as_str(),
-        "refunded": r.refunded,
-        "user_id": r.user.as_str(),
-        "kind": r.kind.name(),
-        "persisted": k.persisted,
-        "pending": k.pending,
-        "used": k.used,
-        "limit": k.limit,
-        "remaining": k.remaining,
-        "period_start": r.usage.period_start.to_rfc3339(),
-    }))
+    Ok(Json(Refund {
+        request_id: rid.as_str().to_owned(),
+        refunded: r.refunded,
+        user_id: r.user.as_str().to_owned(),
+        kind: r.kind.name().to_owned(),
+        persisted: k.persisted,
+        pending: k.pending,
+        used: k.used,
+        limit: k.limit,
+        remaining: k.remaining,
+        period_start: r.usage.period_start.to_rfc3339(),
+    })
     .into_response())
 }
 
 /// The usage document shared by `GET /v1/users/{id}/usage` and the admin
 /// user routes.
-pub fn usage_json(u: &UserUsage) -> Value {
-    let mut kinds = Map::new();
-    for k in &u.kinds {
-        kinds.insert(
-            k.kind.name().to_owned(),
-            json!({
-                "persisted": k.persisted,
-                "pending": k.pending,
-                "used": k.used,
-                "limit": k.limit,
-                "remaining": k.remaining,
-            }),
-        );
+pub fn usage_doc(u: &UserUsage) -> Usage {
+    Usage {
+        user_id: u.user.as_str().to_owned(),
+        plan: u.plan.clone(),
+        period_start: u.period_start.to_rfc3339(),
+        kinds: u
+            .kinds
+            .iter()
+            .map(|k| {
+                let usage = KindUsage {
+                    persisted: k.persisted,
+                    pending: k.pending,
+                    used: k.used,
+                    limit: k.limit,
+                    remaining: k.remaining,
+                };
+                (k.kind.name().to_owned(), usage)
+            })
+            .collect(),
+        last_sync_at: u.last_sync_at.map(|t| t.to_rfc3339()),
+        last_activity_at: u.last_activity_at.map(|t| t.to_rfc3339()),
     }
-    json!({
-        "user_id": u.user.as_str(),
-        "plan": u.plan,
-        "period_start": u.period_start.to_rfc3339(),
-        "kinds": kinds,
-        "last_sync_at": u.last_sync_at.map(|t| t.to_rfc3339()),
-        "last_activity_at": u.last_activity_at.map(|t| t.to_rfc3339()),
-    })
 }
 
 pub async fn usage(
     State(state): State<AppState>,
     UserPath(user): UserPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Usage>, ApiError> {
     let u = state.engine()?.usage(&user).await?;
-    Ok(Json(usage_json(&u)))
-}
-
-// Ids and kinds borrow from the request body (unless they hold JSON
-// escapes), so parsing a thousand events does not allocate two strings per
-// event. Not a doc comment: that would go into the OpenAPI description.
-/// Body of `POST /v1/consume/batch`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchBody<'a> {
-    /// 1 to 1000 events, decided in order.
-    #[serde(borrow)]
-    events: Vec<BatchEvent<'a>>,
-}
-
-/// One event of a batch: the fields of `POST /v1/consume`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchEvent<'a> {
-    #[serde(borrow)]
-    #[schema(value_type = String)]
-    user_id: Cow<'a, str>,
-    #[serde(borrow)]
-    #[schema(value_type = String)]
-    kind: Cow<'a, str>,
-    #[serde(default)]
-    amount: Option<i64>,
-    #[serde(default, borrow)]
-    #[schema(value_type = Option<String>)]
-    request_id: Option<Cow<'a, str>>,
+    Ok(Json(usage_doc(&u)))
 }
 
 /// Most events in one batch.
@@ -301,7 +224,7 @@ pub async fn consume_batch(
     State(state): State<AppState>,
     BodyBytes(bytes): BodyBytes<{ crate::http::extract::MAX_BATCH_BODY_BYTES }>,
 ) -> Result<Response, ApiError> {
-    let body: BatchBody<'_> = parse_json(&bytes)?;
+    let body: BatchRequest<'_> = parse_json(&bytes)?;
     let n = body.events.len();
     if n == 0 || n > MAX_BATCH_EVENTS {
         return Err(ApiError::invalid(format!(
@@ -343,7 +266,7 @@ pub async fn consume_batch(
                     &o.decision,
                 );
             }
-            Err(e) => out.error(e.status.as_u16(), &ApiError::body(e.code, &e.message)),
+            Err(e) => out.error(e.status.as_u16(), &ApiError::detail(e.code, e.message)),
         }
     }
     if state.verbose {
@@ -353,7 +276,7 @@ pub async fn consume_batch(
 }
 
 /// Writes the answer of `/v1/consume/batch`: `{"results":[...]}` with the
-/// fields of `BatchItemDoc`, in that order, skipping the absent ones.
+/// fields of [`usage_sync_api::BatchItem`], in that order, skipping the absent ones.
 ///
 /// Written by hand rather than derived: for a thousand results, serde's
 /// escaping of every key and string and the formatting of each result's
@@ -427,10 +350,11 @@ impl BatchWriter {
         b.extend_from_slice(b"\"}");
     }
 
-    fn error(&mut self, status: u16, error: &Value) {
+    fn error(&mut self, status: u16, error: &ErrorDetail) {
         self.open(status);
         self.buf.extend_from_slice(b",\"error\":");
-        // A `Value` always serializes into a `Vec`.
+        // A derived `Serialize` of strings and a code always succeeds into
+        // a `Vec`.
         let _ = serde_json::to_writer(&mut self.buf, error);
         self.buf.push(b'}');
     }
@@ -470,32 +394,8 @@ fn push_str(b: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
 
-    /// The shape `BatchWriter` must produce, derived by serde as the
-    /// endpoint did before it was written by hand.
-    #[derive(Serialize, Default)]
-    struct Item<'a> {
-        status: u16,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        allowed: Option<bool>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        deduplicated: Option<bool>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        kind: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        amount: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        used: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        limit: Option<Option<u64>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        remaining: Option<Option<u64>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        period_start: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<Value>,
-    }
+    use serde_json::Value;
+    use usage_sync_api::{BatchItem, BatchResults};
 
     #[test]
     fn batch_writer_matches_the_serde_shape_byte_for_byte() {
@@ -524,17 +424,17 @@ mod tests {
             ),
             ("user-1", 1, false, decision(true, 2, Some(10), nov)),
         ];
-        let error = ApiError::body(Code::InvalidRequest, "user_id: empty \"id\"");
+        let error = ApiError::detail(Code::InvalidRequest, "user_id: empty \"id\"");
         let mut w = BatchWriter::with_capacity(cases.len() + 1);
         let mut expected = Vec::new();
         for (i, (user, amount, dedup, d)) in cases.iter().enumerate() {
             w.decision(user, "fast", *amount, *dedup, d);
-            expected.push(Item {
+            expected.push(BatchItem {
                 status: if d.allowed { 200 } else { 429 },
                 allowed: Some(d.allowed),
                 deduplicated: Some(*dedup),
-                user_id: Some(user),
-                kind: Some("fast"),
+                user_id: Some(Cow::Borrowed(*user)),
+                kind: Some(Cow::Borrowed("fast")),
                 amount: Some(*amount),
                 used: Some(d.used),
                 limit: Some(d.limit),
@@ -544,21 +444,22 @@ mod tests {
             });
             if i == 2 {
                 w.error(400, &error);
-                expected.push(Item {
+                expected.push(BatchItem {
                     status: 400,
                     error: Some(error.clone()),
-                    ..Item::default()
+                    ..BatchItem::default()
                 });
             }
         }
         let got = String::from_utf8(w.finish()).unwrap();
-        // Through a struct, not `json!`: a `Value` map would sort the keys.
-        #[derive(Serialize)]
-        struct Results<'a> {
-            results: Vec<Item<'a>>,
-        }
-        let want = serde_json::to_string(&Results { results: expected }).unwrap();
+        // The API's own type, serialized by serde: the same bytes.
+        let want = serde_json::to_string(&BatchResults { results: expected }).unwrap();
         assert_eq!(got, want);
+        // And the type reads them back as they were written.
+        let back: BatchResults<'_> = serde_json::from_str(&got).unwrap();
+        assert_eq!(back.results[1].limit, Some(None));
+        assert_eq!(back.results[3].status, 400);
+        assert_eq!(back.results[3].error, Some(error));
         // And it is what a client parses: unlimited shows as null.
         let v: Value = serde_json::from_str(&got).unwrap();
         assert_eq!(v["results"][1]["limit"], Value::Null);
