@@ -178,6 +178,20 @@ pub async fn db_total(db: &Path, user: &str, kind: &str) -> i64 {
     .unwrap()
 }
 
+/// How long the outage tests keep the database away: 8 s unless
+/// `USAGE_SYNC_TEST_OUTAGE_SECS` says otherwise (`USAGE_SYNC_TEST_OUTAGE_SECS=30` reruns the
+/// 30 s outages they once always took). Long enough for flush retries to
+/// back off several times (100 ms doubling) and for a thousand and more
+/// requests to be acknowledged meanwhile; the assertions do not depend on
+/// the length.
+pub fn outage_length() -> Duration {
+    let secs = std::env::var("USAGE_SYNC_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    Duration::from_secs(secs)
+}
+
 /// Polls `f` until it returns true or `max` passes (wall time: for tests
 /// that drive a real process or real timers).
 pub async fn eventually<F, Fut>(max: Duration, mut f: F) -> bool
