@@ -179,9 +179,9 @@ pub async fn db_total(db: &Path, user: &str, kind: &str) -> i64 {
 }
 
 /// How long the outage tests keep the database away: 8 s unless
-/// `USAGE_SYNC_TEST_OUTAGE_SECS` says otherwise (`USAGE_SYNC_TEST_OUTAGE_SECS=30` reruns the
-/// 30 s outages they once always took). Long enough for flush retries to
-/// back off several times (100 ms doubling) and for a thousand and more
+/// `USAGE_SYNC_TEST_OUTAGE_SECS` says otherwise (30 reruns the 30 s
+/// outages they once always took). Long enough for flush retries to back
+/// off several times (100 ms doubling) and for a thousand and more
 /// requests to be acknowledged meanwhile; the assertions do not depend on
 /// the length.
 pub fn outage_length() -> Duration {
