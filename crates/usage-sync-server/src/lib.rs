@@ -10,6 +10,7 @@
 //! - [`startup`]: builds store, engine and HTTP server ([`startup::Application`]);
 //! - [`status`]: the `status` command (a running instance as a table);
 //! - [`http`]: routes, auth, request parsing, the error shape;
+//! - [`metrics`]: the Prometheus text of `GET /metrics`;
 //! - [`telemetry`]: logging setup;
 //! - [`shutdown`]: the SIGTERM / SIGINT signal.
 
@@ -23,6 +24,7 @@ pub mod checklist;
 pub mod cli;
 pub mod configuration;
 pub mod http;
+pub mod metrics;
 pub mod shutdown;
 pub mod startup;
 pub mod status;
