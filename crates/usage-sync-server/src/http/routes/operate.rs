@@ -18,19 +18,19 @@ use crate::http::error::ApiError;
 use crate::http::extract::UserPath;
 use usage_sync_api::{Alerts, Diagnosis, StatsReset, Status};
 
-/// Process CPU seconds and resident bytes, from `/proc/self` (Linux; `None`
-/// elsewhere). CPU ticks are assumed at 100 Hz, the Linux default.
+/// Process CPU seconds and resident bytes, from `/proc/self/stat` read
+/// with the system's clock tick and page size (Linux; `None` elsewhere).
+#[cfg(target_os = "linux")]
 pub fn process_stats() -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is parenthesised and may
-    // contain spaces.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(((utime + stime) / 100.0, rss_pages * 4096))
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = procfs::ticks_per_second().max(1);
+    let cpu = (stat.utime + stat.stime) as f64 / ticks as f64;
+    Some((cpu, stat.rss.saturating_mul(procfs::page_size())))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn process_stats() -> Option<(f64, u64)> {
+    None
 }
 
 /// CPU cores the process may use by its cgroup quota: `cpu.max` (cgroup
@@ -73,16 +73,18 @@ pub fn memory_limit() -> Option<u64> {
             return Some(n);
         }
     }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    machine_memory()
+}
+
+#[cfg(target_os = "linux")]
+fn machine_memory() -> Option<u64> {
+    use procfs::Current;
+    procfs::Meminfo::current().ok().map(|m| m.mem_total)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn machine_memory() -> Option<u64> {
+    None
 }
 
 /// The runtime checklist of the original deployment guide, with measured
