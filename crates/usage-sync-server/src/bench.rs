@@ -316,15 +316,9 @@ fn sync_figures(s: &Value) -> (f64, f64, f64, u64, i64) {
 /// `usage-sync bench`: runs the load, prints the report; exit 1 if no
 /// request got a decision, 2 if the instance cannot be reached.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::build_runtime(true, ExitCode::from(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("✗ cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let client = reqwest::Client::new();
@@ -458,30 +452,17 @@ mod tests {
             verbose_logging: true,
         };
         assert_eq!(grade(10.0, 0.0, 100.0, slow), 'B');
-        assert_eq!(
-            grade(
-                10.0,
-                0.0,
-                100.0,
-                Serving {
-                    p99_ms: 51.0,
-                    ..fast
-                }
-            ),
-            'C'
-        );
-        assert_eq!(
-            grade(
-                10.0,
-                0.0,
-                100.0,
-                Serving {
-                    verbose_logging: true,
-                    ..fast
-                }
-            ),
-            'B'
-        );
+        let calm = |serving| grade(10.0, 0.0, 100.0, serving);
+        let p99_51 = Serving {
+            p99_ms: 51.0,
+            ..fast
+        };
+        assert_eq!(calm(p99_51), 'C');
+        let verbose = Serving {
+            verbose_logging: true,
+            ..fast
+        };
+        assert_eq!(calm(verbose), 'B');
         let advice = recommendations(10.0, 0.0, 100.0, 0.0, None, slow);
         assert!(
             advice

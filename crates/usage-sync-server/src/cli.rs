@@ -182,15 +182,9 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::CheckConfig => {
             print_config(&settings);
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match build_runtime(false, ExitCode::FAILURE) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("✗ cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let checks = rt.block_on(crate::checklist::pre_deploy(&settings));
             if print_checks(&checks) {
@@ -265,15 +259,9 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match build_runtime(true, ExitCode::FAILURE) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("✗ cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(f()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -335,4 +323,21 @@ fn print_checks(checks: &[crate::checklist::Check]) -> bool {
         let _ = writeln!(out, "\n✗ {failed} of {} checks failed", checks.len());
     }
     failed == 0
+}
+
+/// A Tokio runtime for a command, or `failure` after saying why there is
+/// none.
+pub(crate) fn build_runtime(
+    multi_thread: bool,
+    failure: ExitCode,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("✗ cannot start the async runtime: {e}");
+        failure
+    })
 }

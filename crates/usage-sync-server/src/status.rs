@@ -22,15 +22,9 @@ pub fn run(
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let token = token
         .or_else(|| settings.and_then(|s| s.admin_token.as_ref().map(|t| t.expose().to_owned())));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::build_runtime(false, ExitCode::from(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("✗ cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let doc = rt.block_on(async {
         let client = reqwest::Client::builder()
