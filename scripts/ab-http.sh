@@ -26,9 +26,10 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-5s}
 ROUNDS=${ROUNDS:-3}
 MODES=${MODES:-none batched}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+. scripts/lib.sh
+need_wrk
+work_dir
+SERVER_LOG=$WORK/us.log
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 PORT=18700
 
@@ -39,13 +40,7 @@ start() {
     USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
     "$1" --config "$WORK/usage-sync.toml" serve 2>>"$WORK/us.log" &
   PID=$!
-  for _ in $(seq 1 400); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz" || true)" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "$1 on port $PORT did not become ready; its log: $WORK/us.log" >&2
-  cat "$WORK/us.log" >&2
-  exit 1
+  wait_http "$PORT"
 }
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
 consume() { USERS=10000 wrk -t2 -c"$CONNS" -d"$1" -s scripts/consume.lua "http://127.0.0.1:$PORT" | grep '^RESULT'; }

@@ -31,12 +31,12 @@ WARMUP=${WARMUP:-5s}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-docs/bench/limitador.md}
 mkdir -p "$(dirname "$OUT")"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+. scripts/lib.sh
+need_wrk
 
 cargo build -q --release -p usage-sync-server --bin usage-sync
 BIN=target/release/usage-sync
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+work_dir
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 # One limit per user, never reached: a month, a billion units.
 cat > "$WORK/limits.yaml" <<'YAML'
@@ -49,13 +49,6 @@ cat > "$WORK/limits.yaml" <<'YAML'
 YAML
 PORT=18800
 
-wait_http() {
-  for _ in $(seq 1 400); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT$1" || true)" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "server on port $PORT did not answer $1" >&2; exit 1
-}
 # start TARGET: a fresh server on a new port; sets PID
 start() {
   PORT=$((PORT + 1))
@@ -63,13 +56,13 @@ start() {
     "$LIMITADOR_BIN" --http-ip 127.0.0.1 --http-port "$PORT" --rls-ip 127.0.0.1 --rls-port $((PORT + 500)) \
       "$WORK/limits.yaml" memory 2>>"$WORK/limitador.log" >&2 &
     PID=$!
-    wait_http /status
+    wait_http "$PORT" /status
   else
     USAGE_SYNC_DURABILITY=$1 USAGE_SYNC_DATA_DIR="$WORK/d-$PORT" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" \
       USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
       "$BIN" --config "$WORK/usage-sync.toml" serve 2>>"$WORK/us.log" &
     PID=$!
-    wait_http /readyz
+    wait_http "$PORT"
   fi
 }
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }

@@ -38,8 +38,8 @@ cargo build -q --release -p usage-sync-server --bin usage-sync --example naive_b
 cargo build -q --release --manifest-path bench/compare/Cargo.toml
 BIN=target/release/usage-sync
 EX=target/release/examples
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+. scripts/lib.sh
+work_dir
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 PORT=18700
 
@@ -48,14 +48,7 @@ bench/compare/target/release/usage-sync-compare > "$WORK/compare.txt"
 echo "2/6 scaling..." >&2
 cargo bench -q -p usage-sync-core --bench scaling 2>/dev/null | grep '^|' > "$WORK/scaling.txt"
 
-wait_ready() {
-  for _ in $(seq 1 400); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true)
-    [ "$code" = 200 ] || [ "$code" = 404 ] && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; exit 1
-}
+wait_ready() { wait_http "$1" /readyz 404; }
 # run NAME USERS CONNS LUA: wrk against $PORT, appends to raw
 run() {
   local line

@@ -17,24 +17,17 @@ export USERS=${USERS:-10000}
 REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
 REDIS_HOSTPORT=${REDIS#redis://}
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+. scripts/lib.sh
+need_wrk
 command -v redis-cli >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools; }
 cargo build -q --release -p usage-sync-server --bin usage-sync
 BIN=target/release/usage-sync
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+work_dir
 # A limit far above what the run consumes: every consume is a shared
 # decision (an unlimited kind would never reach Redis).
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 PORT=18530
 
-wait_ready() {
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true)" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; exit 1
-}
 redis_cmds() { redis-cli -h "${REDIS_HOSTPORT%:*}" -p "${REDIS_HOSTPORT#*:}" info stats | tr -d '\r' | awk -F: '/^total_commands_processed/{print $2}'; }
 
 for ROUND in $(seq 1 "$ROUNDS"); do
@@ -44,7 +37,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
       USAGE_SYNC_SHARING=$MODE REDIS_URL="$REDIS" USAGE_SYNC_REDIS_PREFIX="bench-$ROUND-$MODE-$$" \
       USAGE_SYNC_LOG_LEVEL=warn "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/us.log" &
     PID=$!
-    wait_ready $PORT
+    wait_http $PORT
     before=$(redis_cmds)
     line=$(wrk -t2 -c"$CONNS" -d"$DURATION" -s scripts/consume.lua "http://127.0.0.1:$PORT" | grep '^RESULT')
     after=$(redis_cmds)

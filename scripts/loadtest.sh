@@ -14,28 +14,20 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 export USERS=${USERS:-10000}
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+. scripts/lib.sh
+need_wrk
 command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
 cargo build -q --release -p usage-sync-server --bin usage-sync --example naive_baseline
 BIN=target/release/usage-sync
 BASE=target/release/examples/naive_baseline
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+work_dir
 printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
 RESULTS="$WORK/results.tsv"
 PORT=18430
 
-# Waits until the server is ready: for usage-sync, /readyz turns 200 only
-# after recovery (requests before that get 503 by design); the baseline
-# answers 404 on /readyz, which is "up" for it.
-wait_port() {
-  for _ in $(seq 1 200); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz" || true)
-    [ "$code" = 200 ] || [ "$code" = 404 ] && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; exit 1
-}
+# Ready: usage-sync's /readyz turns 200 only after recovery (requests
+# before that get 503 by design); the baseline answers 404 there.
+wait_port() { wait_http "$1" /readyz 404; }
 
 # measure NAME PORT DB: runs wrk, then appends "NAME requests rps p50 p99 errors db tx" to RESULTS
 measure() {

@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-16}
 DURATION=${DURATION:-5s}
 export USERS=${USERS:-1000}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+. scripts/lib.sh
+need_wrk
 cargo build -q --release -p usage-sync-server --bin usage-sync
 BIN=target/release/usage-sync
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+work_dir
 printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
 PORT=18630
 echo "| verbose_logging | requests | log lines | log bytes | bytes per request |"
@@ -25,10 +25,7 @@ for VERBOSE in true false; do
     USAGE_SYNC_LOG_FORMAT=json USAGE_SYNC_THRESHOLD=10 USAGE_SYNC_CHECK_INTERVAL=1s \
     "$BIN" --config "$WORK/usage-sync.toml" serve 2>"$WORK/$VERBOSE.log" &
   PID=$!
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz" || true)" = 200 ] && break
-    sleep 0.05
-  done
+  wait_http "$PORT"
   REQ=$(wrk -t2 -c"$CONNS" -d"$DURATION" -s scripts/consume.lua "http://127.0.0.1:$PORT" | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p')
   kill -TERM $PID; wait $PID || true
   LINES=$(wc -l < "$WORK/$VERBOSE.log"); BYTES=$(wc -c < "$WORK/$VERBOSE.log")

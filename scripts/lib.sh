@@ -1,0 +1,30 @@
+# Shared by the benchmark and load-test scripts: `. scripts/lib.sh` from the
+# repository root.
+
+# need_wrk: installs wrk (Debian) if it is missing.
+need_wrk() {
+  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+}
+
+# work_dir: a scratch directory in $WORK, removed (and every background job
+# killed) when the script exits.
+work_dir() {
+  WORK=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# wait_http PORT [PATH] [ALSO_OK]: waits up to 20 s for PATH (default
+# /readyz, which turns 200 only after recovery) to answer 200, or ALSO_OK
+# (the naive baselines answer 404 there, which is "up" for them). Exits
+# the script if it never does.
+wait_http() {
+  local port=$1 path=${2:-/readyz} also=${3:-200} code
+  for _ in $(seq 1 400); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path" || true)
+    [ "$code" = 200 ] || [ "$code" = "$also" ] && return 0
+    sleep 0.05
+  done
+  echo "the server on port $port did not answer $path in 20 s" >&2
+  [ -n "${SERVER_LOG:-}" ] && [ -f "$SERVER_LOG" ] && tail -20 "$SERVER_LOG" >&2
+  exit 1
+}
