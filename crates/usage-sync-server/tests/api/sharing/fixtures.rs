@@ -44,6 +44,32 @@ pub(super) async fn redis_available(url: &str) -> bool {
     ok
 }
 
+/// Where most sharing tests start: the system's Redis (or a skip), a
+/// fresh database, a plan file with `limit` of each kind, and a key prefix
+/// of their own.
+pub(super) struct Setup {
+    pub db: TempDatabase,
+    /// Holds the plan file for as long as the test runs.
+    _dir: TempDir,
+    pub config: String,
+    pub prefix: String,
+}
+
+pub(super) async fn setup(limit: u64) -> Option<Setup> {
+    if !redis_available(&system_redis_url()).await {
+        return None;
+    }
+    let db = TempDatabase::create().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let config = plan_file(dir.path(), limit);
+    Some(Setup {
+        db,
+        _dir: dir,
+        config,
+        prefix: unique_prefix(),
+    })
+}
+
 pub(super) fn redis_server_installed() -> bool {
     let ok = Command::new("redis-server")
         .arg("--version")

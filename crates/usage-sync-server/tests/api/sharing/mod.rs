@@ -20,16 +20,9 @@ use fixtures::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_in_redis_mode_admit_exactly_the_limit() {
-    if !redis_available(&system_redis_url()).await {
-        return;
-    }
-    let Some(db) = TempDatabase::create().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = plan_file(dir.path(), 40);
-    let prefix = unique_prefix();
-    let inst = three_instances(&db, &config, &prefix, &[("USAGE_SYNC_SHARING", "redis")]).await;
+    let Some(setup) = setup(40).await else { return };
+    let (db, config, prefix) = (&setup.db, &setup.config, &setup.prefix);
+    let inst = three_instances(db, config, prefix, &[("USAGE_SYNC_SHARING", "redis")]).await;
     let users: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
 
     let admitted = spray(&inst, &users, 400).await;
@@ -90,19 +83,12 @@ async fn three_instances_in_redis_mode_admit_exactly_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_in_lease_mode_admit_exactly_the_limit_once_leases_expire() {
-    if !redis_available(&system_redis_url()).await {
-        return;
-    }
-    let Some(db) = TempDatabase::create().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = plan_file(dir.path(), 40);
-    let prefix = unique_prefix();
+    let Some(setup) = setup(40).await else { return };
+    let (db, config, prefix) = (&setup.db, &setup.config, &setup.prefix);
     let inst = three_instances(
-        &db,
-        &config,
-        &prefix,
+        db,
+        config,
+        prefix,
         &[
             ("USAGE_SYNC_SHARING", "lease"),
             ("USAGE_SYNC_LEASE_TTL", "300ms"),
@@ -198,15 +184,8 @@ async fn three_instances_in_lease_mode_admit_exactly_the_limit_once_leases_expir
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_instance_gives_its_unspent_lease_back_at_once() {
-    if !redis_available(&system_redis_url()).await {
-        return;
-    }
-    let Some(db) = TempDatabase::create().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = plan_file(dir.path(), 40);
-    let prefix = unique_prefix();
+    let Some(setup) = setup(40).await else { return };
+    let (db, config, prefix) = (&setup.db, &setup.config, &setup.prefix);
     let redis = system_redis_url();
     // Leases that would outlive the test: only the shutdown gives them back.
     let env = [
@@ -249,16 +228,9 @@ async fn a_stopping_instance_gives_its_unspent_lease_back_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_on_one_instance_apply_on_every_instance() {
-    if !redis_available(&system_redis_url()).await {
-        return;
-    }
-    let Some(db) = TempDatabase::create().await else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = plan_file(dir.path(), 40);
-    let prefix = unique_prefix();
-    let inst = three_instances(&db, &config, &prefix, &[("USAGE_SYNC_SHARING", "redis")]).await;
+    let Some(setup) = setup(40).await else { return };
+    let (db, config, prefix) = (&setup.db, &setup.config, &setup.prefix);
+    let inst = three_instances(db, config, prefix, &[("USAGE_SYNC_SHARING", "redis")]).await;
     for _ in 0..3 {
         assert_eq!(inst[0].consume("a", None).await.0, 200);
     }
