@@ -57,20 +57,36 @@ async fn sigterm_flushes_everything_and_a_restart_shows_the_same_usage() {
     assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
 }
 
+/// Runs the binary with `args` and the environment changed by `env`
+/// (`None` removes a variable): its exit code, stdout and stderr.
+fn run_binary(args: &[&str], env: &[(&str, Option<&str>)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
+    cmd.args(args);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 #[tokio::test]
 async fn check_config_reports_valid_and_invalid_settings() {
-    let bin = env!("CARGO_BIN_EXE_usage-sync");
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .env("USAGE_SYNC_API_TOKEN", "hunter2")
-        .env("USAGE_SYNC_ADMIN_TOKEN", "hunter3")
-        .env("USAGE_SYNC_PRESET", "large")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let data = dir.path().to_str().unwrap();
+    let (code, text, _) = run_binary(
+        &["check-config"],
+        &[
+            ("USAGE_SYNC_DATA_DIR", Some(data)),
+            ("USAGE_SYNC_API_TOKEN", Some("hunter2")),
+            ("USAGE_SYNC_ADMIN_TOKEN", Some("hunter3")),
+            ("USAGE_SYNC_PRESET", Some("large")),
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("hunter2"), "secrets are redacted");
     assert!(text.contains("api_token") && text.contains("<redacted>"));
     assert!(
@@ -88,72 +104,67 @@ async fn check_config_reports_valid_and_invalid_settings() {
         assert!(text.contains(line), "missing '{line}' in:\n{text}");
     }
     // An unreachable database fails the checklist (exit 1) and says how to fix it.
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .env(
-            "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:1/nowhere?connect_timeout=1",
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text, _) = run_binary(
+        &["check-config"],
+        &[
+            ("USAGE_SYNC_DATA_DIR", Some(data)),
+            (
+                "DATABASE_URL",
+                Some("postgres://postgres@127.0.0.1:1/nowhere?connect_timeout=1"),
+            ),
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("✗ database") && text.contains("fix: start the database"),
         "{text}"
     );
     assert!(text.contains("✗ 1 of 10 checks failed"), "{text}");
     // Redis, when configured, is checked too; an unreachable one fails.
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .env("REDIS_URL", "redis://127.0.0.1:1")
-        .env("USAGE_SYNC_REDIS_TIMEOUT", "300ms")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text, _) = run_binary(
+        &["check-config"],
+        &[
+            ("USAGE_SYNC_DATA_DIR", Some(data)),
+            ("REDIS_URL", Some("redis://127.0.0.1:1")),
+            ("USAGE_SYNC_REDIS_TIMEOUT", Some("300ms")),
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("✗ redis") && text.contains("fix: start Redis"),
         "{text}"
     );
     assert!(text.contains("✗ 1 of 11 checks failed"), "{text}");
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_CHECK_INTERVAL", "often")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_binary(
+        &["check-config"],
+        &[("USAGE_SYNC_CHECK_INTERVAL", Some("often"))],
+    );
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("sync_check_interval") && err.contains("USAGE_SYNC_CHECK_INTERVAL"),
         "{err}"
     );
-    let out = std::process::Command::new(bin)
-        .args(["check-config"])
-        .env("NODE_ENV", "production")
-        .env_remove("USAGE_SYNC_API_TOKEN")
-        .env_remove("USAGE_SYNC_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "production refuses to start without tokens"
+    let (code, _, _) = run_binary(
+        &["check-config"],
+        &[
+            ("NODE_ENV", Some("production")),
+            ("USAGE_SYNC_API_TOKEN", None),
+            ("USAGE_SYNC_ADMIN_TOKEN", None),
+        ],
     );
+    assert_eq!(code, Some(2), "production refuses to start without tokens");
     // One token without the other would leave the other routes open:
     // serve and check-config refuse it and name the missing variable.
     for cmd in ["serve", "check-config"] {
-        let out = std::process::Command::new(bin)
-            .arg(cmd)
-            .env("USAGE_SYNC_DATA_DIR", dir.path())
-            .env("USAGE_SYNC_API_TOKEN", "only-this-one-is-set")
-            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        let (code, _, err) = run_binary(
+            &[cmd],
+            &[
+                ("USAGE_SYNC_DATA_DIR", Some(data)),
+                ("USAGE_SYNC_API_TOKEN", Some("only-this-one-is-set")),
+                ("USAGE_SYNC_ADMIN_TOKEN", None),
+            ],
+        );
+        assert_eq!(code, Some(2), "{cmd}: {err}");
         assert!(
             err.contains("USAGE_SYNC_ADMIN_TOKEN is not") && err.contains("openssl rand -hex 32"),
             "{cmd}: {err}"
@@ -164,16 +175,9 @@ async fn check_config_reports_valid_and_invalid_settings() {
 #[tokio::test]
 async fn migrate_creates_the_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"))
-        .arg("migrate")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = dir.path().to_str().unwrap();
+    let (code, _, err) = run_binary(&["migrate"], &[("USAGE_SYNC_DATA_DIR", Some(data))]);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         db_total(&dir.path().join("usage-sync.db"), "x", "fast").await,
         0
@@ -383,12 +387,11 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
     assert_eq!(st["consumes"]["denied"], v["denied"]);
 
     // An unreachable instance is exit code 2.
-    let out = std::process::Command::new(bin)
-        .args(["bench", "--url", "http://127.0.0.1:1", "--duration", "1s"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_binary(
+        &["bench", "--url", "http://127.0.0.1:1", "--duration", "1s"],
+        &[],
+    );
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("onnection refused"),
         "the cause is named: {err}"
@@ -451,25 +454,15 @@ async fn a_second_instance_on_one_data_dir_exits_2_and_the_log_stays_whole() {
     assert!(logs.contains(&expected), "missing '{expected}' in:\n{logs}");
     assert_eq!(segments(dir.path()), before, "the live log was not touched");
 
-    let bin = env!("CARGO_BIN_EXE_usage-sync");
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let data = dir.path().to_str().unwrap();
+    let (code, text, _) = run_binary(&["check-config"], &[("USAGE_SYNC_DATA_DIR", Some(data))]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("✗ data dir") && text.contains(&format!("in use (pid {pid})")),
         "{text}"
     );
-    let out = std::process::Command::new(bin)
-        .arg("migrate")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (code, _, err) = run_binary(&["migrate"], &[("USAGE_SYNC_DATA_DIR", Some(data))]);
+    assert_eq!(code, Some(0), "{err}");
     assert!(err.contains(&format!("is in use (pid {pid})")), "{err}");
     assert_eq!(segments(dir.path()), before);
 
