@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{pick, spawn_app};
 
 #[tokio::test]
 async fn plans_users_resets_and_syncs() {
@@ -160,10 +160,7 @@ async fn evict_flushes_first_and_never_drops_pending_units() {
     let (_, v) = app
         .post("/admin/v1/cache/evict?idle_seconds=3600", &json!(null))
         .await;
-    assert_eq!(
-        (v["evicted"].clone(), v["resident_users"].clone()),
-        (json!(0), json!(1))
-    );
+    assert_eq!(pick(&v, &["evicted", "resident_users"]), json!([0, 1]));
     let (s, v) = app
         .post("/admin/v1/cache/evict?idle_seconds=-1", &json!(null))
         .await;
@@ -194,10 +191,7 @@ async fn simulate_is_off_unless_enabled() {
         .await;
     assert_eq!(s, 200, "{v}");
     // The free plan allows 50 fast units.
-    assert_eq!(
-        (v["allowed"].clone(), v["denied"].clone()),
-        (json!(50), json!(2))
-    );
+    assert_eq!(pick(&v, &["allowed", "denied"]), json!([50, 2]));
     assert_eq!(v["usage"]["kinds"]["fast"]["used"], json!(50));
     for body in [
         json!({"kind": "fast", "count": 0}),

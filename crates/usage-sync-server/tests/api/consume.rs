@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with};
+use crate::helpers::{eventually, pick, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn consume_answers_with_the_documented_fields() {
@@ -25,10 +25,7 @@ async fn consume_answers_with_the_documented_fields() {
     let (_, v) = app
         .post("/v1/consume", &json!({"user_id": "u1", "kind": "fast"}))
         .await;
-    assert_eq!(
-        (v["amount"].clone(), v["used"].clone()),
-        (json!(1), json!(4))
-    );
+    assert_eq!(pick(&v, &["amount", "used"]), json!([1, 4]));
 }
 
 #[tokio::test]
@@ -58,10 +55,7 @@ async fn unlimited_reports_null_limit_and_remaining() {
     assert_eq!(s, 200);
     let (s, v) = app.consume("u", "fast", 1_000_000_000).await;
     assert_eq!(s, 200);
-    assert_eq!(
-        (v["limit"].clone(), v["remaining"].clone()),
-        (json!(null), json!(null))
-    );
+    assert_eq!(pick(&v, &["limit", "remaining"]), json!([null, null]));
 }
 
 #[tokio::test]
@@ -76,12 +70,8 @@ async fn check_never_counts() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(
-        (
-            v["allowed"].clone(),
-            v["used"].clone(),
-            v["remaining"].clone()
-        ),
-        (json!(false), json!(9), json!(1))
+        pick(&v, &["allowed", "used", "remaining"]),
+        json!([false, 9, 1])
     );
     assert!(v.get("error").is_none() && v.get("deduplicated").is_none());
     let (_, v) = app
@@ -111,8 +101,8 @@ async fn dedup_returns_the_original_decision_and_refund_reverses_once() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
-        (v["refunded"].clone(), v["used"].clone(), v["kind"].clone()),
-        (json!(2), json!(1), json!("fast"))
+        pick(&v, &["refunded", "used", "kind"]),
+        json!([2, 1, "fast"])
     );
     let (s, v) = app
         .post("/v1/refund", &json!({"request_id": "req-7"}))
@@ -145,8 +135,8 @@ async fn usage_of_an_unknown_user_is_zero_on_the_default_plan() {
         })
     );
     assert_eq!(
-        (v["last_sync_at"].clone(), v["last_activity_at"].clone()),
-        (json!(null), json!(null))
+        pick(&v, &["last_sync_at", "last_activity_at"]),
+        json!([null, null])
     );
     // Reading usage does not load the user into memory.
     assert_eq!(app.engine.ledger_figures().users_resident, 0);
@@ -199,11 +189,8 @@ async fn concurrent_http_consumes_reach_the_database_exactly() {
     );
     let v = app.usage("hot").await;
     assert_eq!(
-        (
-            v["kinds"]["fast"]["persisted"].clone(),
-            v["kinds"]["fast"]["pending"].clone()
-        ),
-        (json!(150), json!(0))
+        pick(&v["kinds"]["fast"], &["persisted", "pending"]),
+        json!([150, 0])
     );
     assert!(v["last_sync_at"].is_string());
 }
@@ -264,15 +251,9 @@ async fn a_batch_decides_each_event_in_order() {
     let statuses: Vec<u64> = r.iter().map(|x| x["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 429, 400, 200, 400, 200]);
     assert_eq!(r[0]["used"], json!(9));
-    assert_eq!(
-        (r[1]["allowed"].clone(), r[1]["remaining"].clone()),
-        (json!(false), json!(1))
-    );
+    assert_eq!(pick(&r[1], &["allowed", "remaining"]), json!([false, 1]));
     assert_eq!(r[2]["error"]["code"], json!("unknown_kind"));
-    assert_eq!(
-        (r[3]["deduplicated"].clone(), r[3]["used"].clone()),
-        (json!(true), json!(9))
-    );
+    assert_eq!(pick(&r[3], &["deduplicated", "used"]), json!([true, 9]));
     assert_eq!(r[4]["error"]["code"], json!("invalid_request"));
     assert_eq!(r[5]["user_id"], json!("b2"));
     app.sync_all().await;
@@ -295,22 +276,12 @@ async fn a_batch_decodes_escaped_strings_and_escapes_its_answer() {
     assert_eq!(s, 200, "{v}");
     let r = v["results"].as_array().unwrap();
     assert_eq!(
-        (
-            r[0]["user_id"].clone(),
-            r[0]["kind"].clone(),
-            r[0]["used"].clone()
-        ),
-        (json!("e1"), json!("fast"), json!(1))
+        pick(&r[0], &["user_id", "kind", "used"]),
+        json!(["e1", "fast", 1])
     );
     // The same request id, written with another escape: deduplicated.
-    assert_eq!(
-        (r[1]["deduplicated"].clone(), r[1]["used"].clone()),
-        (json!(true), json!(1))
-    );
-    assert_eq!(
-        (r[2]["user_id"].clone(), r[2]["used"].clone()),
-        (json!("q\"\\z"), json!(3))
-    );
+    assert_eq!(pick(&r[1], &["deduplicated", "used"]), json!([true, 1]));
+    assert_eq!(pick(&r[2], &["user_id", "used"]), json!(["q\"\\z", 3]));
     app.sync_all().await;
     assert_eq!(app.db("e1", "fast").await, 1);
     assert_eq!(app.db("q\"\\z", "fast").await, 3);
@@ -457,10 +428,7 @@ async fn a_request_id_reused_for_another_request_is_a_409_that_counts_nothing() 
         (r[0]["status"].clone(), r[0]["error"]["code"].clone()),
         (json!(409), json!("request_id_conflict"))
     );
-    assert_eq!(
-        (r[1]["status"].clone(), r[1]["deduplicated"].clone()),
-        (json!(200), json!(true))
-    );
+    assert_eq!(pick(&r[1], &["status", "deduplicated"]), json!([200, true]));
     assert_eq!(r[2]["error"]["code"], json!("request_id_conflict"));
     // bob cannot refund alice's request by naming himself.
     let (s, v) = app

@@ -178,6 +178,13 @@ pub async fn db_total(db: &Path, user: &str, kind: &str) -> i64 {
     .unwrap()
 }
 
+/// The fields `keys` of `v`, in order, as one array: an assertion on
+/// several fields of an answer reads `pick(&v, &["used", "limit"])` against
+/// `json!([9, 10])`.
+pub fn pick(v: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
+    keys.iter().map(|k| v[*k].clone()).collect()
+}
+
 /// How long the outage tests keep the database away: 8 s unless
 /// `USAGE_SYNC_TEST_OUTAGE_SECS` says otherwise (30 reruns the 30 s
 /// outages they once always took). Long enough for flush retries to back
