@@ -3,6 +3,9 @@
 /** Alerts as last evaluated. */
 export interface AlertsDoc {
   actions: Record<string, unknown>;
+  /** Evaluations since the service started; each one applies the firing
+alerts' actions once. */
+  evaluations: number;
   firing: Array<Record<string, unknown>>;
   recent: Array<Record<string, unknown>>;
   window: Record<string, unknown>;

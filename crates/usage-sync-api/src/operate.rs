@@ -99,4 +99,7 @@ pub struct Alerts {
     pub window: Value,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub actions: Value,
+    /// Evaluations since the service started; each one applies the firing
+    /// alerts' actions once.
+    pub evaluations: u64,
 }

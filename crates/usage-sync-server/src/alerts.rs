@@ -210,6 +210,9 @@ pub struct AlertsView {
     pub firing_names: Vec<&'static str>,
     /// Readings in the window (figures mean something from 2 on).
     pub readings: usize,
+    /// Evaluations since start; each ran the firing alerts' actions once
+    /// before it was counted here.
+    pub evaluations: u64,
 }
 
 pub type SharedAlerts = Arc<Mutex<AlertsView>>;
@@ -325,6 +328,7 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
         let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
         v.figures = eval.figures();
         v.readings = eval.readings();
+        v.evaluations += 1;
         v.firing_names = eval.firing().iter().map(|(a, _, _)| a.name()).collect();
         v.firing = eval
             .firing()

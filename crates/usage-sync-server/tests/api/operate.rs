@@ -393,9 +393,16 @@ async fn high_sync_latency_raises_flush_concurrency() {
         metrics.contains("usage_sync_alert_firing{alert=\"HighSyncLatency\"} 1"),
         "{metrics}"
     );
-    // Step by step up to the ceiling, never beyond.
-    alerts_until(&app, |v| v["actions"]["flush_concurrency"] == json!(12)).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Step by step up to the ceiling, never beyond: three more
+    // evaluations, each applying the action again, leave it at 12.
+    let v = alerts_until(&app, |v| v["actions"]["flush_concurrency"] == json!(12)).await;
+    let at_ceiling = v["evaluations"].as_u64().unwrap();
+    let v = alerts_until(&app, |v| {
+        v["evaluations"].as_u64().unwrap() >= at_ceiling + 3
+    })
+    .await;
+    assert!(firing(&v, "HighSyncLatency"), "{v}");
+    assert_eq!(v["actions"]["flush_concurrency"], json!(12));
     assert_eq!(app.engine.flush_concurrency(), 12);
 }
 

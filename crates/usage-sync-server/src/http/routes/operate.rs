@@ -356,6 +356,7 @@ pub async fn alerts(State(state): State<AppState>) -> Result<Json<Alerts>, ApiEr
             "cadence_multiplier": multiplier,
             "cadence_reason": reason,
         }),
+        evaluations: v.evaluations,
     }))
 }
 
