@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use usage_sync_core::{FlushId, Timestamp};
-use usage_sync_store::wal::codec::{LogRecord, LoggedDecision, encode_owned_numbered};
+use usage_sync_store::wal::codec::{Deltas, LogRecord, LoggedDecision, encode};
 use usage_sync_store::wal::replay;
 
 fn main() {
@@ -16,8 +16,8 @@ fn main() {
     let mut buf = Vec::with_capacity(80 << 20);
     // Numbered frames, as the log writes them.
     let mut frame = 0u64;
-    let mut encode_owned = |rec: &LogRecord, buf: &mut Vec<u8>| {
-        encode_owned_numbered(rec, Some(frame), buf);
+    let mut encode_owned = |rec: &LogRecord<'_>, buf: &mut Vec<u8>| {
+        encode(rec, Some(frame), buf);
         frame += 1;
     };
     encode_owned(&LogRecord::CheckpointStart { seq: 1 }, &mut buf);
@@ -31,11 +31,11 @@ fn main() {
         let request_id = rng.bool().then(|| format!("req-{n:012}"));
         encode_owned(
             &LogRecord::Consume {
-                user: user.clone(),
+                user: user.into(),
                 kind: kind.into(),
                 period_start: period,
                 amount: 1,
-                request_id,
+                request_id: request_id.map(Into::into),
                 decision: LoggedDecision {
                     allowed: true,
                     used: 1,
@@ -50,13 +50,13 @@ fn main() {
         // A batch of 500 counters every 5 000 records, completed at once.
         if n.is_multiple_of(5_000) && n < RECORDS {
             flush += 1;
-            let deltas = (0..500)
+            let deltas: Vec<_> = (0..500)
                 .map(|i| (format!("user-{i:06}"), "fast".to_owned(), period, 1))
                 .collect();
             encode_owned(
                 &LogRecord::Intent {
                     id: FlushId(flush),
-                    deltas,
+                    deltas: Deltas::Logged(deltas.into()),
                 },
                 &mut buf,
             );

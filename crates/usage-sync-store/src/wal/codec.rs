@@ -21,6 +21,8 @@
 //! from *corruption* (a bad frame followed by more data: the start stops
 //! with the file and offset, never a silent skip).
 
+use std::borrow::Cow;
+
 use usage_sync_core::{Cut, Decision, FlushId, Record, Timestamp};
 
 /// Largest payload accepted when reading. A batch intent of 10 000 rows
@@ -69,24 +71,75 @@ impl LoggedDecision {
 /// One delta of a logged batch intent: (user, kind, period, delta).
 pub type LoggedDelta = (String, String, Timestamp, i64);
 
-/// A decoded record (owned).
+/// A remembered request as the log holds it (and as replay returns it,
+/// owned): everything a repeat of the request needs to get the original
+/// answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LogRecord {
+pub struct DedupEntry<'a> {
+    pub user: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub amount: u64,
+    pub period_start: Timestamp,
+    pub decision: LoggedDecision,
+    pub refunded: bool,
+    pub at: Timestamp,
+}
+
+impl DedupEntry<'_> {
+    pub fn into_owned(self) -> DedupEntry<'static> {
+        DedupEntry {
+            user: Cow::Owned(self.user.into_owned()),
+            kind: Cow::Owned(self.kind.into_owned()),
+            ..self
+        }
+    }
+}
+
+/// A batch intent's deltas: as the ledger holds them (written on the
+/// request path, no copy), or as logged (read back, or re-logged at start).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deltas<'a> {
+    Batch(&'a [usage_sync_core::Delta]),
+    Logged(Cow<'a, [LoggedDelta]>),
+}
+
+impl Deltas<'_> {
+    /// The deltas as logged, owned.
+    pub fn into_logged(self) -> Vec<LoggedDelta> {
+        match self {
+            Deltas::Batch(ds) => ds
+                .iter()
+                .map(|d| {
+                    let user = d.user.as_str().to_owned();
+                    (user, d.kind.name().to_owned(), d.period_start, d.delta)
+                })
+                .collect(),
+            Deltas::Logged(ds) => ds.into_owned(),
+        }
+    }
+}
+
+/// One record of the log: the single description of its bytes, used to
+/// write and to read. Strings borrow: from the ledger when a record is
+/// written (through [`encode_frame`]), from the frame's bytes when it is
+/// read ([`decode`]); replay copies what it keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord<'a> {
     Consume {
-        user: String,
-        kind: String,
+        user: Cow<'a, str>,
+        kind: Cow<'a, str>,
         period_start: Timestamp,
         amount: u64,
-        request_id: Option<String>,
+        request_id: Option<Cow<'a, str>>,
         decision: LoggedDecision,
         at: Timestamp,
         /// Made before its user's cut: the segment's checkpoint holds it.
         precut: bool,
     },
     Refund {
-        request_id: String,
-        user: String,
-        kind: String,
+        request_id: Cow<'a, str>,
+        user: Cow<'a, str>,
+        kind: Cow<'a, str>,
         period_start: Timestamp,
         amount: u64,
         at: Timestamp,
@@ -94,7 +147,7 @@ pub enum LogRecord {
     },
     Intent {
         id: FlushId,
-        deltas: Vec<LoggedDelta>,
+        deltas: Deltas<'a>,
     },
     Done {
         id: FlushId,
@@ -103,8 +156,8 @@ pub enum LogRecord {
         precut: Vec<u32>,
     },
     Unpersisted {
-        user: String,
-        kind: String,
+        user: Cow<'a, str>,
+        kind: Cow<'a, str>,
         period_start: Timestamp,
         units: i64,
     },
@@ -112,17 +165,13 @@ pub enum LogRecord {
     /// version leaves request ids in the consume records of the segments
     /// that hold them; see `replay`.)
     Dedup {
-        request_id: String,
-        user: String,
-        kind: String,
-        amount: u64,
-        period_start: Timestamp,
-        decision: LoggedDecision,
-        refunded: bool,
-        at: Timestamp,
+        request_id: Cow<'a, str>,
+        entry: DedupEntry<'a>,
     },
     /// First record of every segment: the checkpoint of segment `seq`.
-    CheckpointStart { seq: u64 },
+    CheckpointStart {
+        seq: u64,
+    },
     /// The checkpoint is complete.
     CheckpointEnd,
 }
@@ -146,107 +195,44 @@ impl Enc<'_> {
         self.0.push(u8::try_from(b.len()).unwrap_or(u8::MAX));
         self.0.extend_from_slice(b);
     }
-    fn decision(&mut self, allowed: bool, used: u64, limit: Option<u64>) {
-        self.u8(allowed as u8);
-        self.u64(used);
-        self.u64(limit.unwrap_or(u64::MAX));
+    fn decision(&mut self, d: &LoggedDecision) {
+        self.u8(d.allowed as u8);
+        self.u64(d.used);
+        self.u64(d.limit.unwrap_or(u64::MAX));
     }
-    fn delta(&mut self, user: &str, kind: &str, period_start: i64, delta: i64) {
+    fn delta(&mut self, user: &str, kind: &str, period_start: Timestamp, delta: i64) {
         self.str(user);
         self.str(kind);
-        self.i64(period_start);
+        self.i64(period_start.0);
         self.i64(delta);
     }
 }
 
-/// The single description of a record's bytes. Records borrowed from the
-/// ledger (written on the request path) and decoded records (re-logged by
-/// checkpoints, and used in tests) are both encoded through this view, so
-/// the format is written down exactly once.
-enum View<'a> {
-    Consume {
-        user: &'a str,
-        kind: &'a str,
-        period_start: i64,
-        amount: u64,
-        request_id: &'a str,
-        allowed: bool,
-        used: u64,
-        limit: Option<u64>,
-        at: i64,
-        precut: bool,
-    },
-    Refund {
-        request_id: &'a str,
-        user: &'a str,
-        kind: &'a str,
-        period_start: i64,
-        amount: u64,
-        at: i64,
-        precut: bool,
-    },
-    Intent {
-        id: u128,
-        deltas: Deltas<'a>,
-    },
-    Done {
-        id: u128,
-        precut: &'a [u32],
-    },
-    Unpersisted {
-        user: &'a str,
-        kind: &'a str,
-        period_start: i64,
-        units: i64,
-    },
-    Dedup {
-        request_id: &'a str,
-        user: &'a str,
-        kind: &'a str,
-        amount: u64,
-        period_start: i64,
-        allowed: bool,
-        used: u64,
-        limit: Option<u64>,
-        refunded: bool,
-        at: i64,
-    },
-    CheckpointStart {
-        seq: u64,
-    },
-    CheckpointEnd,
-}
-
-/// A batch's deltas, as the ledger holds them or as decoded.
-enum Deltas<'a> {
-    Batch(&'a [usage_sync_core::Delta]),
-    Logged(&'a [LoggedDelta]),
-}
-
-fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
-    frame(out, seq, |e| match v {
-        View::Consume {
+/// Appends `rec` as frame `seq` of a numbered segment (`None`: unnumbered,
+/// the format of segments written before frames were numbered; intents
+/// restored at start-up; tests). Returns the frame's length.
+pub fn encode(rec: &LogRecord<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
+    frame(out, seq, |e| match rec {
+        LogRecord::Consume {
             user,
             kind,
             period_start,
             amount,
             request_id,
-            allowed,
-            used,
-            limit,
+            decision,
             at,
             precut,
         } => {
             e.u8(T_CONSUME | if *precut { PRECUT } else { 0 });
             e.str(user);
             e.str(kind);
-            e.i64(*period_start);
+            e.i64(period_start.0);
             e.u64(*amount);
-            e.str(request_id);
-            e.decision(*allowed, *used, *limit);
-            e.i64(*at);
+            e.str(request_id.as_deref().unwrap_or(""));
+            e.decision(decision);
+            e.i64(at.0);
         }
-        View::Refund {
+        LogRecord::Refund {
             request_id,
             user,
             kind,
@@ -259,35 +245,35 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
             e.str(request_id);
             e.str(user);
             e.str(kind);
-            e.i64(*period_start);
+            e.i64(period_start.0);
             e.u64(*amount);
-            e.i64(*at);
+            e.i64(at.0);
         }
-        View::Intent { id, deltas } => {
+        LogRecord::Intent { id, deltas } => {
             e.u8(T_INTENT);
-            e.0.extend_from_slice(&id.to_le_bytes());
+            e.0.extend_from_slice(&id.0.to_le_bytes());
             match deltas {
                 Deltas::Batch(ds) => {
                     e.u64(ds.len() as u64);
                     for d in ds.iter() {
-                        e.delta(d.user.as_str(), d.kind.name(), d.period_start.0, d.delta);
+                        e.delta(d.user.as_str(), d.kind.name(), d.period_start, d.delta);
                     }
                 }
                 Deltas::Logged(ds) => {
                     e.u64(ds.len() as u64);
                     for (u, k, p, d) in ds.iter() {
-                        e.delta(u, k, p.0, *d);
+                        e.delta(u, k, *p, *d);
                     }
                 }
             }
         }
-        View::Done { id, precut } => {
+        LogRecord::Done { id, precut } => {
             e.u8(if precut.is_empty() {
                 T_DONE
             } else {
                 T_DONE_PRECUT
             });
-            e.0.extend_from_slice(&id.to_le_bytes());
+            e.0.extend_from_slice(&id.0.to_le_bytes());
             if !precut.is_empty() {
                 e.u64(precut.len() as u64);
                 for i in precut.iter() {
@@ -295,7 +281,7 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
                 }
             }
         }
-        View::Unpersisted {
+        LogRecord::Unpersisted {
             user,
             kind,
             period_start,
@@ -304,32 +290,21 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
             e.u8(T_UNPERSISTED);
             e.str(user);
             e.str(kind);
-            e.i64(*period_start);
+            e.i64(period_start.0);
             e.i64(*units);
         }
-        View::Dedup {
-            request_id,
-            user,
-            kind,
-            amount,
-            period_start,
-            allowed,
-            used,
-            limit,
-            refunded,
-            at,
-        } => {
+        LogRecord::Dedup { request_id, entry } => {
             e.u8(T_DEDUP);
             e.str(request_id);
-            e.str(user);
-            e.str(kind);
-            e.u64(*amount);
-            e.i64(*period_start);
-            e.decision(*allowed, *used, *limit);
-            e.u8(*refunded as u8);
-            e.i64(*at);
+            e.str(&entry.user);
+            e.str(&entry.kind);
+            e.u64(entry.amount);
+            e.i64(entry.period_start.0);
+            e.decision(&entry.decision);
+            e.u8(entry.refunded as u8);
+            e.i64(entry.at.0);
         }
-        View::CheckpointStart { seq: segment } => {
+        LogRecord::CheckpointStart { seq: segment } => {
             e.u8(if seq.is_some() {
                 T_CHECKPOINT_START_SEQUENCED
             } else {
@@ -337,7 +312,7 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
             });
             e.u64(*segment);
         }
-        View::CheckpointEnd => e.u8(T_CHECKPOINT_END),
+        LogRecord::CheckpointEnd => e.u8(T_CHECKPOINT_END),
     })
 }
 
@@ -346,8 +321,12 @@ fn encode_view(v: &View<'_>, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
 pub fn encode_frame(rec: &Record<'_>, seq: u64, segment: u64, out: &mut Vec<u8>) -> usize {
     // A change made before its user's cut in this segment's checkpoint.
     let precut = |cut: &Cut| *cut != Cut::NONE && *cut < Cut(segment);
-    let done_precut: Vec<u32>;
-    let view = match rec {
+    let logged = |d: &Decision| LoggedDecision {
+        allowed: d.allowed,
+        used: d.used,
+        limit: d.limit,
+    };
+    let rec = match rec {
         Record::Consume {
             user,
             kind,
@@ -357,16 +336,14 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, segment: u64, out: &mut Vec<u8>)
             decision,
             at,
             cut,
-        } => View::Consume {
-            user: user.as_str(),
-            kind: kind.name(),
-            period_start: period_start.0,
+        } => LogRecord::Consume {
+            user: Cow::Borrowed(user.as_str()),
+            kind: Cow::Borrowed(kind.name()),
+            period_start: *period_start,
             amount: *amount,
-            request_id: request_id.map_or("", |r| r.as_str()),
-            allowed: decision.allowed,
-            used: decision.used,
-            limit: decision.limit,
-            at: at.0,
+            request_id: request_id.map(|r| Cow::Borrowed(r.as_str())),
+            decision: logged(decision),
+            at: *at,
             precut: precut(cut),
         },
         Record::Refund {
@@ -377,51 +354,48 @@ pub fn encode_frame(rec: &Record<'_>, seq: u64, segment: u64, out: &mut Vec<u8>)
             amount,
             at,
             cut,
-        } => View::Refund {
-            request_id,
-            user: user.as_str(),
-            kind: kind.name(),
-            period_start: period_start.0,
+        } => LogRecord::Refund {
+            request_id: Cow::Borrowed(request_id),
+            user: Cow::Borrowed(user.as_str()),
+            kind: Cow::Borrowed(kind.name()),
+            period_start: *period_start,
             amount: *amount,
-            at: at.0,
+            at: *at,
             precut: precut(cut),
         },
-        Record::Intent { batch } => View::Intent {
-            id: batch.id.0,
+        Record::Intent { batch } => LogRecord::Intent {
+            id: batch.id,
             deltas: Deltas::Batch(&batch.deltas),
         },
-        Record::Done { id, cuts } => {
-            done_precut = (0u32..)
+        Record::Done { id, cuts } => LogRecord::Done {
+            id: *id,
+            precut: (0u32..)
                 .zip(cuts.iter())
                 .filter(|(_, c)| precut(c))
                 .map(|(i, _)| i)
-                .collect();
-            View::Done {
-                id: id.0,
-                precut: &done_precut,
-            }
-        }
+                .collect(),
+        },
         Record::Unpersisted {
             user,
             kind,
             period_start,
             units,
-        } => View::Unpersisted {
-            user: user.as_str(),
-            kind: kind.name(),
-            period_start: period_start.0,
+        } => LogRecord::Unpersisted {
+            user: Cow::Borrowed(user.as_str()),
+            kind: Cow::Borrowed(kind.name()),
+            period_start: *period_start,
             units: *units,
         },
     };
-    encode_view(&view, Some(seq), out)
+    encode(&rec, Some(seq), out)
 }
 
 /// Appends a checkpoint marker frame, as frame `seq` of its segment: the
 /// start of the checkpoint of segment `segment`, or (`None`) its end.
 pub fn encode_marker(start: Option<u64>, seq: u64, out: &mut Vec<u8>) -> usize {
     match start {
-        Some(segment) => encode_view(&View::CheckpointStart { seq: segment }, Some(seq), out),
-        None => encode_view(&View::CheckpointEnd, Some(seq), out),
+        Some(segment) => encode(&LogRecord::CheckpointStart { seq: segment }, Some(seq), out),
+        None => encode(&LogRecord::CheckpointEnd, Some(seq), out),
     }
 }
 
@@ -434,97 +408,6 @@ pub fn record_body(frame: &[u8], sequenced: bool) -> &[u8] {
 /// Appends `body` (see [`record_body`]) as frame `seq`.
 pub fn encode_body(body: &[u8], seq: u64, out: &mut Vec<u8>) -> usize {
     frame(out, Some(seq), |e| e.0.extend_from_slice(body))
-}
-
-/// Appends a decoded record, unnumbered (the format of segments written
-/// before frames were numbered; intents restored at start-up; tests).
-pub fn encode_owned(rec: &LogRecord, out: &mut Vec<u8>) -> usize {
-    encode_owned_numbered(rec, None, out)
-}
-
-/// Appends a decoded record as frame `seq` of a numbered segment (`None`:
-/// unnumbered).
-pub fn encode_owned_numbered(rec: &LogRecord, seq: Option<u64>, out: &mut Vec<u8>) -> usize {
-    let view = match rec {
-        LogRecord::Consume {
-            user,
-            kind,
-            period_start,
-            amount,
-            request_id,
-            decision,
-            at,
-            precut,
-        } => View::Consume {
-            user,
-            kind,
-            period_start: period_start.0,
-            amount: *amount,
-            request_id: request_id.as_deref().unwrap_or(""),
-            allowed: decision.allowed,
-            used: decision.used,
-            limit: decision.limit,
-            at: at.0,
-            precut: *precut,
-        },
-        LogRecord::Refund {
-            request_id,
-            user,
-            kind,
-            period_start,
-            amount,
-            at,
-            precut,
-        } => View::Refund {
-            request_id,
-            user,
-            kind,
-            period_start: period_start.0,
-            amount: *amount,
-            at: at.0,
-            precut: *precut,
-        },
-        LogRecord::Intent { id, deltas } => View::Intent {
-            id: id.0,
-            deltas: Deltas::Logged(deltas),
-        },
-        LogRecord::Done { id, precut } => View::Done { id: id.0, precut },
-        LogRecord::Unpersisted {
-            user,
-            kind,
-            period_start,
-            units,
-        } => View::Unpersisted {
-            user,
-            kind,
-            period_start: period_start.0,
-            units: *units,
-        },
-        LogRecord::Dedup {
-            request_id,
-            user,
-            kind,
-            amount,
-            period_start,
-            decision,
-            refunded,
-            at,
-        } => View::Dedup {
-            request_id,
-            user,
-            kind,
-            amount: *amount,
-            period_start: period_start.0,
-            allowed: decision.allowed,
-            used: decision.used,
-            limit: decision.limit,
-            refunded: *refunded,
-            at: at.0,
-        },
-        LogRecord::CheckpointStart { seq } => View::CheckpointStart { seq: *seq },
-        LogRecord::CheckpointEnd => View::CheckpointEnd,
-    };
-    encode_view(&view, seq, out)
 }
 
 fn frame(out: &mut Vec<u8>, seq: Option<u64>, body: impl FnOnce(&mut Enc<'_>)) -> usize {
@@ -549,8 +432,8 @@ struct Dec<'a> {
     pos: usize,
 }
 
-impl Dec<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .pos
             .checked_add(n)
@@ -578,10 +461,16 @@ impl Dec<'_> {
             self.take(16)?.try_into().expect("16 bytes"),
         ))
     }
-    fn str(&mut self) -> Result<String, String> {
+    fn time(&mut self) -> Result<Timestamp, String> {
+        self.i64().map(Timestamp)
+    }
+    /// A string borrowed from the payload: replay copies only what it keeps.
+    fn str(&mut self) -> Result<Cow<'a, str>, String> {
         let n = self.u8()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| "string is not UTF-8".to_owned())
+        std::str::from_utf8(b)
+            .map(Cow::Borrowed)
+            .map_err(|_| "string is not UTF-8".to_owned())
     }
     fn bool(&mut self) -> Result<bool, String> {
         match self.u8()? {
@@ -602,38 +491,29 @@ impl Dec<'_> {
     }
 }
 
-/// Decodes one payload (without the frame header).
-pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
+/// Decodes one payload (without the frame header), borrowing its strings.
+pub fn decode(payload: &[u8]) -> Result<LogRecord<'_>, String> {
     let mut d = Dec { b: payload, pos: 0 };
     let tag = d.u8()?;
     let precut = tag & PRECUT != 0 && matches!(tag & !PRECUT, T_CONSUME | T_REFUND);
     let rec = match if precut { tag & !PRECUT } else { tag } {
-        T_CONSUME => {
-            let user = d.str()?;
-            let kind = d.str()?;
-            let period_start = Timestamp(d.i64()?);
-            let amount = d.u64()?;
-            let rid = d.str()?;
-            let decision = d.decision()?;
-            let at = Timestamp(d.i64()?);
-            LogRecord::Consume {
-                user,
-                kind,
-                period_start,
-                amount,
-                request_id: (!rid.is_empty()).then_some(rid),
-                decision,
-                at,
-                precut,
-            }
-        }
+        T_CONSUME => LogRecord::Consume {
+            user: d.str()?,
+            kind: d.str()?,
+            period_start: d.time()?,
+            amount: d.u64()?,
+            request_id: Some(d.str()?).filter(|r| !r.is_empty()),
+            decision: d.decision()?,
+            at: d.time()?,
+            precut,
+        },
         T_REFUND => LogRecord::Refund {
             request_id: d.str()?,
             user: d.str()?,
             kind: d.str()?,
-            period_start: Timestamp(d.i64()?),
+            period_start: d.time()?,
             amount: d.u64()?,
-            at: Timestamp(d.i64()?),
+            at: d.time()?,
             precut,
         },
         T_INTENT => {
@@ -644,9 +524,13 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
             }
             let mut deltas = Vec::with_capacity(n);
             for _ in 0..n {
-                deltas.push((d.str()?, d.str()?, Timestamp(d.i64()?), d.i64()?));
+                let (user, kind) = (d.str()?.into_owned(), d.str()?.into_owned());
+                deltas.push((user, kind, d.time()?, d.i64()?));
             }
-            LogRecord::Intent { id, deltas }
+            LogRecord::Intent {
+                id,
+                deltas: Deltas::Logged(Cow::Owned(deltas)),
+            }
         }
         T_DONE => LogRecord::Done {
             id: FlushId(d.u128()?),
@@ -667,18 +551,20 @@ pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
         T_UNPERSISTED => LogRecord::Unpersisted {
             user: d.str()?,
             kind: d.str()?,
-            period_start: Timestamp(d.i64()?),
+            period_start: d.time()?,
             units: d.i64()?,
         },
         T_DEDUP => LogRecord::Dedup {
             request_id: d.str()?,
-            user: d.str()?,
-            kind: d.str()?,
-            amount: d.u64()?,
-            period_start: Timestamp(d.i64()?),
-            decision: d.decision()?,
-            refunded: d.bool()?,
-            at: Timestamp(d.i64()?),
+            entry: DedupEntry {
+                user: d.str()?,
+                kind: d.str()?,
+                amount: d.u64()?,
+                period_start: d.time()?,
+                decision: d.decision()?,
+                refunded: d.bool()?,
+                at: d.time()?,
+            },
         },
         T_CHECKPOINT_START | T_CHECKPOINT_START_SEQUENCED => {
             LogRecord::CheckpointStart { seq: d.u64()? }

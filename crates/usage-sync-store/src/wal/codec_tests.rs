@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use super::*;
 use proptest::prelude::*;
 
@@ -24,7 +26,7 @@ fn arb_decision() -> impl Strategy<Value = LoggedDecision> {
         })
 }
 
-fn arb_record() -> impl Strategy<Value = LogRecord> {
+fn arb_record() -> impl Strategy<Value = LogRecord<'static>> {
     prop_oneof![
         (
             arb_str(40),
@@ -38,11 +40,11 @@ fn arb_record() -> impl Strategy<Value = LogRecord> {
             .prop_map(
                 |(user, kind, p, amount, request_id, decision, (at, precut))| {
                     LogRecord::Consume {
-                        user,
-                        kind,
+                        user: user.into(),
+                        kind: kind.into(),
                         period_start: Timestamp(p),
                         amount,
-                        request_id,
+                        request_id: request_id.map(Into::into),
                         decision,
                         at: Timestamp(at),
                         precut,
@@ -59,9 +61,9 @@ fn arb_record() -> impl Strategy<Value = LogRecord> {
         )
             .prop_map(|(request_id, user, kind, p, amount, (at, precut))| {
                 LogRecord::Refund {
-                    request_id,
-                    user,
-                    kind,
+                    request_id: request_id.into(),
+                    user: user.into(),
+                    kind: kind.into(),
                     period_start: Timestamp(p),
                     amount,
                     at: Timestamp(at),
@@ -74,10 +76,12 @@ fn arb_record() -> impl Strategy<Value = LogRecord> {
         )
             .prop_map(|(id, d)| LogRecord::Intent {
                 id: FlushId(id),
-                deltas: d
-                    .into_iter()
-                    .map(|(u, k, p, x)| (u, k, Timestamp(p), x))
-                    .collect()
+                deltas: Deltas::Logged(
+                    d.into_iter()
+                        .map(|(u, k, p, x)| (u, k, Timestamp(p), x))
+                        .collect::<Vec<_>>()
+                        .into()
+                )
             }),
         (any::<u128>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(|(id, precut)| {
             LogRecord::Done {
@@ -87,8 +91,8 @@ fn arb_record() -> impl Strategy<Value = LogRecord> {
         }),
         (arb_str(40), arb_str(10), any::<i64>(), any::<i64>()).prop_map(
             |(user, kind, p, units)| LogRecord::Unpersisted {
-                user,
-                kind,
+                user: user.into(),
+                kind: kind.into(),
                 period_start: Timestamp(p),
                 units
             }
@@ -106,14 +110,16 @@ fn arb_record() -> impl Strategy<Value = LogRecord> {
             .prop_map(
                 |(request_id, user, kind, amount, p, decision, refunded, at)| {
                     LogRecord::Dedup {
-                        request_id,
-                        user,
-                        kind,
-                        amount,
-                        period_start: Timestamp(p),
-                        decision,
-                        refunded,
-                        at: Timestamp(at),
+                        request_id: request_id.into(),
+                        entry: DedupEntry {
+                            user: user.into(),
+                            kind: kind.into(),
+                            amount,
+                            period_start: Timestamp(p),
+                            decision,
+                            refunded,
+                            at: Timestamp(at),
+                        },
                     }
                 }
             ),
@@ -127,7 +133,7 @@ proptest! {
     fn records_round_trip(recs in proptest::collection::vec(arb_record(), 1..30)) {
         let mut buf = Vec::new();
         for r in &recs {
-            encode_owned(r, &mut buf);
+            encode(r, None, &mut buf);
         }
         let mut got = Vec::new();
         let end = scan(&buf, |_, _, r| got.push(r));
@@ -142,7 +148,7 @@ proptest! {
         let mut buf = Vec::new();
         let mut ends = Vec::new();
         for r in &recs {
-            encode_owned(r, &mut buf);
+            encode(r, None, &mut buf);
             ends.push(buf.len());
         }
         let cut = cut.index(buf.len());
@@ -166,7 +172,7 @@ proptest! {
         let mut starts = Vec::new();
         for r in &recs {
             starts.push(buf.len());
-            encode_owned(r, &mut buf);
+            encode(r, None, &mut buf);
         }
         // Damage a byte of a frame that is not the last one.
         let last_start = *starts.last().unwrap();
@@ -285,7 +291,7 @@ fn ledger_records_round_trip() {
         used: 4,
         limit: Some(50),
     };
-    let (u, k) = ("u-1".to_owned(), "fast".to_owned());
+    let (u, k): (Cow<'_, str>, Cow<'_, str>) = ("u-1".into(), "fast".into());
     assert_eq!(
         got,
         vec![
@@ -310,7 +316,9 @@ fn ledger_records_round_trip() {
             },
             LogRecord::Intent {
                 id: FlushId(99),
-                deltas: vec![(u.clone(), k.clone(), Timestamp(10), -3)]
+                deltas: Deltas::Logged(
+                    vec![(u.to_string(), k.to_string(), Timestamp(10), -3)].into()
+                )
             },
             LogRecord::Done {
                 id: FlushId(99),
@@ -329,11 +337,12 @@ fn ledger_records_round_trip() {
 #[test]
 fn damage_is_torn_unless_a_valid_record_follows() {
     let mut buf = Vec::new();
-    encode_owned(
+    encode(
         &LogRecord::Done {
             id: FlushId(7),
             precut: Vec::new(),
         },
+        None,
         &mut buf,
     );
     let valid = buf.len();
@@ -347,11 +356,12 @@ fn damage_is_torn_unless_a_valid_record_follows() {
     assert_eq!(n, 1);
     // ...half a frame before the zeros is a torn write...
     let mut half = buf[..valid].to_vec();
-    encode_owned(
+    encode(
         &LogRecord::Done {
             id: FlushId(u128::MAX),
             precut: Vec::new(),
         },
+        None,
         &mut half,
     );
     half.truncate(valid + 15);
@@ -366,11 +376,12 @@ fn damage_is_torn_unless_a_valid_record_follows() {
     );
     // ...but a valid record after the damage means real data would be
     // skipped: corruption, at the damaged offset.
-    encode_owned(
+    encode(
         &LogRecord::Done {
             id: FlushId(8),
             precut: Vec::new(),
         },
+        None,
         &mut buf,
     );
     assert!(

@@ -451,13 +451,11 @@ impl Wal {
         let mut g = self.shared();
         for (id, deltas) in intents {
             let mut frame = Vec::new();
-            codec::encode_owned(
-                &codec::LogRecord::Intent {
-                    id: *id,
-                    deltas: deltas.clone(),
-                },
-                &mut frame,
-            );
+            let intent = codec::LogRecord::Intent {
+                id: *id,
+                deltas: codec::Deltas::Logged(deltas.into()),
+            };
+            codec::encode(&intent, None, &mut frame);
             g.outstanding
                 .insert(*id, codec::record_body(&frame, false).to_vec());
         }

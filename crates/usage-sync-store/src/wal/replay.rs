@@ -28,27 +28,19 @@
 //! checkpoint's figures. Both ways give the same units (a test checks it
 //! after checkpoints written beside concurrent changes).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use usage_sync_core::{DedupKey, Fingerprint, FlushId, Timestamp};
 
-use super::codec::{self, LogRecord, LoggedDecision, LoggedDelta, ScanEnd};
+use super::codec::{self, DedupEntry, LogRecord, LoggedDelta, ScanEnd};
 use super::{list_segments, units};
 use crate::error::StoreError;
 
-/// A request id recovered from the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecoveredDedup {
-    pub user: String,
-    pub kind: String,
-    pub amount: u64,
-    pub period_start: Timestamp,
-    pub decision: LoggedDecision,
-    pub refunded: bool,
-    pub at: Timestamp,
-}
+/// A request id recovered from the log: the log's own entry, owned.
+pub type RecoveredDedup = DedupEntry<'static>;
 
 /// The state held by the log.
 #[derive(Debug, Default)]
@@ -118,7 +110,7 @@ impl Replayer {
             .fingerprint(request_id)
     }
 
-    pub fn apply(&mut self, rec: LogRecord) {
+    pub fn apply(&mut self, rec: LogRecord<'_>) {
         let (fp, at) = match &rec {
             LogRecord::Consume {
                 request_id: Some(rid),
@@ -132,8 +124,7 @@ impl Replayer {
             }
             | LogRecord::Dedup {
                 request_id: rid,
-                at,
-                ..
+                entry: DedupEntry { at, .. },
             } => (Some(self.fingerprint(rid)), Some(*at)),
             _ => (None, None),
         };
@@ -153,7 +144,10 @@ impl Replayer {
                 kind,
                 period_start,
                 units,
-            } => *s.unpersisted.entry((user, kind, period_start)).or_default() += units,
+            } => {
+                let key = (user.into_owned(), kind.into_owned(), period_start);
+                *s.unpersisted.entry(key).or_default() += units;
+            }
             LogRecord::Consume {
                 user,
                 kind,
@@ -169,7 +163,7 @@ impl Replayer {
                     // checkpoint figure holds it already.
                     if self.chain || !precut {
                         *s.unpersisted
-                            .entry((user.clone(), kind.clone(), period_start))
+                            .entry((user.to_string(), kind.to_string(), period_start))
                             .or_default() += units(amount);
                     }
                     self.units += units(amount);
@@ -177,9 +171,9 @@ impl Replayer {
                 if let (Some(_), Some(fp)) = (request_id, fp) {
                     s.dedup.insert(
                         fp,
-                        RecoveredDedup {
-                            user,
-                            kind,
+                        DedupEntry {
+                            user: Cow::Owned(user.into_owned()),
+                            kind: Cow::Owned(kind.into_owned()),
                             amount,
                             period_start,
                             decision,
@@ -198,7 +192,8 @@ impl Replayer {
                 ..
             } => {
                 if amount > 0 && (self.chain || !precut) {
-                    *s.unpersisted.entry((user, kind, period_start)).or_default() -= units(amount);
+                    let key = (user.into_owned(), kind.into_owned(), period_start);
+                    *s.unpersisted.entry(key).or_default() -= units(amount);
                 }
                 self.units -= units(amount);
                 if let Some(fp) = fp {
@@ -210,7 +205,7 @@ impl Replayer {
             LogRecord::Intent { id, .. } if self.outstanding_index.contains_key(&id) => {}
             LogRecord::Intent { id, deltas } => {
                 self.outstanding_index.insert(id, self.outstanding.len());
-                self.outstanding.push(Some((id, deltas)));
+                self.outstanding.push(Some((id, deltas.into_logged())));
             }
             LogRecord::Done { id, precut } => match self.outstanding_index.remove(&id) {
                 Some(i) => {
@@ -232,27 +227,10 @@ impl Replayer {
                 }
                 None => self.unknown_done += 1,
             },
-            LogRecord::Dedup {
-                user,
-                kind,
-                amount,
-                period_start,
-                decision,
-                refunded,
-                at,
-                ..
-            } => {
+            LogRecord::Dedup { entry, .. } => {
                 s.dedup.insert(
                     fp.expect("a dedup record names its request"),
-                    RecoveredDedup {
-                        user,
-                        kind,
-                        amount,
-                        period_start,
-                        decision,
-                        refunded,
-                        at,
-                    },
+                    entry.into_owned(),
                 );
             }
         }

@@ -28,7 +28,7 @@ fn opens_sequenced(payload: &[u8]) -> bool {
 /// each valid one (`seq` is the frame's number in a sequenced segment, see
 /// the module docs), and reports how the scan ended. Stops at the first
 /// problem.
-pub fn scan(bytes: &[u8], mut f: impl FnMut(u64, Option<u64>, LogRecord)) -> ScanEnd {
+pub fn scan<'a>(bytes: &'a [u8], mut f: impl FnMut(u64, Option<u64>, LogRecord<'a>)) -> ScanEnd {
     let mut o = 0usize;
     let mut sequenced = None;
     while o < bytes.len() {
