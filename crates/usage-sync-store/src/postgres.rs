@@ -165,6 +165,17 @@ impl PostgresStore {
         self.pool.get().await.map_err(|e| self.connect_error(e))
     }
 
+    /// Runs a full scan (the admin listing) in a transaction of its own,
+    /// not bounded by the connection's statement timeout.
+    async fn full_scan(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(UNBOUNDED).await?;
+        let rows = tx.query(sql, &[]).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     /// Why no connection could be had, with the server's own words and the
     /// URL: unreachable (may heal: retried), authentication refused or the
     /// database missing (cannot heal by waiting: the start exits 2).
@@ -517,21 +528,12 @@ impl Store for PostgresStore {
 
     fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
         Box::pin(async move {
-            // A full scan (the admin listing): not bounded by the
-            // connection's statement timeout.
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(UNBOUNDED).await?;
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT user_id, kind, {}, used FROM usage ORDER BY user_id, kind, period_start",
-                        ms("period_start")
-                    ),
-                    &[],
-                )
+            let rows = self
+                .full_scan(&format!(
+                    "SELECT user_id, kind, {}, used FROM usage ORDER BY user_id, kind, period_start",
+                    ms("period_start")
+                ))
                 .await?;
-            tx.commit().await?;
             Ok(rows
                 .into_iter()
                 .map(|r| UsageRow {
@@ -546,21 +548,12 @@ impl Store for PostgresStore {
 
     fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
         Box::pin(async move {
-            // A full scan (the admin listing): not bounded by the
-            // connection's statement timeout.
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(UNBOUNDED).await?;
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT user_id, plan, limits::text, {} FROM users ORDER BY user_id",
-                        ms("period_reset_at")
-                    ),
-                    &[],
-                )
+            let rows = self
+                .full_scan(&format!(
+                    "SELECT user_id, plan, limits::text, {} FROM users ORDER BY user_id",
+                    ms("period_reset_at")
+                ))
                 .await?;
-            tx.commit().await?;
             rows.into_iter()
                 .map(|r| {
                     Ok((
