@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::Notify;
 use usage_sync_core::{
     ConsumeOutcome, CoreError, Decision, Kind, Kinds, Ledger, LedgerConfig, Limit, PeriodKind,
     PersistedRow, Plan, Plans, RequestId, Timestamp, Units, UserId, UserProfile, UserUsage,
@@ -24,8 +23,7 @@ use crate::loading::Loaded;
 use crate::metrics::RequestMetrics;
 use crate::recovery::RecoveryReport;
 use crate::sharing::SharedTier;
-use crate::stats::SyncStats;
-use crate::sync::FlushQueue;
+use crate::sync::SyncEngine;
 
 /// A handle to the engine. Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -38,10 +36,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: SharedClock,
     pub(crate) config: SyncConfig,
-    /// Woken by a consume that made a counter due by threshold.
-    pub(crate) threshold_wake: Notify,
-    pub(crate) stats: SyncStats,
-    pub(crate) flushes: FlushQueue,
+    /// The sync engine: its triggers, flushes, retries and statistics.
+    pub(crate) sync: SyncEngine,
     /// False while starting and once shutdown began: requests get
     /// `Unavailable` instead of a decision.
     pub(crate) accepting: AtomicBool,
@@ -136,10 +132,8 @@ impl Engine {
                 ledger,
                 store,
                 clock,
-                flushes: FlushQueue::new(config.max_concurrent_syncs),
+                sync: SyncEngine::new(config.max_concurrent_syncs, started_at),
                 config,
-                threshold_wake: Notify::new(),
-                stats: SyncStats::new(started_at),
                 accepting: AtomicBool::new(true),
                 started_at,
                 wal: wal.clone(),
@@ -275,7 +269,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let out = self.decide(user, kind, amount, request_id).await?;
         if out.threshold_reached {
-            self.inner.threshold_wake.notify_one();
+            self.inner.sync.threshold_wake.notify_one();
         }
         self.durable(out.lsn).await?;
         let m = &self.inner.requests;
@@ -309,7 +303,7 @@ impl Engine {
             out.push(r);
         }
         if wake {
-            self.inner.threshold_wake.notify_one();
+            self.inner.sync.threshold_wake.notify_one();
         }
         // Log records are appended in order: waiting for the last one
         // covers every earlier one.

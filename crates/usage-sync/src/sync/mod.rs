@@ -26,11 +26,11 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tracing::{debug, error, info, warn};
-use usage_sync_core::{FlushBatch, Trigger, UserId};
+use usage_sync_core::{FlushBatch, Timestamp, Trigger, UserId};
 
 use crate::engine::{Engine, Inner, SyncAllReport};
 use crate::error::Error;
-use crate::stats::SyncStatsSnapshot;
+use crate::stats::{SyncStats, SyncStatsSnapshot};
 
 mod retry;
 mod scheduler;
@@ -45,8 +45,14 @@ struct Retry {
 /// A background task and the signal that stops it.
 type Worker = (oneshot::Sender<()>, JoinHandle<()>);
 
-/// Flushes in progress and batches waiting for a retry.
-pub(crate) struct FlushQueue {
+/// The sync engine's own state: the flush pool and its concurrency, the
+/// cadence, the retry list, the scheduler's tasks and next runs, the
+/// threshold wake-up and the statistics. The flushes themselves run with
+/// the engine's ledger, store and log (`impl Inner` below).
+pub(crate) struct SyncEngine {
+    /// Woken by a consume that made a counter due by threshold.
+    pub(crate) threshold_wake: Notify,
+    stats: SyncStats,
     permits: Semaphore,
     /// Current flush concurrency (the semaphore's total permits).
     concurrency: std::sync::atomic::AtomicUsize,
@@ -77,9 +83,11 @@ pub struct NextRuns {
     pub retry: Option<Duration>,
 }
 
-impl FlushQueue {
-    pub(crate) fn new(max_concurrent: usize) -> Self {
-        FlushQueue {
+impl SyncEngine {
+    pub(crate) fn new(max_concurrent: usize, started_at: Timestamp) -> Self {
+        SyncEngine {
+            threshold_wake: Notify::new(),
+            stats: SyncStats::new(started_at),
             permits: Semaphore::new(max_concurrent.max(1)),
             concurrency: std::sync::atomic::AtomicUsize::new(max_concurrent.max(1)),
             cadence: tokio::sync::watch::channel((1, "as configured".to_owned())).0,
@@ -133,12 +141,12 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(batch) = self.batch.take() {
-            self.inner.flushes.retries().push(Retry {
+            self.inner.sync.retries().push(Retry {
                 batch,
                 attempts: self.attempts,
                 next_at: Instant::now(),
             });
-            self.inner.flushes.retry_wake.notify_one();
+            self.inner.sync.retry_wake.notify_one();
         }
     }
 }
@@ -151,7 +159,7 @@ impl Inner {
         let attempts = guard.attempts;
         let batch = guard.batch.clone().expect("an armed guard holds its batch");
         let _permit = self
-            .flushes
+            .sync
             .permits
             .acquire()
             .await
@@ -200,7 +208,7 @@ impl Inner {
             Ok(Ok(out)) if out.used_after.len() == batch.deltas.len() => {
                 let now = self.clock.now();
                 let due = self.ledger.complete(&batch, &out.used_after, now);
-                self.stats.success(
+                self.sync.stats.success(
                     trigger,
                     took,
                     batch.units(),
@@ -223,7 +231,7 @@ impl Inner {
                     info!(target: "flush", flush_id = %batch.id, "batch was already applied by an earlier attempt; not applied again");
                 }
                 if due {
-                    self.threshold_wake.notify_one();
+                    self.sync.threshold_wake.notify_one();
                 }
                 Ok(batch.units())
             }
@@ -236,7 +244,8 @@ impl Inner {
                         format!("flush timed out after {:?}", self.config.sync_timeout),
                     ),
                 };
-                self.stats
+                self.sync
+                    .stats
                     .failure(trigger, took, transient, message.clone());
                 // Log the first failure and then at 2, 4, 8, ... attempts so
                 // an outage does not flood the log.
@@ -256,12 +265,12 @@ impl Inner {
                     error!(target: "flush", flush_id = %batch.id, error = %message, "flush keeps failing with a permanent error; an operator must look at the store");
                 }
                 let next_at = Instant::now() + self.backoff(attempts);
-                self.flushes.retries().push(Retry {
+                self.sync.retries().push(Retry {
                     batch,
                     attempts: attempts + 1,
                     next_at,
                 });
-                self.flushes.retry_wake.notify_one();
+                self.sync.retry_wake.notify_one();
                 Err(Error::Unavailable(format!(
                     "flush failed ({message}); the units stay pending and will be retried"
                 )))
@@ -273,7 +282,7 @@ impl Inner {
         if flights.is_empty() {
             return;
         }
-        let mut tasks = self.flushes.tasks.lock().await;
+        let mut tasks = self.sync.tasks.lock().await;
         for f in flights {
             let me = self.clone();
             tasks.spawn(async move {
@@ -286,7 +295,7 @@ impl Inner {
     /// retry list), up to `until`. Flushes still running at `until` are
     /// cancelled; their guards put the batches in the retry list.
     async fn drain_tasks(&self, until: Option<Instant>) {
-        let mut set = std::mem::take(&mut *self.flushes.tasks.lock().await);
+        let mut set = std::mem::take(&mut *self.sync.tasks.lock().await);
         join_until(&mut set, until).await;
     }
 
@@ -339,7 +348,7 @@ impl Inner {
         trigger: Trigger,
     ) -> (Vec<(InFlight, Trigger)>, usize, usize) {
         let mut work: Vec<_> = self
-            .guard_retries(self.flushes.take_retries(None))
+            .guard_retries(self.sync.take_retries(None))
             .into_iter()
             .map(|f| (f, trigger))
             .collect();
@@ -362,7 +371,7 @@ impl Engine {
         }
         let mut slot = self
             .inner
-            .flushes
+            .sync
             .scheduler
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -391,7 +400,7 @@ impl Engine {
     pub async fn sync_all(&self) -> Result<SyncAllReport, Error> {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
-        let _round = inner.flushes.round.lock().await;
+        let _round = inner.sync.round.lock().await;
         // A counter held by a flush that started after our drain (a timed
         // trigger racing us) cannot be taken; its units are left dirty.
         // Repeat until a take leaves nothing behind: units counted after
@@ -430,12 +439,12 @@ impl Engine {
     pub async fn sync_user(&self, user: &UserId) -> Result<i64, Error> {
         self.ensure_sync_enabled()?;
         let inner = &self.inner;
-        let _round = inner.flushes.round.lock().await;
+        let _round = inner.sync.round.lock().await;
         // Let in-flight flushes (which may hold this user's counters) land
         // first, so the user's next batch can include everything.
         inner.drain_tasks(None).await;
         let mut work: Vec<_> = inner
-            .guard_retries(inner.flushes.take_retries(None))
+            .guard_retries(inner.sync.take_retries(None))
             .into_iter()
             .map(|f| (f, Trigger::Manual))
             .collect();
@@ -536,7 +545,7 @@ impl Engine {
         for (_, handle) in self.stop_accepting() {
             handle.abort();
         }
-        if let Ok(mut tasks) = inner.flushes.tasks.try_lock() {
+        if let Ok(mut tasks) = inner.sync.tasks.try_lock() {
             tasks.abort_all();
         }
         if let Some(wal) = &inner.wal {
@@ -551,7 +560,7 @@ impl Engine {
             .accepting
             .store(false, std::sync::atomic::Ordering::Release);
         self.inner
-            .flushes
+            .sync
             .scheduler
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -563,11 +572,11 @@ impl Engine {
 
     /// Statistics of the sync engine since start (or the last reset).
     pub fn stats(&self) -> SyncStatsSnapshot {
-        self.inner.stats.snapshot()
+        self.inner.sync.stats.snapshot()
     }
 
     pub fn reset_stats(&self) {
-        self.inner.stats.reset(self.inner.clock.now());
+        self.inner.sync.stats.reset(self.inner.clock.now());
     }
 }
 

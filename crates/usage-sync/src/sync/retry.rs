@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl FlushQueue {
+impl SyncEngine {
     pub(super) fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
         self.retries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -73,12 +73,12 @@ impl Inner {
 
     /// Puts a batch in the retry list, due now (recovery re-sends).
     pub(crate) fn requeue(&self, batch: FlushBatch) {
-        self.flushes.retries().push(Retry {
+        self.sync.retries().push(Retry {
             batch: Arc::new(batch),
             attempts: 0,
             next_at: Instant::now(),
         });
-        self.flushes.retry_wake.notify_one();
+        self.sync.retry_wake.notify_one();
     }
 }
 
@@ -86,8 +86,8 @@ impl Engine {
     /// Batches waiting for a retry, and the units they hold.
     pub fn retry_backlog(&self) -> (usize, i64) {
         (
-            self.inner.flushes.retry_batches(),
-            self.inner.flushes.retry_units(),
+            self.inner.sync.retry_batches(),
+            self.inner.sync.retry_units(),
         )
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 
 impl Inner {
     pub(super) async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
-        let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
+        let due = self.guard_retries(self.sync.take_retries(Some(Instant::now())));
         if !due.is_empty() {
             info!(target: "heartbeat", batches = due.len(), "retrying failed flushes");
         }
@@ -44,7 +44,7 @@ impl Inner {
     pub(super) async fn scheduler(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
         let c = &self.config;
         let start = Instant::now();
-        let mut cadence = self.flushes.cadence.subscribe();
+        let mut cadence = self.sync.cadence.subscribe();
         let stretched = |d: Duration, m: u32| d.saturating_mul(m.max(1));
         // A cadence set before this task subscribed counts from the start.
         let m0 = cadence.borrow_and_update().0;
@@ -65,11 +65,11 @@ impl Inner {
         let mut periods = [ci, hi, c.max_sync_interval];
         loop {
             *self
-                .flushes
+                .sync
                 .next_runs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(next);
-            let next_retry = self.flushes.next_retry_at();
+            let next_retry = self.sync.next_retry_at();
             let retry_due = async move {
                 match next_retry {
                     Some(t) => sleep_until(t).await,
@@ -103,10 +103,10 @@ impl Inner {
                 }
                 _ = wal_full(&self.wal) => self.checkpoint(true).await,
                 _ = retry_due => {
-                    let due = self.guard_retries(self.flushes.take_retries(Some(Instant::now())));
+                    let due = self.guard_retries(self.sync.take_retries(Some(Instant::now())));
                     self.spawn_batches(due, Trigger::Heartbeat).await;
                 }
-                _ = self.flushes.retry_wake.notified() => {}
+                _ = self.sync.retry_wake.notified() => {}
                 Ok(()) = cadence.changed() => {
                     // Stretch (or restore) check and heartbeat; the
                     // guarantee keeps its interval whatever happens.
@@ -123,7 +123,7 @@ impl Inner {
                 }
             }
             // Reap finished flush tasks so the set does not grow.
-            let mut tasks = self.flushes.tasks.lock().await;
+            let mut tasks = self.sync.tasks.lock().await;
             while tasks.try_join_next().is_some() {}
         }
     }
@@ -147,7 +147,7 @@ impl Inner {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                _ = self.threshold_wake.notified() => {}
+                _ = self.sync.threshold_wake.notified() => {}
             }
             if Instant::now() < next_round {
                 tokio::select! {
@@ -157,7 +157,7 @@ impl Inner {
                 }
             }
             next_round = Instant::now() + self.config.threshold_linger;
-            let _round = self.flushes.round.lock().await;
+            let _round = self.sync.round.lock().await;
             let flights = self.guard_new(self.ledger.take_threshold(self.config.batch_size));
             if flights.is_empty() {
                 continue;
@@ -208,7 +208,7 @@ impl Engine {
         let now = Instant::now();
         let runs = (*self
             .inner
-            .flushes
+            .sync
             .next_runs
             .lock()
             .unwrap_or_else(|e| e.into_inner()))?;
@@ -218,7 +218,7 @@ impl Engine {
             guarantee: runs[2].saturating_duration_since(now),
             retry: self
                 .inner
-                .flushes
+                .sync
                 .next_retry_at()
                 .map(|t| t.saturating_duration_since(now)),
         })
@@ -227,7 +227,7 @@ impl Engine {
     /// Flushes allowed to run at once right now.
     pub fn flush_concurrency(&self) -> usize {
         self.inner
-            .flushes
+            .sync
             .concurrency
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -235,7 +235,7 @@ impl Engine {
     /// Raises the flush concurrency to `n` (never lowers it: flushes in
     /// progress hold permits). Returns the new value.
     pub fn raise_flush_concurrency(&self, n: usize) -> usize {
-        let f = &self.inner.flushes;
+        let f = &self.inner.sync;
         let cur = f.concurrency.load(std::sync::atomic::Ordering::Relaxed);
         if n > cur {
             f.permits.add_permits(n - cur);
@@ -251,7 +251,7 @@ impl Engine {
     /// interval is never stretched.
     pub fn set_cadence(&self, multiplier: u32, reason: &str) {
         let m = multiplier.max(1);
-        self.inner.flushes.cadence.send_if_modified(|cur| {
+        self.inner.sync.cadence.send_if_modified(|cur| {
             if cur.0 == m {
                 return false;
             }
@@ -263,6 +263,6 @@ impl Engine {
 
     /// The current cadence multiplier and its reason.
     pub fn cadence(&self) -> (u32, String) {
-        self.inner.flushes.cadence.borrow().clone()
+        self.inner.sync.cadence.borrow().clone()
     }
 }
