@@ -3,34 +3,22 @@
 
 use super::*;
 
-/// Parses `1500` (milliseconds), `500ms`, `30s`, `5m`, `2h`, `1d`.
+/// Parses a bare number as milliseconds (`1500`), anything else with
+/// humantime (`500ms`, `30s`, `5m`, `2h`, `1d`, `1h 30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "'{s}' is not a duration (use milliseconds or 500ms, 30s, 5m, 2h, 1d)"
-        ));
+    let d = if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
+        let ms: u64 = s.parse().map_err(|_| format!("'{s}' is out of range"))?;
+        Duration::from_millis(ms)
+    } else {
+        humantime::parse_duration(s).map_err(|e| {
+            format!("'{s}' is not a duration: {e} (use milliseconds or 500ms, 30s, 5m, 2h, 1d)")
+        })?
+    };
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1 ms".into());
     }
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is out of range"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        u => {
-            return Err(format!(
-                "unknown duration unit '{u}' (use ms, s, m, h or d)"
-            ));
-        }
-    }
-    .ok_or_else(|| format!("'{s}' is out of range"))?;
-    if ms == 0 {
-        return Err("must be greater than zero".into());
-    }
-    Ok(Duration::from_millis(ms))
+    Ok(d)
 }
 
 pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
@@ -41,20 +29,9 @@ pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Shows a duration the way a person writes it.
+/// Shows a duration the way a person writes it (`10m`, `1h 30m`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
+    humantime::format_duration(d).to_string()
 }
 
 /// `host:port`, the host an IP address or a name (`localhost:18081`),
