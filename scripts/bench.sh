@@ -34,10 +34,10 @@ psql "$PG" -qc 'CREATE DATABASE usage_sync_bench' 2>/dev/null || true
 [ -x .ci/plot-venv/bin/python ] || { python3 -m venv .ci/plot-venv && .ci/plot-venv/bin/pip install -q matplotlib==3.9.2; }
 
 echo "building..." >&2
-cargo build -q --release -p usage-sync-server --bin usage-sync --example naive_baseline --example naive_postgres --example naive_redis
+cargo build -q --release -p usage-sync-server -p usage-sync-naive --bin usage-sync --bin naive_baseline --bin naive_postgres --bin naive_redis
 cargo build -q --release --manifest-path bench/compare/Cargo.toml
 BIN=target/release/usage-sync
-EX=target/release/examples
+EX=target/release
 . scripts/lib.sh
 work_dir
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"

@@ -17,9 +17,9 @@ export USERS=${USERS:-10000}
 . scripts/lib.sh
 need_wrk
 command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
-cargo build -q --release -p usage-sync-server --bin usage-sync --example naive_baseline
+cargo build -q --release -p usage-sync-server -p usage-sync-naive --bin usage-sync --bin naive_baseline
 BIN=target/release/usage-sync
-BASE=target/release/examples/naive_baseline
+BASE=target/release/naive_baseline
 work_dir
 printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
 RESULTS="$WORK/results.tsv"
