@@ -293,7 +293,7 @@ pub fn load_from(
 
     let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
     for (k, v) in profile_defaults(profile) {
-        raw.insert(k, (v.to_owned(), Source::Default(profile)));
+        raw.insert(k, (v, Source::Default(profile)));
     }
     if let Some(p) = preset {
         for (k, v) in preset_values(p) {

@@ -158,33 +158,75 @@ pub(super) const SECRET_FILES: &[(&str, &str)] = &[
     ("metrics_token", "USAGE_SYNC_METRICS_TOKEN_FILE"),
 ];
 
-pub(super) fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> {
+/// Every setting's default in profile `p`, as text (what a variable
+/// would hold). The engine's own settings are not written here: they come
+/// from the library's defaults (`SyncConfig::default`, `SharingConfig::new`,
+/// `WalConfig::new`), which are the development profile's; production
+/// changes the sync intervals, the threshold and the durability.
+pub(super) fn profile_defaults(p: Profile) -> Vec<(&'static str, String)> {
+    let engine = SyncConfig::default();
+    let sharing = SharingConfig::new(SharingMode::Redis, "");
+    let wal = WalConfig::new("", Durability::Batched);
+    let d = format_duration;
     let (hb, check, threshold, max_sync, verbose, fmt, durability) = match p {
-        Profile::Development => ("30s", "1m", "5", "10m", "true", "pretty", "batched"),
-        Profile::Production => ("2m", "5m", "10", "30m", "false", "json", "fsync"),
+        Profile::Development => (
+            d(engine.heartbeat_interval),
+            d(engine.check_interval),
+            engine.force_sync_threshold.to_string(),
+            d(engine.max_sync_interval),
+            "true",
+            "pretty",
+            Durability::Batched.as_str(),
+        ),
+        Profile::Production => (
+            "2m".to_owned(),
+            "5m".to_owned(),
+            "10".to_owned(),
+            "30m".to_owned(),
+            "false",
+            "json",
+            Durability::Fsync.as_str(),
+        ),
     };
-    vec![
+    let text = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+    };
+    let mut v = vec![
         ("heartbeat_interval", hb),
         ("sync_check_interval", check),
         ("force_sync_threshold", threshold),
         ("max_sync_interval", max_sync),
-        ("verbose_logging", verbose),
-        ("max_active_users_check", "100"),
-        ("session_timeout", "60m"),
-        ("sync_timeout", "5s"),
-        ("max_concurrent_syncs", "3"),
-        ("batch_size", "500"),
-        ("max_cached_users", "1000000"),
-        ("enable_usage_sync", "true"),
+        (
+            "max_active_users_check",
+            engine.max_active_users_check.to_string(),
+        ),
+        ("session_timeout", d(engine.session_timeout)),
+        ("sync_timeout", d(engine.sync_timeout)),
+        (
+            "max_concurrent_syncs",
+            engine.max_concurrent_syncs.to_string(),
+        ),
+        ("batch_size", engine.batch_size.to_string()),
+        ("max_cached_users", engine.max_cached_users.to_string()),
+        ("enable_usage_sync", engine.enabled.to_string()),
+        ("dedup_window", d(engine.dedup_window)),
+        ("max_request_ids", engine.max_request_ids.to_string()),
+        ("redis_cluster", sharing.cluster.to_string()),
+        ("redis_fallback", sharing.fallback.as_str().to_owned()),
+        ("redis_timeout", d(sharing.timeout)),
+        ("redis_prefix", sharing.key_prefix),
+        ("lease_size", sharing.lease_size.to_string()),
+        ("lease_ttl", d(sharing.lease_ttl)),
+        ("fsync_interval", d(wal.fsync_interval)),
+        ("durability", durability.to_owned()),
+        ("verbose_logging", verbose.to_owned()),
+        ("log_format", fmt.to_owned()),
+    ];
+    // The service's own settings.
+    v.extend(text(&[
         ("performance_mode", "standard"),
         ("data_dir", "./data"),
         ("db_pool_size", "10"),
-        ("redis_cluster", "false"),
-        ("redis_fallback", "local"),
-        ("redis_timeout", "500ms"),
-        ("redis_prefix", "usage-sync"),
-        ("lease_size", "10"),
-        ("lease_ttl", "2s"),
         ("alert_sync_latency", "5s"),
         ("alert_error_rate_percent", "5"),
         ("alert_cpu_percent", "80"),
@@ -196,17 +238,13 @@ pub(super) fn profile_defaults(p: Profile) -> Vec<(&'static str, &'static str)> 
         ("header_timeout", "10s"),
         ("body_timeout", "10s"),
         ("max_connections", "0"),
-        ("dedup_window", "24h"),
-        ("max_request_ids", "10000000"),
-        ("durability", durability),
-        ("fsync_interval", "10ms"),
         ("fault_crash_in_recovery", "false"),
         ("enable_simulation", "false"),
-        ("log_format", fmt),
         ("log_level", "info"),
         ("kinds", "premium,fast"),
         ("default_plan", "free"),
-    ]
+    ]));
+    v
 }
 
 pub(super) fn preset_values(p: Preset) -> Vec<(&'static str, &'static str)> {
