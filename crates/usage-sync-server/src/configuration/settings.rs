@@ -172,6 +172,9 @@ impl Settings {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        // Shown when sharing is off: the library's defaults.
+        let off = SharingConfig::new(SharingMode::Redis, "");
+        let sharing = self.sharing.as_ref().unwrap_or(&off);
         vec![
             ("profile", self.profile.as_str().to_owned()),
             (
@@ -233,46 +236,12 @@ impl Settings {
                         .join(",")
                 }),
             ),
-            (
-                "redis_cluster",
-                self.sharing.as_ref().is_some_and(|s| s.cluster).to_string(),
-            ),
-            (
-                "redis_fallback",
-                self.sharing
-                    .as_ref()
-                    .map_or("local", |s| s.fallback.as_str())
-                    .to_owned(),
-            ),
-            (
-                "redis_timeout",
-                format_duration(
-                    self.sharing
-                        .as_ref()
-                        .map_or(Duration::from_millis(500), |s| s.timeout),
-                ),
-            ),
-            (
-                "redis_prefix",
-                self.sharing
-                    .as_ref()
-                    .map_or("usage-sync".to_owned(), |s| s.key_prefix.clone()),
-            ),
-            (
-                "lease_size",
-                self.sharing
-                    .as_ref()
-                    .map_or(10, |s| s.lease_size)
-                    .to_string(),
-            ),
-            (
-                "lease_ttl",
-                format_duration(
-                    self.sharing
-                        .as_ref()
-                        .map_or(Duration::from_secs(2), |s| s.lease_ttl),
-                ),
-            ),
+            ("redis_cluster", sharing.cluster.to_string()),
+            ("redis_fallback", sharing.fallback.as_str().to_owned()),
+            ("redis_timeout", format_duration(sharing.timeout)),
+            ("redis_prefix", sharing.key_prefix.clone()),
+            ("lease_size", sharing.lease_size.to_string()),
+            ("lease_ttl", format_duration(sharing.lease_ttl)),
             ("listen", self.listen.to_string()),
             ("api_token", secret(&self.api_token)),
             ("admin_token", secret(&self.admin_token)),
