@@ -83,7 +83,7 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
     }
     checks.push(data_dir_writable(s));
     checks.push(database(s).await);
-    if let Some(c) = &s.sharing {
+    if let Some(c) = &s.sync.sharing {
         checks.push(redis(c).await);
     }
     checks.push(pool(s));
@@ -133,12 +133,12 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
             "GET /metrics is open (set USAGE_SYNC_METRICS_TOKEN to protect it)".to_owned()
         },
     ));
-    checks.push(if s.sync_check_interval > s.max_sync_interval {
+    checks.push(if s.sync.check_interval > s.sync.max_sync_interval {
         fail(
             "intervals",
             format!(
                 "sync_check_interval ({:?}) is longer than max_sync_interval ({:?}): the check never runs before the guarantee",
-                s.sync_check_interval, s.max_sync_interval
+                s.sync.check_interval, s.sync.max_sync_interval
             ),
             "lower USAGE_SYNC_CHECK_INTERVAL or raise USAGE_SYNC_MAX_SYNC_INTERVAL",
         )
@@ -147,7 +147,7 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
             "intervals",
             format!(
                 "threshold {}, check every {:?}, guarantee every {:?}",
-                s.force_sync_threshold, s.sync_check_interval, s.max_sync_interval
+                s.sync.force_sync_threshold, s.sync.check_interval, s.sync.max_sync_interval
             ),
         )
     });
@@ -252,13 +252,13 @@ fn pool(s: &Settings) -> Check {
     }
     // Flushes run in parallel and each holds a connection; loading users
     // and admin calls need a few more.
-    let needed = s.max_concurrent_syncs + 2;
+    let needed = s.sync.max_concurrent_syncs + 2;
     if s.db_pool_size < needed {
         fail(
             "pool",
             format!(
                 "USAGE_SYNC_DB_POOL_SIZE {} is below max_concurrent_syncs {} + 2",
-                s.db_pool_size, s.max_concurrent_syncs
+                s.db_pool_size, s.sync.max_concurrent_syncs
             ),
             format!("set USAGE_SYNC_DB_POOL_SIZE to at least {needed}"),
         )
@@ -267,7 +267,7 @@ fn pool(s: &Settings) -> Check {
             "pool",
             format!(
                 "{} connections for {} concurrent flushes",
-                s.db_pool_size, s.max_concurrent_syncs
+                s.db_pool_size, s.sync.max_concurrent_syncs
             ),
         )
     }

@@ -32,7 +32,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(PostgresStore::connect_with_timeout(
             url,
             settings.db_pool_size,
-            settings.sync_timeout,
+            settings.sync.sync_timeout,
         )?));
     }
     anyhow::bail!(

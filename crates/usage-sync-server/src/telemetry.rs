@@ -52,7 +52,7 @@ pub fn warn_about(settings: &Settings) {
             settings.listen
         );
     }
-    if !settings.enable_usage_sync {
+    if !settings.sync.enabled {
         tracing::warn!(
             "ENABLE_USAGE_SYNC=false: usage is counted in memory only and NEVER written to the database"
         );

@@ -137,24 +137,15 @@ pub struct PlanSettings {
 pub struct Settings {
     pub profile: Profile,
     pub preset: Option<Preset>,
-    pub heartbeat_interval: Duration,
-    pub sync_check_interval: Duration,
-    pub force_sync_threshold: u64,
-    pub max_sync_interval: Duration,
+    /// The sync engine's settings, in the engine's own struct (its log
+    /// is set from `data_dir`, `durability` and `fsync_interval` by
+    /// [`Settings::sync_config`]).
+    pub sync: SyncConfig,
     pub verbose_logging: bool,
-    pub max_active_users_check: usize,
-    pub session_timeout: Duration,
-    pub sync_timeout: Duration,
-    pub max_concurrent_syncs: usize,
-    pub batch_size: usize,
-    pub max_cached_users: usize,
-    pub enable_usage_sync: bool,
     pub performance_mode: PerformanceMode,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub db_pool_size: usize,
-    /// The shared tier; `None` is the single-instance mode.
-    pub sharing: Option<SharingConfig>,
     pub redis_url: Option<Secret>,
     pub listen: SocketAddr,
     pub api_token: Option<Secret>,
@@ -179,15 +170,8 @@ pub struct Settings {
     /// Connections served at once; further ones wait in the listen backlog.
     /// 0 in the settings means three quarters of the open-files limit.
     pub max_connections: usize,
-    pub dedup_window: Duration,
-    /// Most request ids remembered at once (about 240 bytes each).
-    pub max_request_ids: usize,
     pub durability: Durability,
     pub fsync_interval: Duration,
-    /// Test-only fault injection (see `SyncConfig::crash_after_commit`).
-    pub fault_crash_after_commit: Option<u64>,
-    /// Test-only fault injection (see `SyncConfig::crash_in_recovery`).
-    pub fault_crash_in_recovery: bool,
     /// `USAGE_SYNC_*` variables in the environment that no setting reads,
     /// with the closest known name: warned about at start and by
     /// check-config.
@@ -639,26 +623,43 @@ fn build(
     let settings = Settings {
         profile,
         preset,
-        heartbeat_interval: dur("heartbeat_interval")?,
-        sync_check_interval: dur("sync_check_interval")?,
-        force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
-        max_sync_interval: dur("max_sync_interval")?,
+        sync: SyncConfig {
+            enabled: boolean("enable_usage_sync")?,
+            heartbeat_interval: dur("heartbeat_interval")?,
+            check_interval: dur("sync_check_interval")?,
+            force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
+            max_sync_interval: dur("max_sync_interval")?,
+            max_active_users_check: usize::try_from(count(
+                "max_active_users_check",
+                1,
+                10_000_000,
+            )?)
+            .unwrap_or(usize::MAX),
+            session_timeout: dur("session_timeout")?,
+            sync_timeout: dur("sync_timeout")?,
+            max_concurrent_syncs: usize::try_from(count("max_concurrent_syncs", 1, 1024)?)
+                .unwrap_or(usize::MAX),
+            batch_size: usize::try_from(count("batch_size", 1, 10_000)?).unwrap_or(usize::MAX),
+            max_cached_users: usize::try_from(count("max_cached_users", 1, 1_000_000_000)?)
+                .unwrap_or(usize::MAX),
+            dedup_window: dur("dedup_window")?,
+            max_request_ids: usize::try_from(count("max_request_ids", 1, 1_000_000_000)?)
+                .unwrap_or(usize::MAX),
+            crash_after_commit: fault_crash_after_commit,
+            crash_in_recovery: boolean("fault_crash_in_recovery")?,
+            sharing,
+            // Users about to run out are flushed at once in optimized mode.
+            near_limit_flush_percent: (performance_mode == PerformanceMode::Optimized)
+                .then_some(90),
+            // The log is set by `sync_config`, from the log settings.
+            wal: None,
+            ..SyncConfig::default()
+        },
         verbose_logging: boolean("verbose_logging")?,
-        max_active_users_check: usize::try_from(count("max_active_users_check", 1, 10_000_000)?)
-            .unwrap_or(usize::MAX),
-        session_timeout: dur("session_timeout")?,
-        sync_timeout: dur("sync_timeout")?,
-        max_concurrent_syncs: usize::try_from(count("max_concurrent_syncs", 1, 1024)?)
-            .unwrap_or(usize::MAX),
-        batch_size: usize::try_from(count("batch_size", 1, 10_000)?).unwrap_or(usize::MAX),
-        max_cached_users: usize::try_from(count("max_cached_users", 1, 1_000_000_000)?)
-            .unwrap_or(usize::MAX),
-        enable_usage_sync: boolean("enable_usage_sync")?,
         performance_mode,
         data_dir,
         database_url,
         db_pool_size: usize::try_from(count("db_pool_size", 1, 1000)?).unwrap_or(usize::MAX),
-        sharing,
         redis_url,
         listen,
         api_token: secret("api_token"),
@@ -683,13 +684,8 @@ fn build(
             0 => default_max_connections(),
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
-        dedup_window: dur("dedup_window")?,
-        max_request_ids: usize::try_from(count("max_request_ids", 1, 1_000_000_000)?)
-            .unwrap_or(usize::MAX),
         durability,
         fsync_interval: dur("fsync_interval")?,
-        fault_crash_after_commit,
-        fault_crash_in_recovery: boolean("fault_crash_in_recovery")?,
         accept_log_loss: false,
         unknown_env: Vec::new(),
         enable_simulation: boolean("enable_simulation")?,

@@ -73,7 +73,7 @@ impl Settings {
             ));
         }
         if self.profile == Profile::Production
-            && (self.fault_crash_after_commit.is_some() || self.fault_crash_in_recovery)
+            && (self.sync.crash_after_commit.is_some() || self.sync.crash_in_recovery)
         {
             return Err(ConfigError::Rule(
                 "USAGE_SYNC_FAULT_* settings are test-only fault injection and are refused in the production profile".into(),
@@ -113,34 +113,15 @@ impl Settings {
         Ok((kinds, plans))
     }
 
-    /// The sync engine's part.
+    /// The sync engine's configuration: [`Settings::sync`] with its log.
     pub fn sync_config(&self) -> SyncConfig {
         SyncConfig {
-            enabled: self.enable_usage_sync,
-            heartbeat_interval: self.heartbeat_interval,
-            check_interval: self.sync_check_interval,
-            force_sync_threshold: self.force_sync_threshold,
-            max_sync_interval: self.max_sync_interval,
-            max_active_users_check: self.max_active_users_check,
-            session_timeout: self.session_timeout,
-            sync_timeout: self.sync_timeout,
-            max_concurrent_syncs: self.max_concurrent_syncs,
-            batch_size: self.batch_size,
-            max_cached_users: self.max_cached_users,
-            dedup_window: self.dedup_window,
-            max_request_ids: self.max_request_ids,
             wal: Some(WalConfig {
                 fsync_interval: self.fsync_interval,
                 accept_loss: self.accept_log_loss,
                 ..WalConfig::new(self.data_dir.join("wal"), self.durability)
             }),
-            crash_after_commit: self.fault_crash_after_commit,
-            crash_in_recovery: self.fault_crash_in_recovery,
-            sharing: self.sharing.clone(),
-            // Users about to run out are flushed at once in optimized mode.
-            near_limit_flush_percent: (self.performance_mode == PerformanceMode::Optimized)
-                .then_some(90),
-            ..SyncConfig::default()
+            ..self.sync.clone()
         }
     }
 
@@ -174,7 +155,7 @@ impl Settings {
             .join(", ");
         // Shown when sharing is off: the library's defaults.
         let off = SharingConfig::new(SharingMode::Redis, "");
-        let sharing = self.sharing.as_ref().unwrap_or(&off);
+        let sharing = self.sync.sharing.as_ref().unwrap_or(&off);
         vec![
             ("profile", self.profile.as_str().to_owned()),
             (
@@ -184,31 +165,37 @@ impl Settings {
             ),
             (
                 "heartbeat_interval",
-                format_duration(self.heartbeat_interval),
+                format_duration(self.sync.heartbeat_interval),
             ),
             (
                 "sync_check_interval",
-                format_duration(self.sync_check_interval),
+                format_duration(self.sync.check_interval),
             ),
             (
                 "force_sync_threshold",
-                self.force_sync_threshold.to_string(),
+                self.sync.force_sync_threshold.to_string(),
             ),
-            ("max_sync_interval", format_duration(self.max_sync_interval)),
+            (
+                "max_sync_interval",
+                format_duration(self.sync.max_sync_interval),
+            ),
             ("verbose_logging", self.verbose_logging.to_string()),
             (
                 "max_active_users_check",
-                self.max_active_users_check.to_string(),
+                self.sync.max_active_users_check.to_string(),
             ),
-            ("session_timeout", format_duration(self.session_timeout)),
-            ("sync_timeout", format_duration(self.sync_timeout)),
+            (
+                "session_timeout",
+                format_duration(self.sync.session_timeout),
+            ),
+            ("sync_timeout", format_duration(self.sync.sync_timeout)),
             (
                 "max_concurrent_syncs",
-                self.max_concurrent_syncs.to_string(),
+                self.sync.max_concurrent_syncs.to_string(),
             ),
-            ("batch_size", self.batch_size.to_string()),
-            ("max_cached_users", self.max_cached_users.to_string()),
-            ("enable_usage_sync", self.enable_usage_sync.to_string()),
+            ("batch_size", self.sync.batch_size.to_string()),
+            ("max_cached_users", self.sync.max_cached_users.to_string()),
+            ("enable_usage_sync", self.sync.enabled.to_string()),
             (
                 "performance_mode",
                 match self.performance_mode {
@@ -221,7 +208,8 @@ impl Settings {
             ("db_pool_size", self.db_pool_size.to_string()),
             (
                 "sharing",
-                self.sharing
+                self.sync
+                    .sharing
                     .as_ref()
                     .map_or("none", |s| s.mode.as_str())
                     .to_owned(),
@@ -266,18 +254,19 @@ impl Settings {
             ("header_timeout", format_duration(self.header_timeout)),
             ("body_timeout", format_duration(self.body_timeout)),
             ("max_connections", self.max_connections.to_string()),
-            ("dedup_window", format_duration(self.dedup_window)),
-            ("max_request_ids", self.max_request_ids.to_string()),
+            ("dedup_window", format_duration(self.sync.dedup_window)),
+            ("max_request_ids", self.sync.max_request_ids.to_string()),
             ("durability", self.durability.as_str().to_owned()),
             ("fsync_interval", format_duration(self.fsync_interval)),
             (
                 "fault_crash_after_commit",
-                self.fault_crash_after_commit
+                self.sync
+                    .crash_after_commit
                     .map_or("<not set>".to_owned(), |n| n.to_string()),
             ),
             (
                 "fault_crash_in_recovery",
-                self.fault_crash_in_recovery.to_string(),
+                self.sync.crash_in_recovery.to_string(),
             ),
             ("enable_simulation", self.enable_simulation.to_string()),
             (

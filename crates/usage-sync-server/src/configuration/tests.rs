@@ -11,10 +11,10 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn development_defaults() {
     let s = load_from(None, &env(&[])).unwrap();
     assert_eq!(s.profile, Profile::Development);
-    assert_eq!(s.heartbeat_interval, Duration::from_secs(30));
-    assert_eq!(s.sync_check_interval, Duration::from_secs(60));
-    assert_eq!(s.force_sync_threshold, 5);
-    assert_eq!(s.max_sync_interval, Duration::from_secs(600));
+    assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(s.sync.check_interval, Duration::from_secs(60));
+    assert_eq!(s.sync.force_sync_threshold, 5);
+    assert_eq!(s.sync.max_sync_interval, Duration::from_secs(600));
     assert!(s.verbose_logging);
     assert_eq!(s.database_url, "sqlite://./data/usage-sync.db");
     assert_eq!(
@@ -26,9 +26,9 @@ fn development_defaults() {
 #[test]
 fn sharing_and_simulation_settings() {
     let s = load_from(None, &env(&[])).unwrap();
-    assert!(s.sharing.is_none(), "none without REDIS_URL");
+    assert!(s.sync.sharing.is_none(), "none without REDIS_URL");
     let s = load_from(None, &env(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap();
-    let c = s.sharing.unwrap();
+    let c = s.sync.sharing.unwrap();
     assert_eq!(
         (c.mode, c.fallback, c.lease_size),
         (SharingMode::Redis, RedisFallback::Local, 10)
@@ -45,7 +45,7 @@ fn sharing_and_simulation_settings() {
         ]),
     )
     .unwrap();
-    let c = s.sharing.unwrap();
+    let c = s.sync.sharing.unwrap();
     assert_eq!(c.urls, ["redis://a:1", "redis://b:2"]);
     assert_eq!(
         (c.mode, c.fallback, c.lease_size, c.cluster),
@@ -136,8 +136,8 @@ fn production_needs_tokens_and_uses_its_defaults() {
         ]),
     )
     .unwrap();
-    assert_eq!(s.heartbeat_interval, Duration::from_secs(120));
-    assert_eq!(s.force_sync_threshold, 10);
+    assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(120));
+    assert_eq!(s.sync.force_sync_threshold, 10);
     assert!(!s.verbose_logging);
     assert_eq!(s.log_format, LogFormat::Json);
     // USAGE_SYNC_ENV wins over NODE_ENV.
@@ -163,15 +163,15 @@ fn layers_apply_in_order_and_record_their_source() {
     .unwrap();
     let s = load_from(Some(&f), &env(&[("USAGE_SYNC_THRESHOLD", "12")])).unwrap();
     assert_eq!(s.preset, Some(Preset::Large));
-    assert_eq!(s.heartbeat_interval, Duration::from_secs(60)); // preset
+    assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(60)); // preset
     assert_eq!(
         s.sources["heartbeat_interval"],
         Source::Preset(Preset::Large)
     );
-    assert_eq!(s.max_concurrent_syncs, 5); // preset
-    assert_eq!(s.sync_check_interval, Duration::from_secs(420)); // file
+    assert_eq!(s.sync.max_concurrent_syncs, 5); // preset
+    assert_eq!(s.sync.check_interval, Duration::from_secs(420)); // file
     assert_eq!(s.sources["sync_check_interval"], Source::File(f.clone()));
-    assert_eq!(s.force_sync_threshold, 12); // env beats file
+    assert_eq!(s.sync.force_sync_threshold, 12); // env beats file
     assert_eq!(
         s.sources["force_sync_threshold"],
         Source::Env("USAGE_SYNC_THRESHOLD")
@@ -181,7 +181,7 @@ fn layers_apply_in_order_and_record_their_source() {
 #[test]
 fn env_intervals_are_milliseconds() {
     let s = load_from(None, &env(&[("USAGE_SYNC_CHECK_INTERVAL", "300000")])).unwrap();
-    assert_eq!(s.sync_check_interval, Duration::from_secs(300));
+    assert_eq!(s.sync.check_interval, Duration::from_secs(300));
     let s = load_from(None, &env(&[("ENABLE_VERBOSE_LOGGING", "false")])).unwrap();
     assert!(!s.verbose_logging);
 }
