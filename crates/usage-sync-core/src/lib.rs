@@ -25,6 +25,7 @@ pub mod dedup;
 pub mod error;
 pub mod ids;
 pub mod journal;
+pub mod lock;
 pub mod quota;
 pub mod time;
 
@@ -37,5 +38,6 @@ pub use dedup::{DedupKey, Fingerprint};
 pub use error::CoreError;
 pub use ids::{Kind, Kinds, RequestId, Units, UserId};
 pub use journal::{Cut, Journal, Lsn, Record};
+pub use lock::Locked;
 pub use quota::{Limit, PeriodKind, Plan, Plans, UserProfile, default_catalogue, open_catalogue};
 pub use time::Timestamp;

@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use usage_sync_core::Locked;
 
 use serde_json::{Value, json};
 use usage_sync::Engine;
@@ -299,7 +300,7 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
             if (alert, status) == (Alert::HighCpuUsage, "resolved") && !config.adaptive {
                 engine.set_cadence(1, "as configured");
             }
-            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = view.locked();
             v.history.push_front(body);
             v.history.truncate(50);
         }
@@ -325,7 +326,7 @@ pub async fn run(engine: Engine, config: AlertConfig, view: SharedAlerts) {
             let (m, why) = controller.step(f.cpu_percent, f.avg_flush_ms);
             engine.set_cadence(m, &why);
         }
-        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = view.locked();
         v.figures = eval.figures();
         v.readings = eval.readings();
         v.evaluations += 1;

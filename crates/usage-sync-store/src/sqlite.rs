@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use usage_sync_core::Locked;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use usage_sync_core::{FlushBatch, FlushId, Timestamp};
@@ -178,7 +179,7 @@ where
 {
     Box::pin(async move {
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = conn.locked();
             f(&mut c)
         })
         .await

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use usage_sync_core::Locked;
 
 use tokio::sync::oneshot;
 use usage_sync_core::UserId;
@@ -56,7 +57,7 @@ struct State {
 
 impl Loads {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Queues `user` (or joins its queued load). Returns the receiver, and

@@ -5,6 +5,7 @@
 
 use std::sync::Mutex;
 use std::time::Duration;
+use usage_sync_core::Locked;
 
 use usage_sync_core::{Timestamp, Trigger};
 
@@ -133,7 +134,7 @@ impl SyncStats {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut SyncStatsSnapshot) -> R) -> R {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.inner.locked())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -186,7 +187,7 @@ impl SyncStats {
 
     /// Starts the statistics over at `now`.
     pub(crate) fn reset(&self, now: Timestamp) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = SyncStats::new(now).snapshot();
+        *self.inner.locked() = SyncStats::new(now).snapshot();
     }
 }
 

@@ -62,6 +62,7 @@ use crate::dedup::{DedupKey, DedupTable, Fingerprint, Remembered, Window};
 use crate::error::CoreError;
 use crate::ids::{Kind, Kinds, RequestId, Units, UserId};
 use crate::journal::{Cut, Journal, Lsn, Record};
+use crate::lock::Locked;
 use crate::quota::{Limit, Plan, Plans, UserProfile};
 use crate::time::Timestamp;
 use shard::{Shard, ShardTotals, UserMap};
@@ -509,20 +510,11 @@ pub struct RecoveredSlot {
     pub in_flight: i64,
 }
 
+/// A shard's lock: a panic while holding it cannot leave counters
+/// half-updated (each update is a few integer writes after all checks).
+/// See [`crate::lock`] for the policy and the choice of mutex.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard lock cannot leave counters half-updated
-    // (each update is a few integer writes after all checks), so keep
-    // serving rather than poisoning every later request.
-    //
-    // The standard library's mutex, not parking_lot's: measured with
-    // `cargo bench -p usage-sync-core --bench consume`, four rounds each in
-    // one run, parking_lot's took consumes over 100 000 users from
-    // 3.98-4.40 M/s to 3.72-3.82 M/s on one thread (and 7.7-8.6 to
-    // 7.0-7.6 M/s on two). It did double two threads contending on one
-    // user (8-14 to 17-23 M/s), but spread users are what a service sees.
-    // (On the log's lock it made the p99 of consumes 1.5 times worse in
-    // the checkpoint bench: docs/architecture.md.)
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 impl Ledger {

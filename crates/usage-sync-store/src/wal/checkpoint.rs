@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use usage_sync_core::Locked;
 
 use usage_sync_core::{Cut, Ledger, Lsn, Record, Timestamp};
 
@@ -38,7 +39,7 @@ impl Wal {
     }
 
     fn checkpoint_paced(&self, ledger: &Ledger, now: Timestamp, rest: Duration) -> Lsn {
-        let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.checkpointing.locked();
         let seq = {
             let mut g = self.shared();
             let seq = g.segment_seq + 1;

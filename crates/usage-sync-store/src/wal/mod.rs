@@ -39,6 +39,7 @@ pub mod manifest;
 pub mod replay;
 mod scan;
 mod writer;
+use usage_sync_core::Locked;
 use writer::LsnWaiters;
 
 use std::collections::{HashMap, VecDeque};
@@ -426,7 +427,7 @@ impl Wal {
             .name("usage-sync-wal".into())
             .spawn(move || w.writer_loop())
             .map_err(|e| io_err(Path::new("wal writer thread"), e))?;
-        *wal.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *wal.writer.locked() = Some(handle);
         if wal.config.durability != Durability::Fsync {
             let w = wal.clone();
             std::thread::Builder::new()
@@ -442,7 +443,7 @@ impl Wal {
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.locked()
     }
 
     /// Registers intents recovered from the log that are still to be
@@ -566,7 +567,7 @@ impl Wal {
             // The syncer covers what is written: wait for the write, then
             // ask for a sync.
             self.wait_written(target).await?;
-            let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.syncer.locked();
             s.requested = true;
             self.syncer_wake.notify_one();
         }
@@ -587,8 +588,7 @@ impl Wal {
     fn failure_error(&self) -> StoreError {
         let msg = self
             .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .clone()
             .unwrap_or_else(|| "write-ahead log failed".into());
         StoreError::Task(msg)
@@ -611,10 +611,7 @@ impl Wal {
         if !self.failed() {
             return None;
         }
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failure.locked().clone()
     }
 
     /// Whether enough was appended since the last checkpoint for the next
@@ -636,14 +633,11 @@ impl Wal {
         g.closing = true;
         self.wake.notify_one();
         drop(g);
-        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self.writer.locked().take() {
             let _ = h.join();
         }
         // Nothing more is written: the directory may have a new owner.
-        self.dir_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.dir_lock.locked().take();
     }
 
     /// Segments kept for the request ids they hold (the current one

@@ -4,6 +4,7 @@
 //! (the log stalls and heals) or a sync fails (for good).
 
 use super::*;
+use usage_sync_core::Locked;
 
 /// Tasks waiting for a sequence number, each woken once, when a publish
 /// covers it. A watch channel wakes every receiver on every change: in
@@ -33,7 +34,7 @@ impl LsnWaiters {
         repoll: bool,
         done: impl Fn() -> bool,
     ) -> bool {
-        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.list.locked();
         if done() {
             return true;
         }
@@ -54,8 +55,7 @@ impl LsnWaiters {
     pub(super) fn wake_upto(&self, upto: Lsn) {
         let woken: Vec<(Lsn, Waker)> = self
             .list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .extract_if(.., |(l, _)| *l <= upto)
             .collect();
         for (_, w) in woken {
@@ -181,10 +181,7 @@ impl Wal {
                 if g.closing || !g.rotations.is_empty() || !g.completed_checkpoints.is_empty() {
                     None
                 } else {
-                    self.current
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
+                    self.current.locked().clone()
                 };
             let Some(file) = file else {
                 g.urgent = true;
@@ -203,7 +200,7 @@ impl Wal {
         }
         self.segment_end
             .fetch_add(bytes.len() as u64, Ordering::AcqRel);
-        *self.written_pos.lock().unwrap_or_else(|e| e.into_inner()) = pos;
+        *self.written_pos.locked() = pos;
         self.end_write(bytes);
         self.publish_written(upto);
         Ok(true)
@@ -216,7 +213,7 @@ impl Wal {
             self.config.dir.display()
         );
         tracing::error!(target: "flush", "{msg}; no further request can be acknowledged");
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+        *self.failure.locked() = Some(msg);
         self.permanent.store(true, Ordering::Release);
         self.failed.store(true, Ordering::Release);
         self.wake_all_waiters();
@@ -264,7 +261,7 @@ impl Wal {
             STALL_RETRY.as_millis()
         );
         let first = !self.failed.swap(true, Ordering::AcqRel);
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+        *self.failure.locked() = Some(msg.clone());
         if first {
             tracing::error!(target: "flush", "{msg}");
         }
@@ -298,7 +295,7 @@ impl Wal {
         if !pos.checkpointed {
             return;
         }
-        let mut m = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.manifest.locked();
         let (last, at) = &mut *m;
         if (pos.segment, pos.frames) <= (last.segment, last.frames) {
             return;
@@ -412,8 +409,7 @@ impl Wal {
                 let path = segment_path(&self.config.dir, seq);
                 match Segment::open(&path, positional) {
                     Ok(seg) => {
-                        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(seg.file.clone());
+                        *self.current.locked() = Some(seg.file.clone());
                         self.segment_end.store(seg.pos, Ordering::Release);
                         file = Some(seg);
                     }
@@ -476,7 +472,7 @@ impl Wal {
             {
                 return self.fail("fdatasync", e);
             }
-            *self.written_pos.lock().unwrap_or_else(|e| e.into_inner()) = position;
+            *self.written_pos.locked() = position;
             // Clear `writing` before publishing (see `wait_written`).
             self.end_write(bytes);
             self.publish_written(upto);
@@ -550,7 +546,7 @@ impl Wal {
     }
 
     pub(super) fn stop_syncer(&self) {
-        let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.syncer.locked();
         s.closing = true;
         self.syncer_wake.notify_one();
     }
@@ -564,7 +560,7 @@ impl Wal {
         let periodic = self.config.durability == Durability::Batched;
         loop {
             {
-                let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = self.syncer.locked();
                 let deadline = Instant::now() + interval;
                 if periodic {
                     s = wait_until(&self.syncer_wake, s, deadline, |s| s.requested || s.closing);
@@ -584,12 +580,8 @@ impl Wal {
             if target <= *self.durable.borrow() {
                 continue;
             }
-            let pos = *self.written_pos.lock().unwrap_or_else(|e| e.into_inner());
-            let f = self
-                .current
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let pos = *self.written_pos.locked();
+            let f = self.current.locked().clone();
             if let Some(f) = f
                 && let Err(e) = f.sync_data()
             {

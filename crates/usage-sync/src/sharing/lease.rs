@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use usage_sync_core::Locked;
 
 use tokio::time::Instant;
 use usage_sync_core::{Timestamp, UserId};
@@ -65,7 +66,7 @@ impl Leases {
         let h = foldhash::fast::FixedState::with_seed(7);
         let i = usize::try_from(std::hash::BuildHasher::hash_one(&h, user) % SHARDS as u64)
             .unwrap_or(0);
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].locked()
     }
 
     /// Spends `amount` from a live lease of this period. Returns the units
@@ -131,7 +132,7 @@ impl Leases {
     pub(crate) fn expire(&self, now: Option<Instant>) -> Vec<Return> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shard = shard.locked();
             shard.retain(|user, leases| {
                 leases.retain(|(kind, l)| {
                     if now.is_some_and(|now| l.expires_at > now) {
@@ -159,7 +160,7 @@ impl Leases {
     /// (leases held, units unspent in them), for status and diagnostics.
     pub(crate) fn held(&self) -> (usize, u64) {
         self.shards.iter().fold((0, 0), |(n, u), s| {
-            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            let s = s.locked();
             s.values()
                 .flatten()
                 .fold((n, u), |(n, u), (_, l)| (n + 1, u + l.left))

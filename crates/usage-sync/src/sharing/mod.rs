@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use usage_sync_core::Locked;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -397,7 +398,7 @@ pub async fn ping(config: &SharingConfig) -> Result<(), String> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 /// A day of slack after the period ends, so a late refund still finds the

@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use usage_sync_core::Locked;
 
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -369,12 +370,7 @@ impl Engine {
             warn!(target: "flush", "usage sync is DISABLED (ENABLE_USAGE_SYNC=false): counts stay in memory and are never written to the store");
             return;
         }
-        let mut slot = self
-            .inner
-            .sync
-            .scheduler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.inner.sync.scheduler.locked();
         if slot.is_none() {
             let (tx, rx) = oneshot::channel();
             let scheduler = (tx, tokio::spawn(self.inner.clone().scheduler(rx)));
@@ -562,8 +558,7 @@ impl Engine {
         self.inner
             .sync
             .scheduler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .take()
             .into_iter()
             .flatten()

@@ -2,10 +2,11 @@
 //! puts a batch back in it whenever its flush does not finish.
 
 use super::*;
+use usage_sync_core::Locked;
 
 impl SyncEngine {
     pub(super) fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
-        self.retries.lock().unwrap_or_else(|e| e.into_inner())
+        self.retries.locked()
     }
 
     pub(super) fn next_retry_at(&self) -> Option<Instant> {

@@ -3,6 +3,7 @@
 //! the alerts adjust.
 
 use super::*;
+use usage_sync_core::Locked;
 
 impl Inner {
     pub(super) async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
@@ -64,11 +65,7 @@ impl Inner {
         let mut next = [start + ci, start + hi, start + c.max_sync_interval];
         let mut periods = [ci, hi, c.max_sync_interval];
         loop {
-            *self
-                .sync
-                .next_runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(next);
+            *self.sync.next_runs.locked() = Some(next);
             let next_retry = self.sync.next_retry_at();
             let retry_due = async move {
                 match next_retry {
@@ -206,12 +203,7 @@ impl Engine {
     /// (or with sync disabled).
     pub fn next_runs(&self) -> Option<NextRuns> {
         let now = Instant::now();
-        let runs = (*self
-            .inner
-            .sync
-            .next_runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()))?;
+        let runs = (*self.inner.sync.next_runs.locked())?;
         Some(NextRuns {
             check: runs[0].saturating_duration_since(now),
             heartbeat: runs[1].saturating_duration_since(now),

@@ -11,6 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use usage_sync::{Engine, StoreReachability};
+use usage_sync_core::Locked;
 use usage_sync_core::Trigger;
 
 use crate::http::AppState;
@@ -95,7 +96,7 @@ async fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Val
     // (the first alert interval after start) a 250 ms sample, so start-up
     // work is not mistaken for load.
     let (window_cpu, readings) = {
-        let v = state.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        let v = state.alerts.locked();
         (v.figures.cpu_percent, v.readings)
     };
     let cpu_percent = if readings >= 2 {
@@ -129,12 +130,7 @@ async fn runtime_checklist(state: &AppState, engine: &Engine) -> (Value, Vec<Val
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let firing = state
-        .alerts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .firing_names
-        .clone();
+    let firing = state.alerts.locked().firing_names.clone();
     let body = crate::metrics::render(state.engine()?, firing);
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body))
 }
@@ -165,12 +161,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
     let uptime_s = now.since(engine.started_at()) as f64 / 1000.0;
     let c = engine.config();
     let (process, checklist) = runtime_checklist(&state, engine).await;
-    let firing = state
-        .alerts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .firing
-        .clone();
+    let firing = state.alerts.locked().firing.clone();
     let (cadence, cadence_reason) = engine.cadence();
     let next_runs_ms = engine.next_runs().map(|r| {
         json!({
@@ -341,7 +332,7 @@ fn sharing_json(engine: &Engine) -> Value {
 
 pub async fn alerts(State(state): State<AppState>) -> Result<Json<Alerts>, ApiError> {
     let engine = state.engine()?;
-    let v = state.alerts.lock().unwrap_or_else(|e| e.into_inner());
+    let v = state.alerts.locked();
     let (multiplier, reason) = engine.cadence();
     Ok(Json(Alerts {
         firing: v.firing.clone(),

@@ -34,6 +34,9 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 #[cfg(feature = "redis")]
+use usage_sync_core::Locked;
+
+#[cfg(feature = "redis")]
 use redis::aio::{ConnectionLike, ConnectionManager};
 #[cfg(feature = "redis")]
 use redis::cluster_async::ClusterConnection;
@@ -156,16 +159,12 @@ impl Redis {
         })
         .await
         .map_err(|_| RedisFailure::Timeout(self.timeout * 4))??;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        *self.conn.locked() = Some(conn);
         Ok(())
     }
 
     fn conn(&self) -> Result<Conn, RedisFailure> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(RedisFailure::NotConnected)
+        self.conn.locked().clone().ok_or(RedisFailure::NotConnected)
     }
 
     async fn bounded<T>(
