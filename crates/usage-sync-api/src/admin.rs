@@ -45,7 +45,7 @@ pub struct SimulateRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = PlanDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Plan {
     pub plan: String,
     /// monthly, daily or none.
@@ -57,7 +57,7 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = SyncReportDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct SyncReport {
     pub checked: u64,
     pub flushed_users: u64,
@@ -67,7 +67,7 @@ pub struct SyncReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = UserSyncDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct UserSync {
     pub user_id: String,
     pub flushed_units: i64,
@@ -76,7 +76,7 @@ pub struct UserSync {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = KindTotalDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct KindTotal {
     pub used: u64,
     pub pending: i64,
@@ -85,7 +85,7 @@ pub struct KindTotal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = UserTotalsDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct UserTotals {
     pub users: u64,
     pub usage: BTreeMap<String, KindTotal>,
@@ -95,7 +95,7 @@ pub struct UserTotals {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = UserListDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct UserList {
     pub page: u64,
     pub limit: u64,
@@ -109,7 +109,7 @@ pub struct UserList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = EvictDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Eviction {
     pub flushed_units: i64,
     pub evicted: u64,
@@ -120,7 +120,7 @@ pub struct Eviction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = SimulateDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Simulation {
     pub allowed: u64,
     pub denied: u64,
@@ -130,7 +130,7 @@ pub struct Simulation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = ResetDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct StatsReset {
     pub reset: bool,
 }

@@ -81,7 +81,7 @@ pub struct BatchEvent<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = DecisionBody))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Decision<'a> {
     pub allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,7 +105,7 @@ pub struct Decision<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = BatchItemDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct BatchItem<'a> {
     /// 200 allowed, 429 over the limit, 4xx/503 error.
     pub status: u16,
@@ -170,7 +170,7 @@ mod present_or_null {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = BatchResultDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct BatchResults<'a> {
     pub results: Vec<BatchItem<'a>>,
 }
@@ -211,7 +211,7 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = RefundDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Refund {
     pub request_id: String,
     /// Units given back (0 when the original consume was denied).

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = HealthDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Health {
     pub status: String,
 }
@@ -16,7 +16,7 @@ pub struct Health {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = ReadyDoc))]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", serde(deny_unknown_fields))]
 pub struct Readiness {
     pub status: String,
     /// sqlite or postgres.
