@@ -96,6 +96,23 @@ impl std::ops::Deref for Decision {
     }
 }
 
+/// One result of a batch as the service wrote it. An event the service
+/// refused is its error, read from the JSON itself so that a code newer
+/// than this client still comes through as it was sent.
+fn batch_item(v: Value) -> Result<BatchItem<'static>, Error> {
+    if let Some(e) = v.get("error").filter(|e| e.is_object()) {
+        return Err(Error::Api {
+            status: v["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(0),
+            code: e["code"].as_str().unwrap_or("unexpected").to_owned(),
+            message: e["message"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    decode(v)
+}
+
 /// One event's result in a batch: the decision (allowed or over the limit),
 /// or the error the service gave that event alone.
 fn batch_result(item: BatchItem<'static>, request_id: String) -> Result<Decision, Error> {
@@ -477,7 +494,9 @@ impl Client {
             .await?;
         match v {
             Value::Object(mut o) => match o.remove("results") {
-                Some(Value::Array(r)) if r.len() == n => Ok(r.into_iter().map(decode).collect()),
+                Some(Value::Array(r)) if r.len() == n => {
+                    Ok(r.into_iter().map(batch_item).collect())
+                }
                 _ => Err(Error::Decode(Value::Object(o).to_string())),
             },
             v => Err(Error::Decode(v.to_string())),
