@@ -34,15 +34,7 @@ printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > 
 PORT=18700
 
 # start BINARY MODE: a fresh server on a new port; sets PID
-start() {
-  PORT=$((PORT + 1))
-  USAGE_SYNC_DURABILITY=$2 USAGE_SYNC_DATA_DIR="$WORK/d-$PORT" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" \
-    USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
-    "$1" --config "$WORK/usage-sync.toml" serve 2>>"$WORK/us.log" &
-  PID=$!
-  wait_http "$PORT"
-}
-stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
+start() { start_usage_sync "$1" "$2"; }
 consume() { USERS=10000 wrk -t2 -c"$CONNS" -d"$1" -s scripts/consume.lua "http://127.0.0.1:$PORT" | grep '^RESULT'; }
 bare() { GET_PATH=/healthz wrk -t2 -c"$CONNS" -d"$1" -s scripts/get.lua "http://127.0.0.1:$PORT" | grep '^RESULT'; }
 

@@ -51,21 +51,16 @@ PORT=18800
 
 # start TARGET: a fresh server on a new port; sets PID
 start() {
-  PORT=$((PORT + 1))
-  if [ "$1" = limitador ]; then
-    "$LIMITADOR_BIN" --http-ip 127.0.0.1 --http-port "$PORT" --rls-ip 127.0.0.1 --rls-port $((PORT + 500)) \
-      "$WORK/limits.yaml" memory 2>>"$WORK/limitador.log" >&2 &
-    PID=$!
-    wait_http "$PORT" /status
-  else
-    USAGE_SYNC_DURABILITY=$1 USAGE_SYNC_DATA_DIR="$WORK/d-$PORT" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" \
-      USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
-      "$BIN" --config "$WORK/usage-sync.toml" serve 2>>"$WORK/us.log" &
-    PID=$!
-    wait_http "$PORT"
+  if [ "$1" != limitador ]; then
+    start_usage_sync "$BIN" "$1"
+    return
   fi
+  PORT=$((PORT + 1))
+  "$LIMITADOR_BIN" --http-ip 127.0.0.1 --http-port "$PORT" --rls-ip 127.0.0.1 --rls-port $((PORT + 500)) \
+    "$WORK/limits.yaml" memory 2>>"$WORK/limitador.log" >&2 &
+  PID=$!
+  wait_http "$PORT" /status
 }
-stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
 # load TARGET DURATION USERS SEQ: wrk's RESULT line for the target's route
 load() {
   local lua=consume.lua

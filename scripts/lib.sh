@@ -28,3 +28,18 @@ wait_http() {
   [ -n "${SERVER_LOG:-}" ] && [ -f "$SERVER_LOG" ] && tail -20 "$SERVER_LOG" >&2
   exit 1
 }
+
+# start_usage_sync BIN MODE: BIN serving on the next port (PORT is bumped)
+# in durability MODE, with $WORK/usage-sync.toml, quiet logs appended to
+# $WORK/us.log and its own data dir; sets PID once it is ready.
+start_usage_sync() {
+  PORT=$((PORT + 1))
+  USAGE_SYNC_DURABILITY=$2 USAGE_SYNC_DATA_DIR="$WORK/d-$PORT" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" \
+    USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
+    "$1" --config "$WORK/usage-sync.toml" serve 2>>"$WORK/us.log" &
+  PID=$!
+  wait_http "$PORT"
+}
+
+# stop: SIGTERM to PID, and wait for it.
+stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
