@@ -113,27 +113,21 @@ fn batch_item(v: Value) -> Result<BatchItem<'static>, Error> {
     decode(v)
 }
 
-/// One event's result in a batch: the decision (allowed or over the limit),
-/// or the error the service gave that event alone.
+/// One event's decision in a batch (allowed or over the limit); events the
+/// service refused are errors already (`batch_item`).
 fn batch_result(item: BatchItem<'static>, request_id: String) -> Result<Decision, Error> {
-    if let Some(e) = item.error {
-        return Err(Error::Api {
-            status: item.status,
-            code: e.code.as_str().to_owned(),
-            message: e.message,
-        });
-    }
-    let missing = || Error::Decode(format!("batch result {} without a decision", item.status));
+    let status = item.status;
+    let missing = || Error::Decode(format!("batch result {status} without a decision"));
     let decision = api::Decision {
         allowed: item.allowed.ok_or_else(missing)?,
         deduplicated: item.deduplicated,
-        user_id: item.user_id.clone().ok_or_else(missing)?,
-        kind: item.kind.clone().ok_or_else(missing)?,
+        user_id: item.user_id.ok_or_else(missing)?,
+        kind: item.kind.ok_or_else(missing)?,
         amount: item.amount.ok_or_else(missing)?,
         used: item.used.ok_or_else(missing)?,
         limit: item.limit.ok_or_else(missing)?,
         remaining: item.remaining.ok_or_else(missing)?,
-        period_start: item.period_start.clone().ok_or_else(missing)?,
+        period_start: item.period_start.ok_or_else(missing)?,
         error: None,
     };
     Ok(Decision {

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use usage_sync_api::{
-    BatchRequest, CheckRequest, ConsumeRequest, Decision as DecisionDoc, ErrorDetail, KindUsage,
+    BatchRequest, CheckRequest, ConsumeRequest, Decision as ApiDecision, ErrorDetail, KindUsage,
     Refund, RefundRequest, Usage,
 };
 use usage_sync_core::{Decision, Kind, RequestId, Timestamp, Units, UserId, UserUsage};
@@ -45,7 +45,7 @@ fn decision_response(
     let error = (!d.allowed).then(|| {
         ApiError::detail(
             Code::LimitExceeded,
-            &match d.remaining {
+            match d.remaining {
                 Some(left) if left > 0 => format!(
                     "{amount} {} units asked for, but only {left} of the {} for this period \
                      remain; nothing was counted",
@@ -65,7 +65,7 @@ fn decision_response(
     } else {
         StatusCode::TOO_MANY_REQUESTS
     };
-    let body = DecisionDoc {
+    let body = ApiDecision {
         allowed: d.allowed,
         deduplicated,
         user_id: Cow::Borrowed(user.as_str()),
