@@ -29,7 +29,6 @@ MODES=${MODES:-none batched}
 . scripts/lib.sh
 need_wrk
 work_dir
-SERVER_LOG=$WORK/us.log
 printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
 PORT=18700
 

@@ -31,8 +31,10 @@ wait_http() {
 
 # start_usage_sync BIN MODE: BIN serving on the next port (PORT is bumped)
 # in durability MODE, with $WORK/usage-sync.toml, quiet logs appended to
-# $WORK/us.log and its own data dir; sets PID once it is ready.
+# $WORK/us.log (shown if it never gets ready) and its own data dir; sets
+# PID once it is ready.
 start_usage_sync() {
+  SERVER_LOG="$WORK/us.log"
   PORT=$((PORT + 1))
   USAGE_SYNC_DURABILITY=$2 USAGE_SYNC_DATA_DIR="$WORK/d-$PORT" USAGE_SYNC_LISTEN="127.0.0.1:$PORT" \
     USAGE_SYNC_LOG_LEVEL=warn USAGE_SYNC_VERBOSE_LOGGING=false \
