@@ -271,6 +271,9 @@ fn ids_and_segments_stay_flat_over_ten_windows() {
     }
     wal.checkpoint(&l, t0);
     l.attach_journal(wal.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     // The most segments kept during the second window, and after it.
     let (mut most_ids, mut second, mut most_segments) = (0, 0, 0);
     // One id a millisecond: a window holds 20 000.
@@ -286,6 +289,10 @@ fn ids_and_segments_stay_flat_over_ten_windows() {
                 l.complete(b, &vec![0; b.deltas.len()], now);
             }
             wal.checkpoint(&l, now);
+            // The writer retires segments once the checkpoint is on disk:
+            // wait for that, so a writer slowed by a busy machine does not
+            // show as segments kept.
+            rt.block_on(wal.sync()).unwrap();
         }
         if i >= 20_000 {
             most_ids = most_ids.max(l.dedup_entries());
@@ -303,7 +310,7 @@ fn ids_and_segments_stay_flat_over_ten_windows() {
     // a few thousand ids) stay as many as a full window needed.
     assert!(most_ids <= 20_200, "{most_ids} ids remembered");
     assert!(
-        most_segments <= second + 1 && second <= 10,
+        most_segments <= second + 1 && second <= 8,
         "{second} segments kept in the second window, up to {most_segments} after"
     );
     let on_disk = list_segments(dir.path()).unwrap().len();

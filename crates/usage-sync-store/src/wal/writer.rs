@@ -472,6 +472,19 @@ impl Wal {
             {
                 return self.fail("fdatasync", e);
             }
+            // A checkpoint whose end record is now on disk makes the older
+            // segments redundant for units. (Not at rotation time: the
+            // checkpoint may still be partly in the buffer, and an
+            // incomplete checkpoint is ignored by recovery.) A segment
+            // whose request ids may still be inside the dedup window stays
+            // for them, and so do the ones after it: recovery reads an
+            // unbroken run of segments. The bookkeeping is done before the
+            // checkpoint is published as durable, so whoever waited for it
+            // (`sync`) sees the segments kept after it; the files go after.
+            let retired = checkpoints
+                .iter()
+                .max()
+                .map(|&(newest, _, now)| self.retire(newest, now));
             *self.written_pos.locked() = position;
             // Clear `writing` before publishing (see `wait_written`).
             self.end_write(bytes);
@@ -480,15 +493,7 @@ impl Wal {
                 self.publish_durable(upto);
                 self.record_durable(position, closing || !checkpoints.is_empty());
             }
-            // A checkpoint whose end record is now on disk makes the older
-            // segments redundant for units. (Not at rotation time: the
-            // checkpoint may still be partly in the buffer, and an
-            // incomplete checkpoint is ignored by recovery.) A segment
-            // whose request ids may still be inside the dedup window stays
-            // for them, and so do the ones after it: recovery reads an
-            // unbroken run of segments.
-            if let Some(&(newest, _, now)) = checkpoints.iter().max() {
-                let keep_from = self.retire(newest, now);
+            if let Some(keep_from) = retired {
                 if let Ok(list) = list_segments(&self.config.dir) {
                     for (seq, path) in list {
                         if seq < keep_from {
