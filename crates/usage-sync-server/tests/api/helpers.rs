@@ -134,6 +134,12 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
         r.text().await.unwrap()
     }
 
@@ -328,6 +334,41 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How a command ended: its exit code, stdout and stderr.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Stdout, once the command is known to have succeeded.
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "the command failed:\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+}
+
+/// Runs `cmd` to its end on a blocking thread, so that the servers this
+/// test's runtime serves keep answering it meanwhile.
+pub async fn run(mut cmd: Command) -> Ran {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ran {
+        code: out.status.code(),
+        stdout: text(&out.stdout),
+        stderr: text(&out.stderr),
     }
 }
 

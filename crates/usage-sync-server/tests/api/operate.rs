@@ -18,27 +18,10 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-async fn scrape(app: &crate::helpers::TestApp) -> String {
-    let r = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn every_metric_family_is_exported_and_moves_under_load() {
     let app = spawn_app().await;
-    let before = scrape(&app).await;
+    let before = app.metrics().await;
     assert_eq!(
         sample(&before, "usage_sync_consume_total{result=\"allowed\"}"),
         0.0
@@ -56,7 +39,7 @@ async fn every_metric_family_is_exported_and_moves_under_load() {
         &json!({"user_id": "m", "kind": "premium", "request_id": "m0"}),
     )
     .await;
-    let mid = scrape(&app).await;
+    let mid = app.metrics().await;
     assert_eq!(
         sample(&mid, "usage_sync_consume_total{result=\"allowed\"}"),
         10.0
@@ -86,7 +69,7 @@ async fn every_metric_family_is_exported_and_moves_under_load() {
     assert!(sample(&mid, "usage_sync_process_resident_memory_bytes") > 1e6);
     assert!(sample(&mid, "usage_sync_wal_segment_bytes") > 0.0);
     app.sync_all().await;
-    let after = scrape(&app).await;
+    let after = app.metrics().await;
     assert_eq!(
         sample(
             &after,
@@ -556,29 +539,17 @@ async fn the_dashboard_works_in_headless_chromium() {
         })
     };
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    let (address, dir_b, shot_s) = (
-        bin.address.clone(),
-        browser_dir.clone(),
-        shot.display().to_string(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .current_dir(&dir_b)
-            .env("CHROMIUM", &chromium)
-            .args(["dashboard.mjs", &address, "dash-token", "dash-3", &shot_s])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&browser_dir)
+        .env("CHROMIUM", &chromium)
+        .arg("dashboard.mjs")
+        .arg(&bin.address)
+        .args(["dash-token", "dash-3"])
+        .arg(&shot);
+    let out = crate::helpers::run(cmd).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = load.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = out.ok();
     let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(v["status"], json!(200), "{v}");
     assert_eq!(

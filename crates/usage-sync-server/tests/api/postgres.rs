@@ -303,24 +303,16 @@ async fn database_errors_name_their_cause_and_the_ones_that_cannot_heal_exit_2()
     let bin = env!("CARGO_BIN_EXE_usage-sync");
     for (url, cause, fix) in &cases {
         let dir = tempfile::tempdir().unwrap();
-        let out = tokio::task::spawn_blocking({
-            let (url, dir) = (url.clone(), dir.path().to_owned());
-            move || {
-                std::process::Command::new(bin)
-                    .arg("serve")
-                    .env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
-                    .env("USAGE_SYNC_DATA_DIR", &dir)
-                    .env("USAGE_SYNC_LISTEN", "127.0.0.1:0")
-                    .env("DATABASE_URL", &url)
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("USAGE_SYNC_DATA_DIR", dir.path())
+            .env("USAGE_SYNC_LISTEN", "127.0.0.1:0")
+            .env("DATABASE_URL", url);
+        let out = crate::helpers::run(cmd).await;
+        let err = &out.stderr;
+        assert_eq!(out.code, Some(2), "{url}: {err}");
         assert!(err.contains(cause) && err.contains(fix), "{url}: {err}");
         assert!(
             !err.contains("db error"),

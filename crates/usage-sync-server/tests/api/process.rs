@@ -281,22 +281,12 @@ async fn the_typescript_client_passes_its_tests_against_the_real_binary() {
         usage_sync_store::testing::skip("Node 18+ not found");
         return;
     }
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .current_dir(&dir)
-            .env("USAGE_SYNC_BIN", env!("CARGO_BIN_EXE_usage-sync"))
-            .args(["--test", "test/"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "node --test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&dir)
+        .env("USAGE_SYNC_BIN", env!("CARGO_BIN_EXE_usage-sync"))
+        .args(["--test", "test/"]);
+    let out = crate::helpers::run(cmd).await;
+    let stdout = out.ok();
     assert!(
         stdout.contains("# pass 12") && stdout.contains("# fail 0"),
         "{stdout}"
@@ -317,43 +307,31 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
         ],
     )
     .await;
-    let bin = env!("CARGO_BIN_EXE_usage-sync");
-    let address = server.address.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args([
-                "bench",
-                "--url",
-                &address,
-                "--token",
-                "api",
-                "--admin-token",
-                "adm",
-                "--connections",
-                "4",
-                "--duration",
-                "1500ms",
-                "--users",
-                "20",
-                "--kinds",
-                "fast,premium",
-                "--request-ids",
-                "--grade",
-                "--json",
-            ])
-            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
-            .env_remove("USAGE_SYNC_API_TOKEN")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
+    cmd.args([
+        "bench",
+        "--url",
+        &server.address,
+        "--token",
+        "api",
+        "--admin-token",
+        "adm",
+        "--connections",
+        "4",
+        "--duration",
+        "1500ms",
+        "--users",
+        "20",
+        "--kinds",
+        "fast,premium",
+        "--request-ids",
+        "--grade",
+        "--json",
+    ])
+    .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+    .env_remove("USAGE_SYNC_API_TOKEN");
+    let out = crate::helpers::run(cmd).await;
+    let stdout = out.ok();
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     let requests = v["requests"].as_u64().unwrap();
     assert!(requests > 20, "{v}");
@@ -398,30 +376,24 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
     );
     // A kind the service does not know: every request fails, and the
     // report says why.
-    let address = server.address.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args([
-                "bench",
-                "--url",
-                &address,
-                "--token",
-                "api",
-                "--kinds",
-                "nope",
-                "--duration",
-                "300ms",
-                "--connections",
-                "1",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
+    cmd.args([
+        "bench",
+        "--url",
+        &server.address,
+        "--token",
+        "api",
+        "--kinds",
+        "nope",
+        "--duration",
+        "300ms",
+        "--connections",
+        "1",
+    ]);
+    let out = crate::helpers::run(cmd).await;
+    let text = &out.stdout;
     assert!(text.contains("first error   400 unknown_kind"), "{text}");
-    assert!(!text.contains('\r') && !String::from_utf8_lossy(&out.stderr).contains('\r'));
+    assert!(!text.contains('\r') && !out.stderr.contains('\r'));
 }
 
 /// A second `serve` on a data dir in use (the natural way around "address
@@ -492,20 +464,12 @@ async fn startup_mistakes_are_named_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || {
-            std::process::Command::new(bin)
-                .args(["serve", "--listen", &format!("localhost:{port}")])
-                .env("USAGE_SYNC_DATA_DIR", &dir)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["serve", "--listen", &format!("localhost:{port}")])
+        .env("USAGE_SYNC_DATA_DIR", dir.path());
+    let out = crate::helpers::run(cmd).await;
+    let err = &out.stderr;
+    assert_eq!(out.code, Some(2), "{err}");
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
             && err.contains("--listen or USAGE_SYNC_LISTEN"),
