@@ -21,15 +21,12 @@ cd "$(dirname "$0")/.."
   exit 2
 }
 A=$1 B=$2
-CONNS=${CONNS:-64}
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-5s}
-ROUNDS=${ROUNDS:-3}
-MODES=${MODES:-none batched}
 . scripts/lib.sh
+load_defaults
+MODES=${MODES:-none batched}
 need_wrk
 work_dir
-printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
+plan_file 1000000000
 PORT=18700
 
 # start BINARY MODE: a fresh server on a new port; sets PID
@@ -54,28 +51,17 @@ for R in $(seq 1 "$ROUNDS"); do
 done
 
 python3 - "$WORK/raw" "$ROUNDS" "$CONNS" "$DURATION" "$A" "$B" <<'PY'
-import sys, statistics as st
+import sys
+sys.path.insert(0, "scripts")
+from wrk_runs import read, med, trailer
 raw, rounds, conns, duration, a, b = sys.argv[1:7]
-runs = {}
-for line in open(raw):
-    work, side, result = line.rstrip("\n").split("|")
-    d = dict(p.split("=") for p in result.split()[1:])
-    runs.setdefault(work, {}).setdefault(side, []).append(dict(
-        rps=int(d["requests"]) / (int(d["duration_us"]) / 1e6),
-        p99=int(d["p99_us"]) / 1000,
-        err=int(d["non2xx"]) + int(d["socket_errors"])))
-med = lambda xs, f: st.median(x[f] for x in xs)
+runs = read(raw)
 print(f"A = {a}, B = {b}; wrk -t2 -c{conns} -d{duration} after a warm-up, median of {rounds} interleaved rounds.\n")
 print("| workload | A | B | B / A |")
 print("|---|---|---|---|")
-for work, sides in runs.items():
-    ra, rb = sides["A"], sides["B"]
-    cell = lambda xs: f"{med(xs, 'rps'):,.0f} req/s, p99 {med(xs, 'p99'):.2f} ms"
+cell = lambda xs: f"{med(xs, 'rps'):,.0f} req/s, p99 {med(xs, 'p99'):.2f} ms"
+for work in dict.fromkeys(w for w, _ in runs):
+    ra, rb = runs[(work, "A")], runs[(work, "B")]
     print(f"| {work} | {cell(ra)} | {cell(rb)} | **{med(rb, 'rps') / med(ra, 'rps'):.2f}×** |")
-errors = {f"{w} {s}": sum(x["err"] for x in xs) for w, sides in runs.items() for s, xs in sides.items() if sum(x["err"] for x in xs)}
-print("\nNon-2xx answers and socket errors: " + (", ".join(f"{k}: {v}" for k, v in errors.items()) or "none") + ".")
-print("\nAll rounds, requests/s:\n")
-for work, sides in runs.items():
-    for s, xs in sides.items():
-        print(f"- {work}, {s}: " + " / ".join(f"{x['rps']:,.0f}" for x in xs))
+print("\n".join(trailer(runs)))
 PY

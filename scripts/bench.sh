@@ -17,9 +17,8 @@
 #   ROUNDS=1 DURATION=5s scripts/bench.sh   # quicker, noisier
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONNS=${CONNS:-64}
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+. scripts/lib.sh
+load_defaults
 PG=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # usage-sync's own tables go to a database of their own.
 US_PG="${PG%/*}/usage_sync_bench"
@@ -38,9 +37,8 @@ cargo build -q --release -p usage-sync-server -p usage-sync-naive --bin usage-sy
 cargo build -q --release --manifest-path bench/compare/Cargo.toml
 BIN=target/release/usage-sync
 EX=target/release
-. scripts/lib.sh
 work_dir
-printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
+plan_file 1000000000
 PORT=18700
 
 echo "1/6 in-process (limitador, floor)..." >&2

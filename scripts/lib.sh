@@ -1,6 +1,25 @@
 # Shared by the benchmark and load-test scripts: `. scripts/lib.sh` from the
 # repository root.
 
+# load_defaults: the load every comparison applies unless the environment
+# says otherwise (wrk -t2 -c$CONNS, $DURATION after a $WARMUP warm-up,
+# $ROUNDS interleaved rounds, $USERS random users).
+load_defaults() {
+  CONNS=${CONNS:-64}
+  DURATION=${DURATION:-10s}
+  WARMUP=${WARMUP:-5s}
+  ROUNDS=${ROUNDS:-3}
+  export USERS=${USERS:-10000}
+}
+
+# plan_file LIMIT: $WORK/usage-sync.toml, whose free plan allows LIMIT
+# (a number, or unlimited) of each kind.
+plan_file() {
+  local v=$1
+  [ "$v" = unlimited ] && v='"unlimited"'
+  printf '[plans.free]\nlimits = { premium = %s, fast = %s }\n' "$v" "$v" > "$WORK/usage-sync.toml"
+}
+
 # need_wrk: installs wrk (Debian) if it is missing.
 need_wrk() {
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

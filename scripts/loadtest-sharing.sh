@@ -10,14 +10,11 @@
 #   REDIS_URL=redis://127.0.0.1:6379 ROUNDS=5 scripts/loadtest-sharing.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONNS=${CONNS:-64}
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
-export USERS=${USERS:-10000}
+. scripts/lib.sh
+load_defaults
 REDIS=${REDIS_URL:-redis://127.0.0.1:6379}
 REDIS_HOSTPORT=${REDIS#redis://}
 
-. scripts/lib.sh
 need_wrk
 command -v redis-cli >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools; }
 cargo build -q --release -p usage-sync-server --bin usage-sync
@@ -25,7 +22,7 @@ BIN=target/release/usage-sync
 work_dir
 # A limit far above what the run consumes: every consume is a shared
 # decision (an unlimited kind would never reach Redis).
-printf '[plans.free]\nlimits = { premium = 1000000000, fast = 1000000000 }\n' > "$WORK/usage-sync.toml"
+plan_file 1000000000
 PORT=18530
 
 redis_cmds() { redis-cli -h "${REDIS_HOSTPORT%:*}" -p "${REDIS_HOSTPORT#*:}" info stats | tr -d '\r' | awk -F: '/^total_commands_processed/{print $2}'; }

@@ -9,19 +9,15 @@
 #   ROUNDS=5 CONNS=128 DURATION=30s scripts/loadtest.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONNS=${CONNS:-64}
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
-export USERS=${USERS:-10000}
-
 . scripts/lib.sh
+load_defaults
 need_wrk
 command -v sqlite3 >/dev/null || { apt-get update -qq && apt-get install -y -qq sqlite3; }
 cargo build -q --release -p usage-sync-server -p usage-sync-naive --bin usage-sync --bin naive_baseline
 BIN=target/release/usage-sync
 BASE=target/release/naive_baseline
 work_dir
-printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
+plan_file unlimited
 RESULTS="$WORK/results.tsv"
 PORT=18430
 

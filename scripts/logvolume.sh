@@ -15,7 +15,7 @@ need_wrk
 cargo build -q --release -p usage-sync-server --bin usage-sync
 BIN=target/release/usage-sync
 work_dir
-printf '[plans.free]\nlimits = { premium = "unlimited", fast = "unlimited" }\n' > "$WORK/usage-sync.toml"
+plan_file unlimited
 PORT=18630
 echo "| verbose_logging | requests | log lines | log bytes | bytes per request |"
 echo "|---|---|---|---|---|"

@@ -46,83 +46,67 @@ fn invisible(c: char) -> bool {
     )
 }
 
-/// A user id. The same id is held by the user table, the dirty queue, the
-/// activity queue and in-flight batches, and is copied into every consume
-/// answer, so its representation matters:
-/// - ids up to 23 bytes (numeric ids, `user-123`, Stripe-style `cus_...`)
-///   are stored inline in the 24-byte value: parsing allocates nothing,
-///   cloning is a copy, and a table lookup compares the key without
-///   following a pointer (one cache miss less per consume over many users);
-/// - longer ids (UUIDs, most auth-provider ids) are one shared allocation;
-///   cloning is an atomic increment.
-///
-/// Equality, ordering and hashing are those of the string, so the table can
-/// be looked up with a plain `&str`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(SmolStr);
+/// An id type: a checked string, compared, ordered and hashed as that
+/// string (so tables keyed by it are looked up with a plain `&str`),
+/// shown without quotes by `Display` and with them by `Debug`.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $error:path) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(SmolStr);
 
-impl UserId {
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
-        check_id(s).map_err(CoreError::InvalidUserId)?;
-        Ok(UserId(SmolStr::new(s)))
-    }
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, CoreError> {
+                check_id(s).map_err($error)?;
+                Ok($name(SmolStr::new(s)))
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl Borrow<str> for UserId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
+id_type!(
+    /// A user id. The same id is held by the user table, the dirty queue,
+    /// the activity queue and in-flight batches, and is copied into every
+    /// consume answer, so its representation matters:
+    /// - ids up to 23 bytes (numeric ids, `user-123`, Stripe-style
+    ///   `cus_...`) are stored inline in the 24-byte value: parsing
+    ///   allocates nothing, cloning is a copy, and a table lookup compares
+    ///   the key without following a pointer (one cache miss less per
+    ///   consume over many users);
+    /// - longer ids (UUIDs, most auth-provider ids) are one shared
+    ///   allocation; cloning is an atomic increment.
+    UserId,
+    CoreError::InvalidUserId
+);
 
-impl fmt::Debug for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A client-chosen idempotency key for one consume. Stored like
-/// [`UserId`]: inline up to 23 bytes, else one shared allocation.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(SmolStr);
-
-impl RequestId {
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
-        check_id(s).map_err(CoreError::InvalidRequestId)?;
-        Ok(RequestId(SmolStr::new(s)))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Borrow<str> for RequestId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+id_type!(
+    /// A client-chosen idempotency key for one consume. Stored like
+    /// [`UserId`]: inline up to 23 bytes, else one shared allocation.
+    RequestId,
+    CoreError::InvalidRequestId
+);
 
 /// A positive amount of units for one consume, at most [`MAX_AMOUNT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

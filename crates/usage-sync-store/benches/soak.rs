@@ -14,9 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use usage_sync_core::{
-    Ledger, LedgerConfig, RequestId, Timestamp, Units, UserId, UserProfile, open_catalogue,
-};
+use usage_sync_core::{Ledger, LedgerConfig, RequestId, Timestamp, Units, open_catalogue};
 use usage_sync_store::wal::list_segments;
 use usage_sync_store::{Durability, Wal, WalConfig};
 
@@ -60,15 +58,7 @@ fn main() {
         },
     );
     let fast = *l.kinds().get("fast").unwrap();
-    let users: Vec<UserId> = (0..10_000)
-        .map(|i| UserId::parse(&format!("user-{i:05}")).unwrap())
-        .collect();
-    for u in &users {
-        l.warm(u, UserProfile::default(), &[], l.load_epoch(u.as_str()), t0)
-            .unwrap();
-    }
-    wal.checkpoint(&l, t0);
-    l.attach_journal(wal.clone());
+    let users = usage_sync_store::testing::journaled_users(&l, &wal, 10_000, t0);
     println!(
         "| ids consumed | windows of time | ids remembered | resident memory | log on disk (segments) | checkpoints |"
     );

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use usage_sync_core::{Delta, FlushBatch, FlushId, Kind, Timestamp, Trigger, UserId};
+use usage_sync_core::{Delta, FlushBatch, FlushId, Kind, Ledger, Timestamp, Trigger, UserId};
 
 use crate::Store;
+use crate::wal::Wal;
 
 /// Sum of `used` over every row of the store: what a test compares with
 /// the units it had acknowledged.
@@ -30,6 +31,34 @@ pub async fn used_by(store: &dyn Store, user: &str, kind: &str) -> i64 {
         .filter(|r| r.user_id == user && r.kind == kind)
         .map(|r| r.used)
         .sum()
+}
+
+/// `users` users (`user-00000`, `user-00001`, ...) resident in `ledger`
+/// with nothing counted, a first checkpoint of them in `wal` at `now`, and
+/// the log attached: the start every log test and bench takes.
+pub fn journaled_users(
+    ledger: &Ledger,
+    wal: &Arc<Wal>,
+    users: usize,
+    now: Timestamp,
+) -> Vec<UserId> {
+    let ids: Vec<UserId> = (0..users)
+        .map(|i| UserId::parse(&format!("user-{i:05}")).expect("a valid id"))
+        .collect();
+    for u in &ids {
+        ledger
+            .warm(
+                u,
+                Default::default(),
+                &[],
+                ledger.load_epoch(u.as_str()),
+                now,
+            )
+            .expect("a fresh user warms");
+    }
+    wal.checkpoint(ledger, now);
+    ledger.attach_journal(wal.clone());
+    ids
 }
 
 /// A batch adding `delta` to `users` counters of `kind` (users

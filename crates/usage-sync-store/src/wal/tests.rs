@@ -244,7 +244,7 @@ fn segments_holding_request_ids_stay_for_the_window_and_are_read_back() {
 /// segments on disk stay flat.
 #[test]
 fn ids_and_segments_stay_flat_over_ten_windows() {
-    use usage_sync_core::{LedgerConfig, RequestId, Trigger, Units, UserId, default_catalogue};
+    use usage_sync_core::{LedgerConfig, RequestId, Trigger, Units, default_catalogue};
     let dir = tempfile::tempdir().unwrap();
     let mut config = WalConfig::new(dir.path(), Durability::None);
     config.max_segment_bytes = 256 << 10;
@@ -262,15 +262,7 @@ fn ids_and_segments_stay_flat_over_ten_windows() {
         },
     );
     let premium = *l.kinds().get("premium").unwrap();
-    let users: Vec<UserId> = (0..100)
-        .map(|i| UserId::parse(&format!("u{i}")).unwrap())
-        .collect();
-    for u in &users {
-        l.warm(u, Default::default(), &[], l.load_epoch(u.as_str()), t0)
-            .unwrap();
-    }
-    wal.checkpoint(&l, t0);
-    l.attach_journal(wal.clone());
+    let users = crate::testing::journaled_users(&l, &wal, 100, t0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -326,7 +318,7 @@ fn ids_and_segments_stay_flat_over_ten_windows() {
 fn checkpoints_beside_concurrent_changes_replay_exactly() {
     use std::collections::HashMap;
     use std::sync::atomic::AtomicBool;
-    use usage_sync_core::{LedgerConfig, RequestId, Trigger, Units, UserId, open_catalogue};
+    use usage_sync_core::{LedgerConfig, RequestId, Trigger, Units, open_catalogue};
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(WalConfig::new(dir.path(), Durability::None)).unwrap();
     let (kinds, plans) = open_catalogue();
@@ -342,15 +334,7 @@ fn checkpoints_beside_concurrent_changes_replay_exactly() {
             ..LedgerConfig::default()
         },
     );
-    let users: Vec<UserId> = (0..300)
-        .map(|i| UserId::parse(&format!("u{i}")).unwrap())
-        .collect();
-    for u in &users {
-        l.warm(u, Default::default(), &[], l.load_epoch(u.as_str()), now)
-            .unwrap();
-    }
-    wal.checkpoint(&l, now);
-    l.attach_journal(wal.clone());
+    let users = crate::testing::journaled_users(&l, &wal, 300, now);
     let kinds: Vec<_> = ["fast", "premium"]
         .iter()
         .map(|k| *l.kinds().get(k).unwrap())
