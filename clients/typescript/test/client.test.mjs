@@ -22,6 +22,18 @@ after(async () => {
   await server.stop();
 });
 
+// A fetch whose first answer is lost on the way back (the request did
+// land), as a dropped connection loses it; `calls()` counts the attempts.
+const losingFirstAnswer = () => {
+  let calls = 0;
+  const fetchFn = async (url, init) => {
+    const res = await fetch(url, init);
+    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
+    return res;
+  };
+  return { fetch: fetchFn, calls: () => calls };
+};
+
 const client = (extra = {}) => new UsageSyncClient({ baseUrl: base, apiToken: "api-t", adminToken: "admin-t", backoffMs: 10, ...extra });
 
 test("the generated types match the OpenAPI document", () => {
@@ -44,16 +56,10 @@ test("consume generates a request id, counts once, and answers 429 as allowed: f
 });
 
 test("a retry after a lost response does not count twice", async () => {
-  let calls = 0;
-  // The first answer is lost on the way back (the request did land).
-  const lossy = async (url, init) => {
-    const res = await fetch(url, init);
-    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
-    return res;
-  };
-  const c = client({ fetch: lossy });
+  const lossy = losingFirstAnswer();
+  const c = client({ fetch: lossy.fetch });
   const r = await c.consume({ userId: "ts-2", kind: "fast", amount: 3 });
-  assert.equal(calls, 2);
+  assert.equal(lossy.calls(), 2);
   assert.equal(r.allowed, true);
   assert.equal(r.deduplicated, true, "the retry is answered from the first attempt's record");
   assert.equal((await c.usage("ts-2")).kinds.fast.used, 3);
@@ -73,13 +79,8 @@ test("503s are retried under the same request id", async () => {
 });
 
 test("a batch is decided in order and can be retried without counting twice", async () => {
-  let calls = 0;
-  const lossy = async (url, init) => {
-    const res = await fetch(url, init);
-    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
-    return res;
-  };
-  const r = await client({ fetch: lossy }).consumeBatch([
+  const lossy = losingFirstAnswer();
+  const r = await client({ fetch: lossy.fetch }).consumeBatch([
     { userId: "ts-b", kind: "premium", amount: 6 },
     { userId: "ts-b", kind: "premium", amount: 6 },
     { userId: "ts-b", kind: "nope" },
@@ -108,15 +109,10 @@ test("batched consume() calls share one request, each with its own result, in ca
 });
 
 test("a retried batch of consume() calls counts nothing twice", async () => {
-  let calls = 0;
-  const lossy = async (url, init) => {
-    const res = await fetch(url, init);
-    if (++calls === 1) { await res.text(); throw new TypeError("socket hang up"); }
-    return res;
-  };
-  const c = client({ fetch: lossy, batch: { maxWaitMs: 20 } });
+  const lossy = losingFirstAnswer();
+  const c = client({ fetch: lossy.fetch, batch: { maxWaitMs: 20 } });
   const results = await Promise.all(Array.from({ length: 10 }, () => c.consume({ userId: "ts-q-r", kind: "fast" })));
-  assert.equal(calls, 2, "the batch was sent again");
+  assert.equal(lossy.calls(), 2, "the batch was sent again");
   assert.ok(results.every(r => r.deduplicated === true), "answered from the first attempt's records");
   assert.equal((await client().usage("ts-q-r")).kinds.fast.used, 10);
 });

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{pick, spawn_app};
+use crate::helpers::{column, pick, spawn_app};
 
 #[tokio::test]
 async fn plans_users_resets_and_syncs() {
@@ -79,13 +79,7 @@ async fn the_user_list_pages_sorts_filters_and_totals_including_pending() {
 
     let (s, v) = app.get("/admin/v1/users?sort=used&order=desc").await;
     assert_eq!(s, 200, "{v}");
-    let ids: Vec<&str> = v["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["user_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["c", "a", "b", "d"]);
+    assert_eq!(column(&v["users"], "user_id"), json!(["c", "a", "b", "d"]));
     assert_eq!(
         v["users"][0]["kinds"]["fast"]["pending"],
         json!(0),
@@ -109,13 +103,7 @@ async fn the_user_list_pages_sorts_filters_and_totals_including_pending() {
 
     // Pages and the plan filter.
     let (_, v) = app.get("/admin/v1/users?limit=2&page=2").await;
-    let ids: Vec<&str> = v["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["user_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["c", "d"]);
+    assert_eq!(column(&v["users"], "user_id"), json!(["c", "d"]));
     let (_, v) = app.get("/admin/v1/users?plan=premium").await;
     assert_eq!(v["matched"], json!(1));
     assert_eq!(v["users"][0]["user_id"], json!("d"));

@@ -126,11 +126,7 @@ async fn a_thousand_idle_connections_do_not_stop_consumes() {
             200
         );
     }
-    let r = client
-        .get(format!("{}/readyz", bin.address))
-        .send()
-        .await
-        .unwrap();
+    let r = bin.get("/readyz").await;
     assert_eq!(r.status().as_u16(), 200);
     assert!(
         started.elapsed() < Duration::from_secs(10),

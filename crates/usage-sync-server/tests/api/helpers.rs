@@ -184,6 +184,15 @@ pub async fn db_total(db: &Path, user: &str, kind: &str) -> i64 {
     .unwrap()
 }
 
+/// `key` of every element of the array `v`, as a JSON array.
+pub fn column(v: &Value, key: &str) -> Value {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].clone())
+        .collect()
+}
+
 /// The fields `keys` of `v`, in order, as one array: an assertion on
 /// several fields of an answer reads `pick(&v, &["used", "limit"])` against
 /// `json!([9, 10])`.
@@ -289,6 +298,25 @@ impl Binary {
         reqwest::Client::new()
             .post(format!("{}/v1/consume", self.address))
             .body(json!({"user_id": user, "kind": kind, "amount": amount}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// `GET path` on the binary (no token).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("{}{path}", self.address))
+            .await
+            .unwrap()
+    }
+
+    /// `POST /admin/v1/sync` on the binary (no admin token): flushes
+    /// everything; the status code.
+    pub async fn sync(&self) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/admin/v1/sync", self.address))
             .send()
             .await
             .unwrap()

@@ -123,188 +123,101 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// The path of `doc` that `url` is an instance of: itself, or a template
+/// such as `/v1/users/{user_id}/usage` for `/v1/users/o/usage`. The query
+/// is left out.
+fn template<'d>(doc: &'d Value, url: &str) -> &'d str {
+    let path = url.split('?').next().unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let parts: Vec<&str> = path.split('/').collect();
+    let fits = |t: &str| {
+        let t: Vec<&str> = t.split('/').collect();
+        t.len() == parts.len()
+            && t.iter()
+                .zip(&parts)
+                .all(|(a, b)| a == b || a.starts_with('{'))
+    };
+    paths
+        .get_key_value(path)
+        .map(|(k, _)| k)
+        .or_else(|| paths.keys().find(|t| fits(t)))
+        .unwrap_or_else(|| panic!("no path of the document fits {url}"))
+}
+
 #[tokio::test]
 async fn real_responses_of_every_operation_match_their_schemas() {
     let app = spawn_app_with(&[("USAGE_SYNC_ENABLE_SIMULATION", "true")]).await;
     let (s, doc) = app.get("/openapi.json").await;
     assert_eq!(s, 200);
-    let calls: Vec<(Method, &str, &str, Option<Value>, u16)> = vec![
+    // "METHOD url", body, the status expected.
+    let calls: Vec<(&str, Option<Value>, u16)> = vec![
         (
-            Method::POST,
-            "/v1/consume",
-            "/v1/consume",
+            "POST /v1/consume",
             Some(json!({"user_id": "o", "kind": "premium", "amount": 10, "request_id": "r1"})),
             200,
         ),
         (
-            Method::POST,
-            "/v1/consume",
-            "/v1/consume",
+            "POST /v1/consume",
             Some(json!({"user_id": "o", "kind": "premium", "request_id": "r2"})),
             429,
         ),
         (
-            Method::POST,
-            "/v1/consume",
-            "/v1/consume",
+            "POST /v1/consume",
             Some(json!({"user_id": "o", "kind": "premium", "amount": 10, "request_id": "r1"})),
             200,
         ),
         (
-            Method::POST,
-            "/v1/consume",
-            "/v1/consume",
+            "POST /v1/consume",
             Some(json!({"user_id": "", "kind": "fast"})),
             400,
         ),
         (
-            Method::POST,
-            "/v1/check",
-            "/v1/check",
+            "POST /v1/check",
             Some(json!({"user_id": "o", "kind": "fast"})),
             200,
         ),
+        ("POST /v1/refund", Some(json!({"request_id": "r1"})), 200),
+        ("POST /v1/refund", Some(json!({"request_id": "r1"})), 409),
+        ("POST /v1/refund", Some(json!({"request_id": "nope"})), 404),
+        ("GET /v1/users/o/usage", None, 200),
         (
-            Method::POST,
-            "/v1/refund",
-            "/v1/refund",
-            Some(json!({"request_id": "r1"})),
-            200,
-        ),
-        (
-            Method::POST,
-            "/v1/refund",
-            "/v1/refund",
-            Some(json!({"request_id": "r1"})),
-            409,
-        ),
-        (
-            Method::POST,
-            "/v1/refund",
-            "/v1/refund",
-            Some(json!({"request_id": "nope"})),
-            404,
-        ),
-        (
-            Method::GET,
-            "/v1/users/o/usage",
-            "/v1/users/{user_id}/usage",
-            None,
-            200,
-        ),
-        (
-            Method::PUT,
-            "/admin/v1/plans/team",
-            "/admin/v1/plans/{plan}",
+            "PUT /admin/v1/plans/team",
             Some(json!({"limits": {"fast": 5, "premium": null}})),
             200,
         ),
+        ("PUT /admin/v1/users/o", Some(json!({"plan": "team"})), 200),
+        ("PUT /admin/v1/users/o", Some(json!({"plan": "gold"})), 400),
         (
-            Method::PUT,
-            "/admin/v1/users/o",
-            "/admin/v1/users/{user_id}",
-            Some(json!({"plan": "team"})),
-            200,
-        ),
-        (
-            Method::PUT,
-            "/admin/v1/users/o",
-            "/admin/v1/users/{user_id}",
-            Some(json!({"plan": "gold"})),
-            400,
-        ),
-        (
-            Method::POST,
-            "/admin/v1/users/o/simulate",
-            "/admin/v1/users/{user_id}/simulate",
+            "POST /admin/v1/users/o/simulate",
             Some(json!({"kind": "fast", "count": 2})),
             200,
         ),
+        ("POST /admin/v1/users/o/sync", None, 200),
+        ("POST /admin/v1/sync", None, 200),
         (
-            Method::POST,
-            "/admin/v1/users/o/sync",
-            "/admin/v1/users/{user_id}/sync",
-            None,
-            200,
-        ),
-        (Method::POST, "/admin/v1/sync", "/admin/v1/sync", None, 200),
-        (
-            Method::POST,
-            "/v1/consume/batch",
-            "/v1/consume/batch",
+            "POST /v1/consume/batch",
             Some(
                 json!({"events": [{"user_id": "o", "kind": "fast"}, {"user_id": "o", "kind": "nope"}]}),
             ),
             200,
         ),
-        (
-            Method::POST,
-            "/v1/consume/batch",
-            "/v1/consume/batch",
-            Some(json!({"events": []})),
-            400,
-        ),
-        (
-            Method::GET,
-            "/admin/v1/users?sort=used&order=desc",
-            "/admin/v1/users",
-            None,
-            200,
-        ),
-        (
-            Method::GET,
-            "/admin/v1/users?page=0",
-            "/admin/v1/users",
-            None,
-            400,
-        ),
-        (
-            Method::GET,
-            "/admin/v1/status",
-            "/admin/v1/status",
-            None,
-            200,
-        ),
-        (
-            Method::GET,
-            "/admin/v1/alerts",
-            "/admin/v1/alerts",
-            None,
-            200,
-        ),
-        (
-            Method::GET,
-            "/admin/v1/users/o/diagnose",
-            "/admin/v1/users/{user_id}/diagnose",
-            None,
-            200,
-        ),
-        (
-            Method::POST,
-            "/admin/v1/users/o/reset",
-            "/admin/v1/users/{user_id}/reset",
-            None,
-            200,
-        ),
-        (
-            Method::POST,
-            "/admin/v1/stats/reset",
-            "/admin/v1/stats/reset",
-            None,
-            200,
-        ),
-        (
-            Method::POST,
-            "/admin/v1/cache/evict",
-            "/admin/v1/cache/evict",
-            None,
-            200,
-        ),
-        (Method::GET, "/healthz", "/healthz", None, 200),
-        (Method::GET, "/readyz", "/readyz", None, 200),
+        ("POST /v1/consume/batch", Some(json!({"events": []})), 400),
+        ("GET /admin/v1/users?sort=used&order=desc", None, 200),
+        ("GET /admin/v1/users?page=0", None, 400),
+        ("GET /admin/v1/status", None, 200),
+        ("GET /admin/v1/alerts", None, 200),
+        ("GET /admin/v1/users/o/diagnose", None, 200),
+        ("POST /admin/v1/users/o/reset", None, 200),
+        ("POST /admin/v1/stats/reset", None, 200),
+        ("POST /admin/v1/cache/evict", None, 200),
+        ("GET /healthz", None, 200),
+        ("GET /readyz", None, 200),
     ];
     let mut described = std::collections::BTreeSet::new();
-    for (method, url, path, body, want) in calls {
+    for (call, body, want) in calls {
+        let (method, url) = call.split_once(' ').unwrap();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let path = template(&doc, url);
         let (status, v) = app
             .request(method.clone(), url, body.map(|b| b.to_string()), None)
             .await;

@@ -236,11 +236,7 @@ async fn a_postgres_outage_under_load_fails_no_request_and_loses_nothing() {
         }
     }
     let (s, _) = {
-        let r = client
-            .get(format!("{}/readyz", bin.address))
-            .send()
-            .await
-            .unwrap();
+        let r = bin.get("/readyz").await;
         (r.status().as_u16(), ())
     };
     assert_eq!(s, 503, "readiness reports the unreachable database");
