@@ -72,6 +72,16 @@ pub struct SyncAllReport {
     pub flushed_units: i64,
 }
 
+/// One consume on its way through admission: may `user` spend `amount`
+/// of `kind`, under the client's idempotency key `request_id`?
+#[derive(Clone, Copy)]
+pub(crate) struct Spend<'a> {
+    pub user: &'a UserId,
+    pub kind: &'a Kind,
+    pub amount: Units,
+    pub request_id: Option<&'a RequestId>,
+}
+
 impl Engine {
     /// Opens the engine over `store`: runs migrations, loads the plans saved
     /// by admins (they take precedence over `plans` from configuration) and
@@ -267,7 +277,14 @@ impl Engine {
         self.ensure_accepting()?;
         self.ensure_loggable()?;
         let started = std::time::Instant::now();
-        let out = self.decide(user, kind, amount, request_id).await?;
+        let out = self
+            .decide(Spend {
+                user,
+                kind,
+                amount,
+                request_id,
+            })
+            .await?;
         if out.threshold_reached {
             self.inner.sync.threshold_wake.notify_one();
         }
@@ -295,7 +312,14 @@ impl Engine {
         let mut last_lsn = None;
         let mut wake = false;
         for (user, kind, amount, rid) in events {
-            let r = self.decide(user, kind, *amount, rid.as_ref()).await;
+            let r = self
+                .decide(Spend {
+                    user,
+                    kind,
+                    amount: *amount,
+                    request_id: rid.as_ref(),
+                })
+                .await;
             if let Ok(o) = &r {
                 wake |= o.threshold_reached;
                 last_lsn = last_lsn.max(o.lsn);
@@ -326,16 +350,10 @@ impl Engine {
 
     /// Decides and counts one consume: through the shared tier when one is
     /// configured, else from this instance's own counts.
-    async fn decide(
-        &self,
-        user: &UserId,
-        kind: &Kind,
-        amount: Units,
-        request_id: Option<&RequestId>,
-    ) -> Result<ConsumeOutcome, Error> {
+    async fn decide(&self, s: Spend<'_>) -> Result<ConsumeOutcome, Error> {
         match &self.inner.shared {
-            Some(t) => self.consume_shared(t, user, kind, amount, request_id).await,
-            None => self.consume_local(user, kind, amount, request_id).await,
+            Some(t) => self.consume_shared(t, s).await,
+            None => self.consume_local(s).await,
         }
     }
 
@@ -356,15 +374,9 @@ impl Engine {
     }
 
     /// The consume decision from this instance's own counts.
-    pub(crate) async fn consume_local(
-        &self,
-        user: &UserId,
-        kind: &Kind,
-        amount: Units,
-        request_id: Option<&RequestId>,
-    ) -> Result<ConsumeOutcome, Error> {
-        self.resident(user, |l, now| {
-            l.consume(user.as_str(), kind, amount, request_id, now)
+    pub(crate) async fn consume_local(&self, s: Spend<'_>) -> Result<ConsumeOutcome, Error> {
+        self.resident(s.user, |l, now| {
+            l.consume(s.user.as_str(), s.kind, s.amount, s.request_id, now)
         })
         .await
     }

@@ -12,28 +12,20 @@ impl Engine {
 
     /// Counts units the shared tier admitted, loading the user if it was
     /// evicted in between (the admission is never repeated).
-    pub(super) async fn count_granted(
-        &self,
-        user: &UserId,
-        kind: &Kind,
-        amount: Units,
-        request_id: Option<&RequestId>,
-    ) -> Result<ConsumeOutcome, Error> {
-        self.resident(user, |l, now| {
-            l.consume_granted(user.as_str(), kind, amount, request_id, now)
+    pub(super) async fn count_granted(&self, s: Spend<'_>) -> Result<ConsumeOutcome, Error> {
+        self.resident(s.user, |l, now| {
+            l.consume_granted(s.user.as_str(), s.kind, s.amount, s.request_id, now)
         })
         .await
     }
 
-    pub(super) fn admission<'a>(
-        &self,
-        t: &SharedTier,
-        user: &'a UserId,
-        kind: &Kind,
-        q: &Quota,
-        amount: Units,
-        request_id: Option<&'a RequestId>,
-    ) -> Admission<'a> {
+    pub(super) fn admission<'a>(&self, t: &SharedTier, s: Spend<'a>, q: &Quota) -> Admission<'a> {
+        let Spend {
+            user,
+            kind,
+            amount,
+            request_id,
+        } = s;
         Admission {
             user: user.as_str(),
             kind: kind.name(),
@@ -53,11 +45,14 @@ impl Engine {
     pub(crate) async fn consume_shared(
         &self,
         t: &SharedTier,
-        user: &UserId,
-        kind: &Kind,
-        amount: Units,
-        request_id: Option<&RequestId>,
+        s: Spend<'_>,
     ) -> Result<ConsumeOutcome, Error> {
+        let Spend {
+            user,
+            kind,
+            amount,
+            request_id,
+        } = s;
         if let Some(rid) = request_id {
             // An id this instance remembers for another request is refused
             // before anything reaches Redis.
@@ -69,18 +64,23 @@ impl Engine {
             let q = self.quota(user, kind).await?;
             if q.limit.is_none() && request_id.is_none() {
                 // Nothing to share: no limit and no id to deduplicate.
-                return self.consume_local(user, kind, amount, None).await;
+                return self
+                    .consume_local(Spend {
+                        request_id: None,
+                        ..s
+                    })
+                    .await;
             }
             if !t.is_up() {
-                return self.fallback(t, user, kind, &q, amount, request_id).await;
+                return self.fallback(t, s, &q).await;
             }
             if t.mode() == SharingMode::Lease && request_id.is_none() {
-                match self.consume_leased(t, user, kind, &q, amount).await? {
+                match self.consume_leased(t, s, &q).await? {
                     Some(out) => return Ok(out),
                     None => continue,
                 }
             }
-            let adm = self.admission(t, user, kind, &q, amount, request_id);
+            let adm = self.admission(t, s, &q);
             t.ops(1 + u64::from(request_id.is_some()));
             let reply = match t.redis.admit(&adm).await {
                 Ok(r) => r,
@@ -88,7 +88,7 @@ impl Engine {
                     if let Some(err) = t.key_failure(&e) {
                         return Err(err);
                     }
-                    return self.fallback(t, user, kind, &q, amount, request_id).await;
+                    return self.fallback(t, s, &q).await;
                 }
             };
             return match reply {
@@ -147,7 +147,7 @@ impl Engine {
                     allowed: true,
                     used,
                 } => {
-                    let mut out = self.count_granted(user, kind, amount, request_id).await?;
+                    let mut out = self.count_granted(s).await?;
                     out.decision = decision_at(&q, true, used);
                     Ok(out)
                 }
@@ -163,21 +163,26 @@ impl Engine {
     pub(super) async fn consume_leased(
         &self,
         t: &SharedTier,
-        user: &UserId,
-        kind: &Kind,
+        s: Spend<'_>,
         q: &Quota,
-        amount: Units,
     ) -> Result<Option<ConsumeOutcome>, Error> {
+        let s = Spend {
+            request_id: None,
+            ..s
+        };
+        let Spend {
+            user, kind, amount, ..
+        } = s;
         let k = u16::try_from(kind.index()).unwrap_or(u16::MAX);
         if let Some(spent) = t
             .leases
             .spend(user, k, q.period_start, amount.get(), Instant::now())
         {
-            let mut out = self.count_granted(user, kind, amount, None).await?;
+            let mut out = self.count_granted(s).await?;
             out.decision = decision_at(q, true, spent);
             return Ok(Some(out));
         }
-        let adm = self.admission(t, user, kind, q, amount, None);
+        let adm = self.admission(t, s, q);
         t.ops(1);
         let reply = match t.redis.lease(&adm, t.config.lease_size).await {
             Ok(r) => r,
@@ -185,10 +190,7 @@ impl Engine {
                 if let Some(err) = t.key_failure(&e) {
                     return Err(err);
                 }
-                return self
-                    .fallback(t, user, kind, q, amount, None)
-                    .await
-                    .map(Some);
+                return self.fallback(t, s, q).await.map(Some);
             }
         };
         match reply {
@@ -220,7 +222,7 @@ impl Engine {
                     Instant::now() + t.config.lease_ttl,
                 );
                 t.queue_returns(stale, self.kinds());
-                let mut out = self.count_granted(user, kind, amount, None).await?;
+                let mut out = self.count_granted(s).await?;
                 out.decision = decision_at(q, true, used.saturating_sub(left));
                 Ok(Some(out))
             }
@@ -231,12 +233,12 @@ impl Engine {
     pub(super) async fn fallback(
         &self,
         t: &SharedTier,
-        user: &UserId,
-        kind: &Kind,
+        s: Spend<'_>,
         q: &Quota,
-        amount: Units,
-        request_id: Option<&RequestId>,
     ) -> Result<ConsumeOutcome, Error> {
+        let Spend {
+            user, kind, amount, ..
+        } = s;
         t.stats.fallback_decisions.fetch_add(1, Ordering::Relaxed);
         if t.config.fallback == RedisFallback::Deny {
             return Err(Error::Unavailable(
@@ -244,7 +246,7 @@ impl Engine {
                     .into(),
             ));
         }
-        let out = self.consume_local(user, kind, amount, request_id).await?;
+        let out = self.consume_local(s).await?;
         if out.decision.allowed && !out.deduplicated {
             let key = t
                 .redis

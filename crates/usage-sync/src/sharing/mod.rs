@@ -47,7 +47,7 @@ use usage_sync_core::{
     UserUsage,
 };
 
-use crate::engine::{Engine, Refund};
+use crate::engine::{Engine, Refund, Spend};
 use crate::error::Error;
 use lease::{Leases, Return};
 use redis::{Admission, AdmitReply, LeaseReply, Redis, RedisFailure, RefundReply};
