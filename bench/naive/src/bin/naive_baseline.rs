@@ -9,18 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
 use rusqlite::Connection;
-use serde::Deserialize;
 use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-struct Body {
-    user_id: String,
-    kind: String,
-}
+use usage_sync_naive::Body;
 
 type Db = Arc<Mutex<Connection>>;
 
@@ -62,11 +55,5 @@ async fn main() {
         tx.commit().unwrap();
     }
     let db: Db = Arc::new(Mutex::new(c));
-    let app = Router::new()
-        .route("/v1/consume", post(consume))
-        .with_state(db);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    axum::serve(listener, app).await.unwrap();
+    usage_sync_naive::serve(port, consume, db).await;
 }

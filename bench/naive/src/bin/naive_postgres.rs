@@ -12,18 +12,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-struct Body {
-    user_id: String,
-    kind: String,
-}
+use usage_sync_naive::Body;
 
 struct Pool {
     clients: Vec<tokio_postgres::Client>,
@@ -80,11 +73,5 @@ async fn main() {
         clients,
         next: AtomicUsize::new(0),
     });
-    let app = Router::new()
-        .route("/v1/consume", post(consume))
-        .with_state(pool);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    axum::serve(listener, app).await.unwrap();
+    usage_sync_naive::serve(port, consume, pool).await;
 }

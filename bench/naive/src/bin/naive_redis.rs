@@ -7,20 +7,13 @@
 
 use std::sync::LazyLock;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::Deserialize;
 use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-struct Body {
-    user_id: String,
-    kind: String,
-}
+use usage_sync_naive::Body;
 
 static CHECK_AND_INCREMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -59,11 +52,5 @@ async fn main() {
     let client = redis::Client::open(args[2].as_str()).unwrap();
     let limit: u64 = args[3].parse().unwrap();
     let conn = client.get_connection_manager().await.unwrap();
-    let app = Router::new()
-        .route("/v1/consume", post(consume))
-        .with_state(App { conn, limit });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    axum::serve(listener, app).await.unwrap();
+    usage_sync_naive::serve(port, consume, App { conn, limit }).await;
 }

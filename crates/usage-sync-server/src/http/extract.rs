@@ -87,6 +87,14 @@ pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
+/// The one path segment of a route, in the same error shape as a body's.
+async fn segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, ApiError> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
+    Ok(raw)
+}
+
 /// The `{user_id}` path segment, validated.
 pub struct UserPath(pub UserId);
 
@@ -94,10 +102,7 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
-        Ok(UserPath(UserId::parse(&raw)?))
+        Ok(UserPath(UserId::parse(&segment(parts, state).await?)?))
     }
 }
 
@@ -108,9 +113,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PlanPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
-        Ok(PlanPath(raw))
+        segment(parts, state).await.map(PlanPath)
     }
 }
