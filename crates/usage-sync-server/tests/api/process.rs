@@ -473,33 +473,30 @@ async fn startup_mistakes_are_named_with_the_fix() {
         "{err}"
     );
     drop(taken);
-    let out = std::process::Command::new(bin)
-        .arg("check-config")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .env("USAGE_SYNC_DURABLITY", "fsync")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let data = dir.path().to_str().unwrap();
+    let (code, text, _) = run_binary(
+        &["check-config"],
+        &[
+            ("USAGE_SYNC_DATA_DIR", Some(data)),
+            ("USAGE_SYNC_DURABLITY", Some("fsync")),
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("✗ environment")
             && text.contains("USAGE_SYNC_DURABLITY (did you mean USAGE_SYNC_DURABILITY?)"),
         "{text}"
     );
-    let out = std::process::Command::new(bin)
-        .arg("serve")
-        .env("USAGE_SYNC_DATA_DIR", dir.path())
-        .env("USAGE_SYNC_LOG_LEVEL", "warnn")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, _, err) = run_binary(
+        &["serve"],
+        &[
+            ("USAGE_SYNC_DATA_DIR", Some(data)),
+            ("USAGE_SYNC_LOG_LEVEL", Some("warnn")),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("did you mean 'warn'"), "{err}");
-    let help = std::process::Command::new(bin)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
+    let (_, help, _) = run_binary(&["serve", "--help"], &[]);
     assert!(
         help.contains("USAGE_SYNC_LISTEN") && help.contains("--listen"),
         "{help}"
