@@ -1,8 +1,9 @@
 //! Extractors that turn every client mistake into the API's error shape:
-//! a JSON body (size-limited, strictly typed) and a user id path segment.
+//! a JSON body (size-limited, strictly typed), a query string and a user
+//! id path segment.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::Deserialize;
@@ -93,6 +94,21 @@ async fn segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String,
         .await
         .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
     Ok(raw)
+}
+
+/// A query string, strictly typed: a malformed or unknown parameter is
+/// `invalid_request`.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        Ok(QueryParams(q))
+    }
 }
 
 /// The `{user_id}` path segment, validated.

@@ -1,8 +1,7 @@
 //! Admin routes: plans, per-user settings, resets and manual syncs.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use usage_sync::{SortKey, UserListQuery};
@@ -14,7 +13,7 @@ use usage_sync_core::{Limit, PeriodKind};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Code};
-use crate::http::extract::{JsonBody, PlanPath, UserPath};
+use crate::http::extract::{JsonBody, PlanPath, QueryParams, UserPath};
 use crate::http::routes::usage::usage_doc;
 
 pub async fn put_plan(
@@ -110,9 +109,8 @@ pub struct ListParams {
 /// `user_id` (default), `used`, `pending`, `last_activity` or a kind name.
 pub async fn list_users(
     State(state): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Json<UserList>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let engine = state.engine()?;
     let page = p.page.unwrap_or(1);
     if !(1..=1_000_000).contains(&page) {
@@ -190,9 +188,8 @@ pub struct EvictParams {
 /// whose counters are clean. Never drops pending units.
 pub async fn evict(
     State(state): State<AppState>,
-    params: Result<Query<EvictParams>, QueryRejection>,
+    QueryParams(p): QueryParams<EvictParams>,
 ) -> Result<Json<Eviction>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let idle = p.idle_seconds.unwrap_or(0);
     if idle > 365 * 86_400 {
         return Err(ApiError::invalid("idle_seconds must be at most one year"));
