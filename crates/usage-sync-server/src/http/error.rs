@@ -52,25 +52,13 @@ impl IntoResponse for ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
-        let msg = e.to_string();
-        match e {
-            CoreError::UnknownKind(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, Code::UnknownKind, msg)
-            }
-            CoreError::UnknownRequest => {
-                ApiError::new(StatusCode::NOT_FOUND, Code::UnknownRequest, msg)
-            }
-            CoreError::AlreadyRefunded => {
-                ApiError::new(StatusCode::CONFLICT, Code::AlreadyRefunded, msg)
-            }
-            CoreError::RequestIdConflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, Code::RequestIdConflict, msg)
-            }
-            CoreError::RequestIdsFull => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, msg)
-            }
-            CoreError::NotResident => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, msg)
+        let (status, code) = match e {
+            CoreError::UnknownKind(_) => (StatusCode::BAD_REQUEST, Code::UnknownKind),
+            CoreError::UnknownRequest => (StatusCode::NOT_FOUND, Code::UnknownRequest),
+            CoreError::AlreadyRefunded => (StatusCode::CONFLICT, Code::AlreadyRefunded),
+            CoreError::RequestIdConflict(_) => (StatusCode::CONFLICT, Code::RequestIdConflict),
+            CoreError::RequestIdsFull | CoreError::NotResident => {
+                (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable)
             }
             CoreError::InvalidUserId(_)
             | CoreError::InvalidRequestId(_)
@@ -79,8 +67,9 @@ impl From<CoreError> for ApiError {
             | CoreError::InvalidPeriod(_)
             | CoreError::InvalidTimestamp(_)
             | CoreError::InvalidLimit(_)
-            | CoreError::Overflow => ApiError::invalid(msg),
-        }
+            | CoreError::Overflow => (StatusCode::BAD_REQUEST, Code::InvalidRequest),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

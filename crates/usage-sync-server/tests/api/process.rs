@@ -304,13 +304,16 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
         ],
     )
     .await;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
-    cmd.args([
-        "bench",
-        "--url",
-        &server.address,
-        "--token",
-        "api",
+    // `usage-sync bench` against the server, with the API token and `more`.
+    let bench = |more: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
+        cmd.args(["bench", "--url", &server.address, "--token", "api"])
+            .args(more)
+            .env_remove("USAGE_SYNC_ADMIN_TOKEN")
+            .env_remove("USAGE_SYNC_API_TOKEN");
+        crate::helpers::run(cmd)
+    };
+    let out = bench(&[
         "--admin-token",
         "adm",
         "--connections",
@@ -325,9 +328,7 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
         "--grade",
         "--json",
     ])
-    .env_remove("USAGE_SYNC_ADMIN_TOKEN")
-    .env_remove("USAGE_SYNC_API_TOKEN");
-    let out = crate::helpers::run(cmd).await;
+    .await;
     let stdout = out.ok();
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     let requests = v["requests"].as_u64().unwrap();
@@ -373,21 +374,15 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
     );
     // A kind the service does not know: every request fails, and the
     // report says why.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usage-sync"));
-    cmd.args([
-        "bench",
-        "--url",
-        &server.address,
-        "--token",
-        "api",
+    let out = bench(&[
         "--kinds",
         "nope",
         "--duration",
         "300ms",
         "--connections",
         "1",
-    ]);
-    let out = crate::helpers::run(cmd).await;
+    ])
+    .await;
     let text = &out.stdout;
     assert!(text.contains("first error   400 unknown_kind"), "{text}");
     assert!(!text.contains('\r') && !out.stderr.contains('\r'));

@@ -20,22 +20,16 @@ impl Engine {
     }
 
     pub(super) fn admission<'a>(&self, t: &SharedTier, s: Spend<'a>, q: &Quota) -> Admission<'a> {
-        let Spend {
-            user,
-            kind,
-            amount,
-            request_id,
-        } = s;
         Admission {
-            user: user.as_str(),
-            kind: kind.name(),
+            user: s.user.as_str(),
+            kind: s.kind.name(),
             period_start_ms: q.period_start.as_millis(),
-            amount: amount.get(),
+            amount: s.amount.get(),
             limit: q.limit,
             seed: q.used,
             expire_at_ms: expire_at(q.period_end),
-            version: t.version(user),
-            request_id: request_id.map(RequestId::as_str),
+            version: t.version(s.user),
+            request_id: s.request_id.map(RequestId::as_str),
             dedup_ttl_ms: u64::try_from(self.inner.config.dedup_window.as_millis())
                 .unwrap_or(u64::MAX),
         }

@@ -78,21 +78,13 @@ impl Inner {
                 _ = &mut stop => break,
                 _ = guarantee.tick() => {
                     next[2] = Instant::now() + periods[2];
-                    let (batches, users) = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
-                    let flights = self.guard_new(batches);
-                    if users > 0 {
-                        debug!(target: "guarantee", users, batches = flights.len(), "guarantee pass");
-                    }
-                    self.spawn_batches(flights, Trigger::Guarantee).await;
+                    let taken = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
+                    self.flush_pass(taken, Trigger::Guarantee).await;
                 }
                 _ = check.tick() => {
                     next[0] = Instant::now() + periods[0];
-                    let (batches, users) = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
-                    let flights = self.guard_new(batches);
-                    if users > 0 {
-                        debug!(target: "check", users, batches = flights.len(), "check pass");
-                    }
-                    self.spawn_batches(flights, Trigger::Check).await;
+                    let taken = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
+                    self.flush_pass(taken, Trigger::Check).await;
                 }
                 _ = heartbeat.tick() => {
                     next[1] = Instant::now() + periods[1];
@@ -123,6 +115,25 @@ impl Inner {
             let mut tasks = self.sync.tasks.lock().await;
             while tasks.try_join_next().is_some() {}
         }
+    }
+
+    /// Flushes what a timed pass (check or guarantee) took from the
+    /// ledger: its batches and the number of users they hold.
+    async fn flush_pass(
+        self: &Arc<Self>,
+        (batches, users): (Vec<FlushBatch>, usize),
+        trigger: Trigger,
+    ) {
+        let flights = self.guard_new(batches);
+        if users > 0 {
+            let batches = flights.len();
+            // Log targets are static: one per pass, as the log filters name them.
+            match trigger {
+                Trigger::Check => debug!(target: "check", users, batches, "check pass"),
+                _ => debug!(target: "guarantee", users, batches, "guarantee pass"),
+            }
+        }
+        self.spawn_batches(flights, trigger).await;
     }
 
     /// The threshold trigger, in its own task so its batching adapts to

@@ -501,12 +501,29 @@ fn parse_admit(reply: &[String]) -> Result<AdmitReply, RedisFailure> {
 // Numbers stay below 2^53 (amounts are at most 10^9 per consume), exact in
 // Lua's doubles.
 
+/// The counter (`KEYS[1]`) as a number, set to `seed` (with an expiry
+/// at `expire_at` ms, unless it is '0') if Redis does not hold it: every
+/// script that admits starts from it.
+#[cfg(feature = "redis")]
+const SEEDED: &str = r#"
+local function seeded(seed, expire_at)
+  local used = redis.call('GET', KEYS[1])
+  if not used then
+    redis.call('SET', KEYS[1], seed)
+    if expire_at ~= '0' then redis.call('PEXPIREAT', KEYS[1], expire_at) end
+    used = seed
+  end
+  return tonumber(used)
+end
+"#;
+
 /// KEYS: counter, user version, request record. ARGV: amount, limit (-1 for
 /// none), seed, expire-at ms (0 never), expected version, dedup ttl ms,
 /// has-request-id, period start ms, kind.
 #[cfg(feature = "redis")]
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{SEEDED}{}",
         r#"
 local v = redis.call('GET', KEYS[2]) or '0'
 if v ~= ARGV[5] then return {'stale', v} end
@@ -514,13 +531,7 @@ if ARGV[7] == '1' then
   local r = redis.call('HMGET', KEYS[3], 'a', 'u', 'k', 'n')
   if r[1] then return {'dup', r[1], r[2], r[3], r[4]} end
 end
-local used = redis.call('GET', KEYS[1])
-if not used then
-  redis.call('SET', KEYS[1], ARGV[3])
-  if ARGV[4] ~= '0' then redis.call('PEXPIREAT', KEYS[1], ARGV[4]) end
-  used = ARGV[3]
-end
-used = tonumber(used)
+local used = seeded(ARGV[3], ARGV[4])
 local amount = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local allowed = '0'
@@ -533,8 +544,8 @@ if ARGV[7] == '1' then
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
 return {allowed, tostring(used)}
-"#,
-    )
+"#
+    ))
 });
 
 /// KEYS: counter, user version. ARGV: amount, lease size, limit, seed,
@@ -543,17 +554,12 @@ return {allowed, tostring(used)}
 /// limit so no idle instance strands the last units.
 #[cfg(feature = "redis")]
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{SEEDED}{}",
         r#"
 local v = redis.call('GET', KEYS[2]) or '0'
 if v ~= ARGV[6] then return {'-1', v} end
-local used = redis.call('GET', KEYS[1])
-if not used then
-  redis.call('SET', KEYS[1], ARGV[4])
-  if ARGV[5] ~= '0' then redis.call('PEXPIREAT', KEYS[1], ARGV[5]) end
-  used = ARGV[4]
-end
-used = tonumber(used)
+local used = seeded(ARGV[4], ARGV[5])
 local amount = tonumber(ARGV[1])
 local remaining = tonumber(ARGV[3]) - used
 if remaining < amount then return {'0', tostring(used)} end
@@ -562,8 +568,8 @@ if grant > tonumber(ARGV[2]) then grant = tonumber(ARGV[2]) end
 if grant < amount then grant = amount end
 used = redis.call('INCRBY', KEYS[1], grant)
 return {tostring(grant), tostring(used)}
-"#,
-    )
+"#
+    ))
 });
 
 /// KEYS: counter. ARGV: units. Never below zero (a counter re-seeded after
