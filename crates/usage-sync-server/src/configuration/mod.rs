@@ -465,6 +465,10 @@ fn build(
         }
         Ok(n)
     };
+    // A count that sizes something in memory (all bounds fit any usize).
+    let size = |k: &'static str, min: u64, max: u64| -> Result<usize, ConfigError> {
+        Ok(usize::try_from(count(k, min, max)?).unwrap_or(usize::MAX))
+    };
     let boolean = |k: &'static str| parse_bool(&text(k)).map_err(|m| invalid(k, m));
     // A zero timeout would close every connection at once.
     let positive = |k: &'static str| {
@@ -629,22 +633,14 @@ fn build(
             check_interval: dur("sync_check_interval")?,
             force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
             max_sync_interval: dur("max_sync_interval")?,
-            max_active_users_check: usize::try_from(count(
-                "max_active_users_check",
-                1,
-                10_000_000,
-            )?)
-            .unwrap_or(usize::MAX),
+            max_active_users_check: size("max_active_users_check", 1, 10_000_000)?,
             session_timeout: dur("session_timeout")?,
             sync_timeout: dur("sync_timeout")?,
-            max_concurrent_syncs: usize::try_from(count("max_concurrent_syncs", 1, 1024)?)
-                .unwrap_or(usize::MAX),
-            batch_size: usize::try_from(count("batch_size", 1, 10_000)?).unwrap_or(usize::MAX),
-            max_cached_users: usize::try_from(count("max_cached_users", 1, 1_000_000_000)?)
-                .unwrap_or(usize::MAX),
+            max_concurrent_syncs: size("max_concurrent_syncs", 1, 1024)?,
+            batch_size: size("batch_size", 1, 10_000)?,
+            max_cached_users: size("max_cached_users", 1, 1_000_000_000)?,
             dedup_window: dur("dedup_window")?,
-            max_request_ids: usize::try_from(count("max_request_ids", 1, 1_000_000_000)?)
-                .unwrap_or(usize::MAX),
+            max_request_ids: size("max_request_ids", 1, 1_000_000_000)?,
             crash_after_commit: fault_crash_after_commit,
             crash_in_recovery: boolean("fault_crash_in_recovery")?,
             sharing,
@@ -659,7 +655,7 @@ fn build(
         performance_mode,
         data_dir,
         database_url,
-        db_pool_size: usize::try_from(count("db_pool_size", 1, 1000)?).unwrap_or(usize::MAX),
+        db_pool_size: size("db_pool_size", 1, 1000)?,
         redis_url,
         listen,
         api_token: secret("api_token"),
@@ -671,12 +667,7 @@ fn build(
         alert_window: dur("alert_window")?,
         alert_interval: dur("alert_interval")?,
         alert_webhook: secret("alert_webhook"),
-        max_concurrent_syncs_ceiling: usize::try_from(count(
-            "max_concurrent_syncs_ceiling",
-            1,
-            1024,
-        )?)
-        .unwrap_or(usize::MAX),
+        max_concurrent_syncs_ceiling: size("max_concurrent_syncs_ceiling", 1, 1024)?,
         shutdown_timeout: dur("shutdown_timeout")?,
         header_timeout: positive("header_timeout")?,
         body_timeout: positive("body_timeout")?,

@@ -18,6 +18,13 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
+/// Asserts the value of each `(series, value)` in a scrape.
+fn expect_samples(text: &str, expected: &[(&str, f64)]) {
+    for &(series, value) in expected {
+        assert_eq!(sample(text, series), value, "{series}");
+    }
+}
+
 #[tokio::test]
 async fn every_metric_family_is_exported_and_moves_under_load() {
     let app = spawn_app().await;
@@ -40,62 +47,39 @@ async fn every_metric_family_is_exported_and_moves_under_load() {
     )
     .await;
     let mid = app.metrics().await;
-    assert_eq!(
-        sample(&mid, "usage_sync_consume_total{result=\"allowed\"}"),
-        10.0
+    expect_samples(
+        &mid,
+        &[
+            ("usage_sync_consume_total{result=\"allowed\"}", 10.0),
+            ("usage_sync_consume_total{result=\"denied\"}", 2.0),
+            ("usage_sync_consume_total{result=\"deduplicated\"}", 1.0),
+            ("usage_sync_consume_duration_seconds_count", 13.0),
+            (
+                "usage_sync_consume_duration_seconds_bucket{le=\"+Inf\"}",
+                13.0,
+            ),
+            ("usage_sync_pending_units", 10.0),
+            ("usage_sync_users_tracked", 1.0),
+            ("usage_sync_users_active", 1.0),
+        ],
     );
-    assert_eq!(
-        sample(&mid, "usage_sync_consume_total{result=\"denied\"}"),
-        2.0
-    );
-    assert_eq!(
-        sample(&mid, "usage_sync_consume_total{result=\"deduplicated\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&mid, "usage_sync_consume_duration_seconds_count"),
-        13.0
-    );
-    assert_eq!(
-        sample(
-            &mid,
-            "usage_sync_consume_duration_seconds_bucket{le=\"+Inf\"}"
-        ),
-        13.0
-    );
-    assert_eq!(sample(&mid, "usage_sync_pending_units"), 10.0);
-    assert_eq!(sample(&mid, "usage_sync_users_tracked"), 1.0);
-    assert_eq!(sample(&mid, "usage_sync_users_active"), 1.0);
     assert!(sample(&mid, "usage_sync_process_resident_memory_bytes") > 1e6);
     assert!(sample(&mid, "usage_sync_wal_segment_bytes") > 0.0);
     app.sync_all().await;
     let after = app.metrics().await;
-    assert_eq!(
-        sample(
-            &after,
-            "usage_sync_flushes_total{trigger=\"manual\",outcome=\"ok\"}"
-        ),
-        1.0
-    );
-    assert_eq!(sample(&after, "usage_sync_flushed_units_total"), 10.0);
-    assert_eq!(sample(&after, "usage_sync_rows_written_total"), 1.0);
-    assert_eq!(
-        sample(&after, "usage_sync_flush_duration_seconds_count"),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &after,
-            "usage_sync_flush_duration_seconds_bucket{le=\"+Inf\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &after,
-            "usage_sync_flush_duration_seconds_bucket{le=\"60\"}"
-        ),
-        1.0
+    expect_samples(
+        &after,
+        &[
+            (
+                "usage_sync_flushes_total{trigger=\"manual\",outcome=\"ok\"}",
+                1.0,
+            ),
+            ("usage_sync_flushed_units_total", 10.0),
+            ("usage_sync_rows_written_total", 1.0),
+            ("usage_sync_flush_duration_seconds_count", 1.0),
+            ("usage_sync_flush_duration_seconds_bucket{le=\"+Inf\"}", 1.0),
+            ("usage_sync_flush_duration_seconds_bucket{le=\"60\"}", 1.0),
+        ],
     );
     // The user was loaded from the store once, on its first consume.
     assert_eq!(

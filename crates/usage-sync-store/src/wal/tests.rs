@@ -50,7 +50,7 @@ fn lsn_waiters_wake_each_task_once_when_its_record_is_covered() {
 /// they must pass the checkpoint's own size too.
 #[test]
 fn a_large_checkpoint_is_never_followed_by_another_back_to_back() {
-    use usage_sync_core::{LedgerConfig, RequestId, Units, UserId, default_catalogue};
+    use usage_sync_core::{LedgerConfig, RequestId, Units, default_catalogue};
     let dir = tempfile::tempdir().unwrap();
     let mut config = WalConfig::new(dir.path(), Durability::Batched);
     config.max_segment_bytes = 4096;
@@ -59,15 +59,7 @@ fn a_large_checkpoint_is_never_followed_by_another_back_to_back() {
     let fast = *kinds.get("fast").unwrap();
     let ledger = Ledger::new(kinds, plans, LedgerConfig::default());
     let now = Timestamp::from_millis(1_795_000_000_000);
-    for i in 0..200 {
-        let user = UserId::parse(&format!("user-{i:04}")).unwrap();
-        let epoch = ledger.load_epoch(user.as_str());
-        ledger
-            .warm(&user, Default::default(), &[], epoch, now)
-            .unwrap();
-    }
-    wal.checkpoint(&ledger, now);
-    ledger.attach_journal(wal.clone());
+    let users = crate::testing::journaled_users(&ledger, &wal, 200, now);
     let mut n = 0;
     let mut consume = |user: &str| {
         // With a request id, so a denied consume is logged too.
@@ -79,15 +71,15 @@ fn a_large_checkpoint_is_never_followed_by_another_back_to_back() {
     };
     // 200 users with pending units at about 50 bytes each: the
     // checkpoint that holds them is over twice the segment size.
-    for i in 0..200 {
-        consume(&format!("user-{i:04}"));
+    for u in &users {
+        consume(u.as_str());
     }
     wal.checkpoint(&ledger, now);
     let checkpoint = wal.segment().1;
     assert!(checkpoint > 2 * 4096, "checkpoint of {checkpoint} bytes");
     assert!(!wal.checkpoint_due(), "no checkpoint right after one");
     while !wal.checkpoint_due() {
-        consume("user-0000");
+        consume(users[0].as_str());
     }
     let since = wal.segment().1 - checkpoint;
     assert!(
