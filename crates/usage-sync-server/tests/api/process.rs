@@ -223,14 +223,7 @@ async fn admin_plan_and_user_changes_survive_a_restart() {
     assert_eq!(bin.wait(Duration::from_secs(30)).await, Some(0));
 
     let bin = Binary::start(dir.path(), &[]).await;
-    let usage: serde_json::Value = client
-        .get(format!("{}/v1/users/v/usage", bin.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = bin.get_json("/v1/users/v/usage").await;
     // The stored plan overrides the configured one; the user's override stays.
     assert_eq!(
         (
