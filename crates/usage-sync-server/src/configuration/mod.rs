@@ -503,26 +503,25 @@ fn build(
     }
     let listen_text = text("listen");
     let listen = parse_listen(&listen_text).map_err(|m| invalid("listen", m))?;
-    let performance_mode = match text("performance_mode").trim() {
-        "standard" => PerformanceMode::Standard,
-        "optimized" => PerformanceMode::Optimized,
-        other => {
-            return Err(invalid(
-                "performance_mode",
-                format!("'{other}' is not a mode (use standard or optimized)"),
-            ));
-        }
-    };
-    let log_format = match text("log_format").trim() {
-        "json" => LogFormat::Json,
-        "pretty" | "text" => LogFormat::Pretty,
-        other => {
-            return Err(invalid(
-                "log_format",
-                format!("'{other}' is not json or pretty"),
-            ));
-        }
-    };
+    let performance_mode = choose(
+        &text("performance_mode"),
+        "a mode",
+        &[
+            ("standard", PerformanceMode::Standard),
+            ("optimized", PerformanceMode::Optimized),
+        ],
+    )
+    .map_err(|m| invalid("performance_mode", m))?;
+    let log_format = choose(
+        &text("log_format"),
+        "a log format",
+        &[
+            ("json", LogFormat::Json),
+            ("pretty", LogFormat::Pretty),
+            ("text", LogFormat::Pretty),
+        ],
+    )
+    .map_err(|m| invalid("log_format", m))?;
     let durability_text = text("durability");
     let durability = Durability::parse(&durability_text).ok_or_else(|| {
         invalid(
@@ -545,26 +544,26 @@ fn build(
             }
             redis_url.as_ref().map(|_| SharingMode::Redis)
         }
-        Some("none") => None,
-        Some("redis") => Some(SharingMode::Redis),
-        Some("lease") => Some(SharingMode::Lease),
-        Some(other) => {
-            return Err(invalid(
-                "sharing",
-                format!("'{other}' is not a sharing mode (use none, redis or lease)"),
-            ));
-        }
+        Some(t) => choose(
+            t,
+            "a sharing mode",
+            &[
+                ("none", None),
+                ("redis", Some(SharingMode::Redis)),
+                ("lease", Some(SharingMode::Lease)),
+            ],
+        )
+        .map_err(|m| invalid("sharing", m))?,
     };
-    let fallback = match text("redis_fallback").trim() {
-        "local" => RedisFallback::Local,
-        "deny" => RedisFallback::Deny,
-        other => {
-            return Err(invalid(
-                "redis_fallback",
-                format!("'{other}' is not a fallback (use local or deny)"),
-            ));
-        }
-    };
+    let fallback = choose(
+        &text("redis_fallback"),
+        "a fallback",
+        &[
+            ("local", RedisFallback::Local),
+            ("deny", RedisFallback::Deny),
+        ],
+    )
+    .map_err(|m| invalid("redis_fallback", m))?;
     let sharing = match (mode, &redis_url) {
         (None, _) => None,
         (Some(_), None) => {

@@ -21,6 +21,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The value `words` gives to `text` (trimmed), or what to write instead:
+/// "'x' is not a mode (use standard or optimized)". A word that names the
+/// same value as an earlier one is an alias, accepted and not offered.
+pub(super) fn choose<T: Copy + PartialEq>(
+    text: &str,
+    what: &str,
+    words: &[(&str, T)],
+) -> Result<T, String> {
+    let t = text.trim();
+    if let Some(&(_, v)) = words.iter().find(|(w, _)| *w == t) {
+        return Ok(v);
+    }
+    let offered: Vec<&str> = (0..words.len())
+        .filter(|&i| !words[..i].iter().any(|(_, v)| *v == words[i].1))
+        .map(|i| words[i].0)
+        .collect();
+    let list = match offered.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => offered.join(""),
+    };
+    Err(format!("'{t}' is not {what} (use {list})"))
+}
+
 pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
