@@ -210,9 +210,11 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     assert_eq!(r.status(), 200);
 
     let bin = env!("CARGO_BIN_EXE_usage-sync");
-    let run = |args: Vec<String>| {
+    // `usage-sync status --url URL MORE...`: exit code, stdout, stderr.
+    let status = |url: &str, more: &[&str]| {
         let out = std::process::Command::new(bin)
-            .args(&args)
+            .args(["status", "--url", url])
+            .args(more)
             .env_remove("USAGE_SYNC_ADMIN_TOKEN")
             .output()
             .unwrap();
@@ -222,13 +224,7 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, text, err) = run(vec![
-        "status".into(),
-        "--url".into(),
-        server.address.clone(),
-        "--token".into(),
-        "adm".into(),
-    ]);
+    let (code, text, err) = status(&server.address, &["--token", "adm"]);
     assert_eq!(code, Some(0), "{text}{err}");
     assert!(text.contains("durability batched"), "{text}");
     assert!(text.contains("4 units over 1 users"), "{text}");
@@ -242,43 +238,22 @@ async fn the_status_command_shows_a_running_instance_and_its_checklist() {
     ] {
         assert!(text.contains(check), "missing {check} in:\n{text}");
     }
-    let (code, json_text, _) = run(vec![
-        "status".into(),
-        "--url".into(),
-        server.address.clone(),
-        "--token".into(),
-        "adm".into(),
-        "--json".into(),
-    ]);
+    let (code, json_text, _) = status(&server.address, &["--token", "adm", "--json"]);
     assert_eq!(code, Some(0));
     let doc: serde_json::Value = serde_json::from_str(&json_text).unwrap();
     assert_eq!(doc["checklist"].as_array().unwrap().len(), 5);
     assert_eq!(doc["pending_units"], json!(4));
-    let (code, _, err) = run(vec![
-        "status".into(),
-        "--url".into(),
-        server.address.clone(),
-        "--token".into(),
-        "wrong".into(),
-    ]);
+    let (code, _, err) = status(&server.address, &["--token", "wrong"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("401") && err.contains("not this instance's"),
         "{err}"
     );
     // No token at all: the answer says how to give one.
-    let (code, _, err) = run(vec![
-        "status".into(),
-        "--url".into(),
-        server.address.clone(),
-    ]);
+    let (code, _, err) = status(&server.address, &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--token"), "{err}");
-    let (code, _, err) = run(vec![
-        "status".into(),
-        "--url".into(),
-        "http://127.0.0.1:1".into(),
-    ]);
+    let (code, _, err) = status("http://127.0.0.1:1", &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("onnection refused"),

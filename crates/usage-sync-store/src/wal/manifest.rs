@@ -29,15 +29,8 @@ const HEADER: &str = "usage-sync write-ahead log manifest v1";
 /// The manifest in `dir`, if there is one.
 pub fn read(dir: &Path) -> Result<Option<Position>, StoreError> {
     let path = dir.join(MANIFEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            });
-        }
+    let Some(text) = super::unless_absent(&path, std::fs::read_to_string(&path))? else {
+        return Ok(None);
     };
     let bad = || {
         StoreError::Corrupt(format!(

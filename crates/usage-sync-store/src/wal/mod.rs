@@ -312,18 +312,27 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("wal-{seq:016}.log"))
 }
 
+/// What reading `path` gave: `None` if there is nothing there (a log not
+/// created yet), any other error with the path it concerns.
+pub(super) fn unless_absent<T>(
+    path: &Path,
+    read: std::io::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    match read {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Segment files in `dir`, sorted by sequence number.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => {
-            return Err(StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            });
-        }
+    let Some(rd) = unless_absent(dir, std::fs::read_dir(dir))? else {
+        return Ok(out);
     };
     for entry in rd.flatten() {
         let name = entry.file_name();
