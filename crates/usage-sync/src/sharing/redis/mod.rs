@@ -517,13 +517,18 @@ local function seeded(seed, expire_at)
 end
 "#;
 
+/// A script that starts with [`SEEDED`].
+#[cfg(feature = "redis")]
+fn seeded_script(body: &str) -> Script {
+    Script::new(&format!("{SEEDED}{body}"))
+}
+
 /// KEYS: counter, user version, request record. ARGV: amount, limit (-1 for
 /// none), seed, expire-at ms (0 never), expected version, dedup ttl ms,
 /// has-request-id, period start ms, kind.
 #[cfg(feature = "redis")]
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{SEEDED}{}",
+    seeded_script(
         r#"
 local v = redis.call('GET', KEYS[2]) or '0'
 if v ~= ARGV[5] then return {'stale', v} end
@@ -544,8 +549,8 @@ if ARGV[7] == '1' then
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
 return {allowed, tostring(used)}
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS: counter, user version. ARGV: amount, lease size, limit, seed,
@@ -554,8 +559,7 @@ return {allowed, tostring(used)}
 /// limit so no idle instance strands the last units.
 #[cfg(feature = "redis")]
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{SEEDED}{}",
+    seeded_script(
         r#"
 local v = redis.call('GET', KEYS[2]) or '0'
 if v ~= ARGV[6] then return {'-1', v} end
@@ -568,8 +572,8 @@ if grant > tonumber(ARGV[2]) then grant = tonumber(ARGV[2]) end
 if grant < amount then grant = amount end
 used = redis.call('INCRBY', KEYS[1], grant)
 return {tostring(grant), tostring(used)}
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS: counter. ARGV: units. Never below zero (a counter re-seeded after
