@@ -1,6 +1,8 @@
 //! What the three baselines share: the body of a consume they read, and
 //! the server they run it in.
 
+#![forbid(unsafe_code)]
+
 use axum::Router;
 use axum::handler::Handler;
 use axum::routing::post;

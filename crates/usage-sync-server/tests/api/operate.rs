@@ -469,8 +469,11 @@ async fn the_dashboard_works_in_headless_chromium() {
         ],
     )
     .await;
-    // Load while the page polls: consumes for ten users, flushes by
-    // threshold.
+    // Load while the page polls: consumes spread over a thousand users,
+    // flushes by threshold. Spread so that consumes stay allowed however
+    // long Chromium takes to start on a busy machine: ten users of the free
+    // plan (50 fast units each) ran out in 2.5 s, after which the allowed
+    // rate the page waits for stayed at 0.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let (stop, url) = (stop.clone(), format!("{}/v1/consume", bin.address));
@@ -478,7 +481,7 @@ async fn the_dashboard_works_in_headless_chromium() {
             let client = reqwest::Client::new();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body = json!({"user_id": format!("dash-{}", i % 10), "kind": "fast"});
+                let body = json!({"user_id": format!("dash-{}", i % 1000), "kind": "fast"});
                 let _ = client
                     .post(&url)
                     .bearer_auth("dash-api-token")
