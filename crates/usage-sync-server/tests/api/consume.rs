@@ -214,7 +214,7 @@ async fn threshold_flushes_on_its_own() {
             .units
             == 5
     };
-    assert!(eventually(Duration::from_secs(5), threshold).await);
+    assert!(eventually(Duration::from_secs(20), threshold).await);
 }
 
 #[tokio::test]

@@ -267,7 +267,7 @@ async fn admin_changes_on_one_instance_apply_on_every_instance() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let applied = eventually(Duration::from_secs(5), || async {
+    let applied = eventually(Duration::from_secs(20), || async {
         let (s, v) = inst[2]
             .send(
                 "POST",
