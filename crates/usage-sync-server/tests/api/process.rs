@@ -336,7 +336,23 @@ async fn the_bench_command_loads_an_instance_and_grades_it() {
     assert!(v["allowed"].as_u64().unwrap() <= 20 * 60, "{v}");
     assert_eq!(v["success_percent"], json!(100.0));
     assert!(v["latency_ms"]["p99"].as_f64().unwrap() >= v["latency_ms"]["p50"].as_f64().unwrap());
-    assert_eq!(v["grade"], json!("A"), "{v}");
+    // The grade is the one the run's own figures earn: A on an idle
+    // machine, B when the rest of the suite pushes the p99 past 10 ms.
+    let sync = &v["sync_after"];
+    let expected = usage_sync_server::bench::grade(
+        sync["avg_flush_ms"].as_f64().unwrap(),
+        sync["error_rate"].as_f64().unwrap() * 100.0,
+        v["success_percent"].as_f64().unwrap(),
+        usage_sync_server::bench::Serving {
+            p99_ms: v["latency_ms"]["p99"].as_f64().unwrap(),
+            verbose_logging: false,
+        },
+    );
+    assert_eq!(v["grade"], json!(expected.to_string()), "{v}");
+    assert!(
+        expected == 'A' || v["latency_ms"]["p99"].as_f64().unwrap() > 10.0,
+        "nothing but a slow machine's p99 keeps this run from an A: {v}"
+    );
     assert!(
         v["sync_after"]["flushes"].as_u64().unwrap() >= 1,
         "threshold flushes ran: {v}"
