@@ -279,17 +279,26 @@ impl Inner {
         }
     }
 
-    async fn spawn_batches(self: &Arc<Self>, flights: Vec<InFlight>, trigger: Trigger) {
-        if flights.is_empty() {
-            return;
-        }
+    /// Takes work with `take` and spawns a task per batch, holding the task
+    /// set's lock from the take to the spawn. `sync_all` relies on it: a
+    /// drain of the set after its own take waits for every flush that took
+    /// units before that take, so it never answers while such a flush is
+    /// still writing. Returns how many batches were spawned.
+    async fn spawn_taken(
+        self: &Arc<Self>,
+        trigger: Trigger,
+        take: impl FnOnce() -> Vec<InFlight>,
+    ) -> usize {
         let mut tasks = self.sync.tasks.lock().await;
+        let flights = take();
+        let n = flights.len();
         for f in flights {
             let me = self.clone();
             tasks.spawn(async move {
                 let _ = me.run_batch(f, trigger).await;
             });
         }
+        n
     }
 
     /// Waits for every spawned flush to finish (successfully or into the
@@ -421,7 +430,15 @@ impl Engine {
                 )));
             }
             if blocked == 0 {
-                return Ok(report);
+                // A timed pass or a retry may have taken units before our
+                // take, as a task of its own: it took them under the task
+                // set's lock (`spawn_taken`), so this drain waits for it.
+                // Had it failed, its batch is in the retry queue: go round
+                // again to take it.
+                inner.drain_tasks(None).await;
+                if inner.sync.retry_batches() == 0 {
+                    return Ok(report);
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(

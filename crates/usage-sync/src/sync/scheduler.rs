@@ -7,28 +7,33 @@ use usage_sync_core::Locked;
 
 impl Inner {
     pub(super) async fn heartbeat(self: &Arc<Self>, last_prune: &mut Option<Instant>) {
-        let due = self.guard_retries(self.sync.take_retries(Some(Instant::now())));
-        if !due.is_empty() {
-            info!(target: "heartbeat", batches = due.len(), "retrying failed flushes");
+        let retried = self.spawn_retries_due().await;
+        if retried > 0 {
+            info!(target: "heartbeat", batches = retried, "retrying failed flushes");
         }
-        self.spawn_batches(due, Trigger::Heartbeat).await;
-        let hb = self.ledger.heartbeat(
-            self.clock.now(),
-            i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX),
-            self.config.max_cached_users,
-            self.config.batch_size,
-        );
-        let session_end = self.guard_new(hb.session_end);
-        if hb.session_end_users > 0 || hb.evicted > 0 {
+        let mut figures = None;
+        self.spawn_taken(Trigger::SessionEnd, || {
+            let hb = self.ledger.heartbeat(
+                self.clock.now(),
+                i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX),
+                self.config.max_cached_users,
+                self.config.batch_size,
+            );
+            figures = Some((hb.session_end_users, hb.evicted, hb.dedup_expired));
+            self.guard_new(hb.session_end)
+        })
+        .await;
+        if let Some((session_end_users, evicted, dedup_expired)) = figures
+            && (session_end_users > 0 || evicted > 0)
+        {
             debug!(
                 target: "heartbeat",
-                session_end_users = hb.session_end_users,
-                evicted = hb.evicted,
-                dedup_expired = hb.dedup_expired,
+                session_end_users,
+                evicted,
+                dedup_expired,
                 "heartbeat"
             );
         }
-        self.spawn_batches(session_end, Trigger::SessionEnd).await;
         // Forget old flush ids about once an hour.
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             *last_prune = Some(Instant::now());
@@ -78,13 +83,11 @@ impl Inner {
                 _ = &mut stop => break,
                 _ = guarantee.tick() => {
                     next[2] = Instant::now() + periods[2];
-                    let taken = self.ledger.take_all(c.batch_size, Trigger::Guarantee);
-                    self.flush_pass(taken, Trigger::Guarantee).await;
+                    self.flush_pass(Trigger::Guarantee, || self.ledger.take_all(c.batch_size, Trigger::Guarantee)).await;
                 }
                 _ = check.tick() => {
                     next[0] = Instant::now() + periods[0];
-                    let taken = self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check);
-                    self.flush_pass(taken, Trigger::Check).await;
+                    self.flush_pass(Trigger::Check, || self.ledger.take_oldest(c.max_active_users_check, c.batch_size, Trigger::Check)).await;
                 }
                 _ = heartbeat.tick() => {
                     next[1] = Instant::now() + periods[1];
@@ -92,8 +95,7 @@ impl Inner {
                 }
                 _ = wal_full(&self.wal) => self.checkpoint(true).await,
                 _ = retry_due => {
-                    let due = self.guard_retries(self.sync.take_retries(Some(Instant::now())));
-                    self.spawn_batches(due, Trigger::Heartbeat).await;
+                    self.spawn_retries_due().await;
                 }
                 _ = self.sync.retry_wake.notified() => {}
                 Ok(()) = cadence.changed() => {
@@ -117,23 +119,38 @@ impl Inner {
         }
     }
 
-    /// Flushes what a timed pass (check or guarantee) took from the
-    /// ledger: its batches and the number of users they hold.
+    /// A timed pass (check or guarantee): `take` takes its batches from
+    /// the ledger (and says how many users they hold), and each is flushed
+    /// in a task of its own.
     async fn flush_pass(
         self: &Arc<Self>,
-        (batches, users): (Vec<FlushBatch>, usize),
         trigger: Trigger,
+        take: impl FnOnce() -> (Vec<FlushBatch>, usize),
     ) {
-        let flights = self.guard_new(batches);
+        let mut users = 0;
+        let batches = self
+            .spawn_taken(trigger, || {
+                let (batches, n) = take();
+                users = n;
+                self.guard_new(batches)
+            })
+            .await;
         if users > 0 {
-            let batches = flights.len();
             // Log targets are static: one per pass, as the log filters name them.
             match trigger {
                 Trigger::Check => debug!(target: "check", users, batches, "check pass"),
                 _ => debug!(target: "guarantee", users, batches, "guarantee pass"),
             }
         }
-        self.spawn_batches(flights, trigger).await;
+    }
+
+    /// Retries the failed batches whose backoff has passed, each in a task
+    /// of its own; returns how many.
+    async fn spawn_retries_due(self: &Arc<Self>) -> usize {
+        self.spawn_taken(Trigger::Heartbeat, || {
+            self.guard_retries(self.sync.take_retries(Some(Instant::now())))
+        })
+        .await
     }
 
     /// The threshold trigger, in its own task so its batching adapts to
