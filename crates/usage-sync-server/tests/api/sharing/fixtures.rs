@@ -354,6 +354,11 @@ pub(super) async fn three_instances(
         // Flushes run while the test sprays, so the three instances write
         // into the same rows concurrently.
         ("USAGE_SYNC_THRESHOLD", "3"),
+        // These tests are about a reachable Redis. With the default 500 ms,
+        // a machine starved by the rest of the suite can time a command
+        // out, and the instance rightly answers from its own view (the
+        // outage tests set their own, short timeout).
+        ("USAGE_SYNC_REDIS_TIMEOUT", "5s"),
     ];
     env.extend_from_slice(extra);
     let mut out = Vec::new();
