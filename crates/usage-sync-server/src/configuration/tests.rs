@@ -346,3 +346,28 @@ fn durations() {
     assert!(parse_duration("5 parsecs").is_err());
     assert_eq!(format_duration(Duration::from_secs(600)), "10m");
 }
+
+#[test]
+fn a_word_setting_names_the_words_it_takes_and_accepts_its_aliases() {
+    let words = [
+        ("json", LogFormat::Json),
+        ("pretty", LogFormat::Pretty),
+        ("text", LogFormat::Pretty),
+    ];
+    assert_eq!(
+        choose(" text ", "a log format", &words),
+        Ok(LogFormat::Pretty)
+    );
+    assert_eq!(
+        choose("xml", "a log format", &words),
+        Err("'xml' is not a log format (use json or pretty)".to_owned())
+    );
+    assert_eq!(
+        choose(
+            "both",
+            "a sharing mode",
+            &[("none", 0), ("redis", 1), ("lease", 2)]
+        ),
+        Err("'both' is not a sharing mode (use none, redis or lease)".to_owned())
+    );
+}
