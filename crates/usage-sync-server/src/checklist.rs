@@ -49,7 +49,10 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
         },
     ));
     checks.push(
-        match (production, s.api_token.is_some() && s.admin_token.is_some()) {
+        match (
+            production,
+            s.http.api_token.is_some() && s.http.admin_token.is_some(),
+        ) {
             (_, true) => pass(
                 "tokens",
                 if production {
@@ -87,7 +90,7 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
         checks.push(redis(c).await);
     }
     checks.push(pool(s));
-    checks.push(match s.durability {
+    checks.push(match s.store.durability {
         usage_sync_store::Durability::Fsync => pass(
             "durability",
             "fsync: nothing acknowledged is lost, even on power loss",
@@ -96,7 +99,7 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
             "durability",
             format!(
                 "batched: a process crash loses nothing; power loss may lose the last {} ms",
-                s.fsync_interval.as_millis()
+                s.store.fsync_interval.as_millis()
             ),
         ),
         usage_sync_store::Durability::None => fail(
@@ -105,13 +108,13 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
             "set USAGE_SYNC_DURABILITY=fsync (or batched)",
         ),
     });
-    let filter_ok = tracing_subscriber::EnvFilter::try_new(&s.log_level).is_ok();
-    checks.push(match (filter_ok, production && s.verbose_logging) {
+    let filter_ok = tracing_subscriber::EnvFilter::try_new(&s.log.level).is_ok();
+    checks.push(match (filter_ok, production && s.log.verbose) {
         (false, _) => fail(
             "logging",
             format!(
                 "USAGE_SYNC_LOG_LEVEL '{}' is not a valid filter",
-                s.log_level
+                s.log.level
             ),
             "use e.g. info, warn or info,flush=debug",
         ),
@@ -122,12 +125,12 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
         ),
         (true, false) => pass(
             "logging",
-            format!("level {}, verbose {}", s.log_level, s.verbose_logging),
+            format!("level {}, verbose {}", s.log.level, s.log.verbose),
         ),
     });
     checks.push(pass(
         "metrics",
-        if s.metrics_token.is_some() {
+        if s.http.metrics_token.is_some() {
             "GET /metrics requires USAGE_SYNC_METRICS_TOKEN".to_owned()
         } else {
             "GET /metrics is open (set USAGE_SYNC_METRICS_TOKEN to protect it)".to_owned()
@@ -157,19 +160,19 @@ pub async fn pre_deploy(s: &Settings) -> Vec<Check> {
 fn data_dir_writable(s: &Settings) -> Check {
     // Looked at without taking it or reading the log: an instance may be
     // running on this directory right now.
-    if let Some(pid) = usage_sync_store::wal::lock::holder(&s.data_dir.join("wal")) {
+    if let Some(pid) = usage_sync_store::wal::lock::holder(&s.store.data_dir.join("wal")) {
         return fail(
             "data dir",
             format!(
                 "{} is in use{} by a running usage-sync instance: `serve` with these settings would exit 2",
-                s.data_dir.display(),
+                s.store.data_dir.display(),
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             ),
             "give each instance its own USAGE_SYNC_DATA_DIR (or stop the running one)",
         );
     }
-    let probe = s.data_dir.join(".usage-sync-write-test");
-    let result = std::fs::create_dir_all(&s.data_dir)
+    let probe = s.store.data_dir.join(".usage-sync-write-test");
+    let result = std::fs::create_dir_all(&s.store.data_dir)
         .and_then(|_| std::fs::write(&probe, b"ok"))
         .and_then(|_| std::fs::remove_file(&probe));
     match result {
@@ -177,19 +180,19 @@ fn data_dir_writable(s: &Settings) -> Check {
             "data dir",
             format!(
                 "{} is writable (write-ahead log in wal/)",
-                s.data_dir.display()
+                s.store.data_dir.display()
             ),
         ),
         Err(e) => fail(
             "data dir",
-            format!("{} is not writable: {e}", s.data_dir.display()),
+            format!("{} is not writable: {e}", s.store.data_dir.display()),
             "set USAGE_SYNC_DATA_DIR to a writable directory (it holds the write-ahead log)",
         ),
     }
 }
 
 async fn database(s: &Settings) -> Check {
-    let url = crate::configuration::redact_url(&s.database_url);
+    let url = crate::configuration::redact_url(&s.store.database_url);
     let store = match open_store(s) {
         Ok(store) => store,
         Err(e) => {
@@ -247,18 +250,18 @@ async fn redis(c: &usage_sync::SharingConfig) -> Check {
 }
 
 fn pool(s: &Settings) -> Check {
-    if s.database_url.starts_with("sqlite:") {
+    if s.store.database_url.starts_with("sqlite:") {
         return pass("pool", "SQLite: one writer and one reader connection");
     }
     // Flushes run in parallel and each holds a connection; loading users
     // and admin calls need a few more.
     let needed = s.sync.max_concurrent_syncs + 2;
-    if s.db_pool_size < needed {
+    if s.store.db_pool_size < needed {
         fail(
             "pool",
             format!(
                 "USAGE_SYNC_DB_POOL_SIZE {} is below max_concurrent_syncs {} + 2",
-                s.db_pool_size, s.sync.max_concurrent_syncs
+                s.store.db_pool_size, s.sync.max_concurrent_syncs
             ),
             format!("set USAGE_SYNC_DB_POOL_SIZE to at least {needed}"),
         )
@@ -267,7 +270,7 @@ fn pool(s: &Settings) -> Check {
             "pool",
             format!(
                 "{} connections for {} concurrent flushes",
-                s.db_pool_size, s.sync.max_concurrent_syncs
+                s.store.db_pool_size, s.sync.max_concurrent_syncs
             ),
         )
     }

@@ -121,7 +121,7 @@ pub fn run() -> ExitCode {
             .or_else(|| {
                 settings
                     .as_ref()
-                    .map(|s| format!("http://127.0.0.1:{}", s.listen.port()))
+                    .map(|s| format!("http://127.0.0.1:{}", s.http.listen.port()))
             })
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         return crate::status::healthcheck(&url);
@@ -149,7 +149,11 @@ pub fn run() -> ExitCode {
         let secret = |s: Option<&configuration::Secret>| s.map(|t| t.expose().to_owned());
         let url = url
             .clone()
-            .or_else(|| settings.as_ref().map(|s| format!("http://{}", s.listen)))
+            .or_else(|| {
+                settings
+                    .as_ref()
+                    .map(|s| format!("http://{}", s.http.listen))
+            })
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         if *connections == 0 || *users == 0 || kinds.is_empty() {
             eprintln!("✗ --connections, --users and --kinds must not be zero or empty");
@@ -159,10 +163,10 @@ pub fn run() -> ExitCode {
             url: url.trim_end_matches('/').to_owned(),
             api_token: token
                 .clone()
-                .or_else(|| secret(settings.as_ref().and_then(|s| s.api_token.as_ref()))),
+                .or_else(|| secret(settings.as_ref().and_then(|s| s.http.api_token.as_ref()))),
             admin_token: admin_token
                 .clone()
-                .or_else(|| secret(settings.as_ref().and_then(|s| s.admin_token.as_ref()))),
+                .or_else(|| secret(settings.as_ref().and_then(|s| s.http.admin_token.as_ref()))),
             connections: *connections,
             duration: *duration,
             users: *users,
@@ -195,10 +199,12 @@ pub fn run() -> ExitCode {
         }
         Command::Migrate => runtime(|| async {
             telemetry::init(&settings);
-            if let Some(pid) = usage_sync_store::wal::lock::holder(&settings.data_dir.join("wal")) {
+            if let Some(pid) =
+                usage_sync_store::wal::lock::holder(&settings.store.data_dir.join("wal"))
+            {
                 eprintln!(
                     "note: data dir {} is in use{} by a running instance; migrate changes only the database schema, never the log",
-                    settings.data_dir.display(),
+                    settings.store.data_dir.display(),
                     pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
             }
@@ -206,12 +212,12 @@ pub fn run() -> ExitCode {
             store.migrate().await.with_context(|| {
                 format!(
                     "migrating {}",
-                    configuration::redact_url(&settings.database_url)
+                    configuration::redact_url(&settings.store.database_url)
                 )
             })?;
             println!(
                 "✓ migrations applied to {} ({})",
-                configuration::redact_url(&settings.database_url),
+                configuration::redact_url(&settings.store.database_url),
                 store.backend()
             );
             Ok(())
@@ -223,9 +229,9 @@ pub fn run() -> ExitCode {
             listen,
             accept_log_loss,
         } => runtime(|| async {
-            settings.accept_log_loss = accept_log_loss;
+            settings.store.accept_log_loss = accept_log_loss;
             if let Some(l) = listen {
-                settings.listen = configuration::parse_listen(&l).map_err(|m| {
+                settings.http.listen = configuration::parse_listen(&l).map_err(|m| {
                     anyhow::Error::msg(format!("--listen: {m}"))
                         .context(crate::startup::CannotStart)
                 })?;

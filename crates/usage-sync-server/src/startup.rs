@@ -20,7 +20,7 @@ use crate::http::{self, AppState};
 
 /// Opens the store named by `DATABASE_URL`.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let url = &settings.database_url;
+    let url = &settings.store.database_url;
     if url.starts_with("sqlite:") {
         let path = SqliteStore::path_from_url(url)?;
         let store = SqliteStore::open(&path)
@@ -31,7 +31,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         // Statements share the sync timeout: see `connect_with_timeout`.
         return Ok(Arc::new(PostgresStore::connect_with_timeout(
             url,
-            settings.db_pool_size,
+            settings.store.db_pool_size,
             settings.sync.sync_timeout,
         )?));
     }
@@ -61,14 +61,14 @@ fn open_error(settings: &Settings, e: usage_sync::Error) -> anyhow::Error {
             "data dir {} is in use{}: another usage-sync instance owns its write-ahead log. \
              Stop that instance, or give this one its own USAGE_SYNC_DATA_DIR \
              (and, for a second instance, its own USAGE_SYNC_LISTEN port)",
-            settings.data_dir.display(),
+            settings.store.data_dir.display(),
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         );
     }
     if let usage_sync::Error::Store(usage_sync_store::StoreError::LogDamage(what)) = &e {
         return anyhow::anyhow!(
             "the write-ahead log in {}/wal is damaged: {what}",
-            settings.data_dir.display()
+            settings.store.data_dir.display()
         );
     }
     // The store's own message names the URL and the cause; "store
@@ -83,7 +83,7 @@ fn open_error(settings: &Settings, e: usage_sync::Error) -> anyhow::Error {
 /// or a directory without permission stops the start (exit 2) with the
 /// path and the cause, instead of a retry every second forever.
 fn prepare_data_dir(settings: &Settings) -> anyhow::Result<()> {
-    let dir = &settings.data_dir;
+    let dir = &settings.store.data_dir;
     let probe = dir.join(".usage-sync-write-test");
     std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&probe, b"ok"))
@@ -130,7 +130,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
+        let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
                 " (another process, maybe another usage-sync, listens there: choose another \
                  port with --listen or USAGE_SYNC_LISTEN, and give a second instance its own \
@@ -139,7 +139,7 @@ impl Application {
                 " (set another address with --listen or USAGE_SYNC_LISTEN)"
             };
             anyhow::Error::new(e)
-                .context(format!("cannot listen on {}{hint}", settings.listen))
+                .context(format!("cannot listen on {}{hint}", settings.http.listen))
                 .context(CannotStart)
         })?;
         Ok(Application {
@@ -176,26 +176,26 @@ impl Application {
         let info = http::ServiceInfo {
             profile: self.settings.profile.as_str().to_owned(),
             preset: self.settings.preset.map(|p| p.as_str().to_owned()),
-            durability: self.settings.durability.as_str().to_owned(),
+            durability: self.settings.store.durability.as_str().to_owned(),
             simulation: self.settings.enable_simulation,
         };
         let state = AppState::new(
             self.engine.clone(),
-            self.settings.verbose_logging,
+            self.settings.log.verbose,
             info,
-            self.settings.body_timeout,
+            self.settings.http.body_timeout,
         );
         let alerts = state.alerts.clone();
         let router = http::router(
             state,
-            token(&self.settings.api_token),
-            token(&self.settings.admin_token),
-            token(&self.settings.metrics_token),
+            token(&self.settings.http.api_token),
+            token(&self.settings.http.admin_token),
+            token(&self.settings.http.metrics_token),
         );
         let listen = self.listener.local_addr()?;
         let limits = http::serve::ConnectionLimits {
-            header_timeout: self.settings.header_timeout,
-            max_connections: self.settings.max_connections,
+            header_timeout: self.settings.http.header_timeout,
+            max_connections: self.settings.http.max_connections,
         };
         // Kept until the engine's final flush is done (see
         // `ConnectionThreads`).
@@ -208,7 +208,7 @@ impl Application {
             limits,
             threads.clone(),
             stop_rx.clone(),
-            self.settings.shutdown_timeout,
+            self.settings.http.shutdown_timeout,
         ));
         tracing::info!(%listen, "listening; recovering before accepting requests");
 
@@ -238,14 +238,15 @@ impl Application {
         engine.start();
         let _ = self.engine.set(engine.clone());
         let alert_config = crate::alerts::AlertConfig {
-            sync_latency_ms: self.settings.alert_sync_latency.as_secs_f64() * 1000.0,
-            error_rate: self.settings.alert_error_rate_percent as f64 / 100.0,
-            cpu_percent: self.settings.alert_cpu_percent as f64,
-            window: self.settings.alert_window,
-            interval: self.settings.alert_interval,
+            sync_latency_ms: self.settings.alerts.sync_latency.as_secs_f64() * 1000.0,
+            error_rate: self.settings.alerts.error_rate_percent as f64 / 100.0,
+            cpu_percent: self.settings.alerts.cpu_percent as f64,
+            window: self.settings.alerts.window,
+            interval: self.settings.alerts.interval,
             webhook: self
                 .settings
-                .alert_webhook
+                .alerts
+                .webhook
                 .as_ref()
                 .map(|s| s.expose().to_owned()),
             concurrency_ceiling: self.settings.max_concurrent_syncs_ceiling,
@@ -257,7 +258,7 @@ impl Application {
         tracing::info!(
             %listen,
             store = engine.store_backend(),
-            durability = self.settings.durability.as_str(),
+            durability = self.settings.store.durability.as_str(),
             profile = self.settings.profile.as_str(),
             "usage-sync is ready"
         );
@@ -266,7 +267,7 @@ impl Application {
             connections_cut = cut,
             "stopped accepting requests; flushing pending usage"
         );
-        let report = engine.shutdown(self.settings.shutdown_timeout).await;
+        let report = engine.shutdown(self.settings.http.shutdown_timeout).await;
         // The store's last call is made: the HTTP threads may go (joined
         // off the runtime, as joining blocks).
         let _ = tokio::task::spawn_blocking(move || drop(threads)).await;

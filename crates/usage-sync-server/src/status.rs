@@ -18,10 +18,11 @@ pub fn run(
     json: bool,
 ) -> ExitCode {
     let url = url
-        .or_else(|| settings.map(|s| format!("http://{}", s.listen)))
+        .or_else(|| settings.map(|s| format!("http://{}", s.http.listen)))
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let token = token
-        .or_else(|| settings.and_then(|s| s.admin_token.as_ref().map(|t| t.expose().to_owned())));
+    let token = token.or_else(|| {
+        settings.and_then(|s| s.http.admin_token.as_ref().map(|t| t.expose().to_owned()))
+    });
     let rt = match crate::cli::build_runtime(false, ExitCode::from(2)) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -15,8 +15,8 @@ pub fn filter(settings: &Settings) -> EnvFilter {
     if let Ok(f) = EnvFilter::try_from_env("RUST_LOG") {
         return f;
     }
-    let base = &settings.log_level;
-    let spec = if settings.verbose_logging {
+    let base = &settings.log.level;
+    let spec = if settings.log.verbose {
         format!(
             "{base},consume=debug,flush=debug,heartbeat=debug,check=debug,guarantee=debug,admin=debug"
         )
@@ -35,7 +35,7 @@ pub fn init(settings: &Settings) {
         .with_env_filter(filter(settings))
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match settings.log_format {
+    let _ = match settings.log.format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
@@ -46,10 +46,10 @@ pub fn warn_about(settings: &Settings) {
     for (var, closest) in &settings.unknown_env {
         tracing::warn!("{var} is not a usage-sync setting and is ignored; did you mean {closest}?");
     }
-    if settings.api_token.is_none() {
+    if settings.http.api_token.is_none() {
         tracing::warn!(
             "USAGE_SYNC_API_TOKEN and USAGE_SYNC_ADMIN_TOKEN are not set: every route is open to anyone who can reach {}",
-            settings.listen
+            settings.http.listen
         );
     }
     if !settings.sync.enabled {

@@ -30,6 +30,8 @@
 //! - [`sync`]: the sync engine's triggers, flush pool and retries; start,
 //!   manual sync and shutdown.
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
+//! - [`de`]: reading settings written by people (durations, words,
+//!   booleans), and with feature `serde` the readers `SyncConfig` uses.
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
 //! - [`recovery`]: start-up recovery from the write-ahead log.
 //! - [`sharing`]: the shared tier (Redis) that makes one quota decision
@@ -44,6 +46,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod de;
 pub mod engine;
 pub mod error;
 mod loading;

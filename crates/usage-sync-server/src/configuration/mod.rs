@@ -1,7 +1,15 @@
-//! Settings, built in layers: the profile's defaults → the preset → the
-//! config file → the environment. Every value remembers which layer set
-//! it, so `check-config` can show where each setting came from, and every
-//! error names the offending key and layer.
+//! Settings, built in layers with figment: the profile's defaults → the
+//! preset → the config file → the environment. Each layer is one figment
+//! provider named after its source, so figment's metadata says which layer
+//! set each value: `check-config` shows it, and every error names the
+//! offending key and layer.
+//!
+//! The settings are grouped as the code that uses them is: the engine's
+//! own [`SyncConfig`] and [`SharingConfig`] (which derive `Deserialize`
+//! in the library), then [`StoreSettings`], [`HttpSettings`],
+//! [`AlertSettings`] and [`LogSettings`]. Files and variables stay flat
+//! (`heartbeat_interval`, `USAGE_SYNC_HEARTBEAT_INTERVAL`): the settings
+//! table in `profiles.rs` says which group each key belongs to.
 //!
 //! The environment variable names are part of the public contract (see
 //! `docs/configuration.md`); keep them exactly.
@@ -12,10 +20,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use usage_sync::{RedisFallback, SharingConfig, SharingMode, SyncConfig};
+use figment::Figment;
+use figment::value::{Dict, Map, Value};
+use serde::Deserialize;
+use usage_sync::de::{self, choose};
+use usage_sync::{SharingConfig, SharingMode, SyncConfig};
 use usage_sync_core::{Kinds, Limit, PeriodKind, Plan, Plans};
 use usage_sync_store::{Durability, WalConfig};
 
+mod groups;
 mod plans;
 mod profiles;
 mod settings;
@@ -23,10 +36,12 @@ mod settings;
 mod tests;
 mod values;
 
+pub use groups::*;
 use plans::*;
 use profiles::*;
+pub use usage_sync::de::parse_duration;
 use values::*;
-pub use values::{format_duration, parse_duration, parse_listen, redact_url};
+pub use values::{format_duration, parse_listen, redact_url};
 
 /// Where a setting's value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,14 +118,44 @@ pub enum PerformanceMode {
     Optimized,
 }
 
+impl std::str::FromStr for PerformanceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        choose(
+            s,
+            "a mode",
+            &[
+                ("standard", PerformanceMode::Standard),
+                ("optimized", PerformanceMode::Optimized),
+            ],
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Pretty,
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        choose(
+            s,
+            "a log format",
+            &[
+                ("json", LogFormat::Json),
+                ("pretty", LogFormat::Pretty),
+                ("text", LogFormat::Pretty),
+            ],
+        )
+    }
+}
+
 /// A secret: never printed by `Debug` or `check-config`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -138,55 +183,25 @@ pub struct Settings {
     pub profile: Profile,
     pub preset: Option<Preset>,
     /// The sync engine's settings, in the engine's own struct (its log
-    /// is set from `data_dir`, `durability` and `fsync_interval` by
-    /// [`Settings::sync_config`]).
+    /// is set from the store settings by [`Settings::sync_config`]; its
+    /// shared tier from `sharing`, `redis_url` and the `redis_*` keys).
     pub sync: SyncConfig,
-    pub verbose_logging: bool,
+    pub store: StoreSettings,
+    pub http: HttpSettings,
+    pub alerts: AlertSettings,
+    pub log: LogSettings,
     pub performance_mode: PerformanceMode,
-    pub data_dir: PathBuf,
-    pub database_url: String,
-    pub db_pool_size: usize,
     pub redis_url: Option<Secret>,
-    pub listen: SocketAddr,
-    pub api_token: Option<Secret>,
-    pub admin_token: Option<Secret>,
-    pub metrics_token: Option<Secret>,
-    pub alert_sync_latency: Duration,
-    pub alert_error_rate_percent: u64,
-    pub alert_cpu_percent: u64,
-    pub alert_window: Duration,
-    pub alert_interval: Duration,
-    pub alert_webhook: Option<Secret>,
     pub max_concurrent_syncs_ceiling: usize,
-    /// How long SIGTERM waits for in-flight requests, and then again at
-    /// most for the final flush.
-    pub shutdown_timeout: Duration,
-    /// Time a client has to send a request's headers, counted from when the
-    /// connection is ready for a request: it also closes a keep-alive
-    /// connection idle that long.
-    pub header_timeout: Duration,
-    /// Time a client has to send a request's body once its headers are in.
-    pub body_timeout: Duration,
-    /// Connections served at once; further ones wait in the listen backlog.
-    /// 0 in the settings means three quarters of the open-files limit.
-    pub max_connections: usize,
-    pub durability: Durability,
-    pub fsync_interval: Duration,
+    /// `POST /admin/v1/users/{id}/simulate` is enabled (never in production).
+    pub enable_simulation: bool,
+    pub kinds: Vec<String>,
+    pub default_plan: String,
+    pub plans: BTreeMap<String, PlanSettings>,
     /// `USAGE_SYNC_*` variables in the environment that no setting reads,
     /// with the closest known name: warned about at start and by
     /// check-config.
     pub unknown_env: Vec<(String, &'static str)>,
-    /// `serve --accept-log-loss`: start even if the write-ahead log lost
-    /// records it had made durable, reporting the loss. A command-line
-    /// flag only, for one start: never a setting that stays on.
-    pub accept_log_loss: bool,
-    /// `POST /admin/v1/users/{id}/simulate` is enabled (never in production).
-    pub enable_simulation: bool,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub kinds: Vec<String>,
-    pub default_plan: String,
-    pub plans: BTreeMap<String, PlanSettings>,
     /// Key → where its value came from, for `check-config`.
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -206,17 +221,6 @@ pub enum ConfigError {
     UnknownKey { key: String, path: PathBuf },
     #[error("{0}")]
     Rule(String),
-}
-
-/// How a key's raw text is interpreted.
-#[derive(Clone, Copy)]
-enum Ty {
-    Duration,
-    Count,
-    Bool,
-    Text,
-    SecretText,
-    List,
 }
 
 /// Reads settings from the process environment and an optional file.
@@ -275,17 +279,21 @@ pub fn load_from(
         (None, None)
     };
 
-    let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
-    for (k, v) in profile_defaults(profile) {
-        raw.insert(k, (v, Source::Default(profile)));
-    }
+    let text = |pairs: Vec<(&'static str, String)>| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect::<Vec<_>>()
+    };
+    let mut layers = Layers::default();
+    layers.add(Source::Default(profile), text(profile_defaults(profile)));
     if let Some(p) = preset {
-        for (k, v) in preset_values(p) {
-            raw.insert(k, (v.to_owned(), Source::Preset(p)));
-        }
+        let values = preset_values(p).into_iter().map(|(k, v)| (k, v.to_owned()));
+        layers.add(Source::Preset(p), text(values.collect()));
     }
     let mut plans_from_file = None;
     if let Some((path, table)) = &file {
+        let mut values = Vec::new();
         for (key, value) in table {
             if key == "profile" || key == "preset" {
                 continue;
@@ -294,27 +302,26 @@ pub fn load_from(
                 plans_from_file = Some(parse_plans(value, path)?);
                 continue;
             }
-            let Some(&(k, _, ty)) = KEYS.iter().find(|(k, _, _)| k == key) else {
+            let Some(&(k, _, _)) = KEYS.iter().find(|(k, _, _)| k == key) else {
                 return Err(ConfigError::UnknownKey {
                     key: key.clone(),
                     path: path.clone(),
                 });
             };
-            let src = Source::File(path.clone());
-            let text = toml_scalar(value, ty).map_err(|message| ConfigError::Invalid {
+            let value = Value::serialize(value).map_err(|e| ConfigError::Invalid {
                 key: k,
-                origin: src.clone(),
-                message,
+                origin: Source::File(path.clone()),
+                message: e.to_string(),
             })?;
-            raw.insert(k, (text, src));
+            values.push((k, value));
         }
+        layers.add(Source::File(path.clone()), values);
     }
-    for &(k, vars, _) in KEYS {
-        for var in vars {
-            if let Some(v) = env_get(var) {
-                raw.insert(k, (v, Source::Env(var)));
-                break;
-            }
+    // Each variable is a layer of its own, so that figment's metadata
+    // names the variable (of a key's aliases, the first one set wins).
+    for &(k, _, vars) in KEYS {
+        if let Some((var, v)) = vars.iter().find_map(|var| Some((*var, env_get(var)?))) {
+            layers.add(Source::Env(var), vec![(k, v.into())]);
         }
     }
     for &(k, var) in SECRET_FILES {
@@ -324,31 +331,125 @@ pub fn load_from(
                 origin: Source::Env(var),
                 message: format!("cannot read {path}: {e}"),
             })?;
-            raw.insert(
-                k,
-                (
-                    v.trim_end_matches(['\n', '\r']).to_owned(),
-                    Source::Env(var),
-                ),
-            );
+            let v = v.trim_end_matches(['\n', '\r']).to_owned();
+            layers.add(Source::Env(var), vec![(k, v.into())]);
         }
     }
-    let mut settings = build(
-        profile,
-        profile_src,
-        preset,
-        preset_src,
-        raw,
-        plans_from_file,
-    )?;
+    let mut sources = layers.sources(profile);
+    sources.insert("profile", profile_src);
+    if let Some(s) = preset_src {
+        sources.insert("preset", s);
+    }
+    let raw: Layered = layers
+        .figment
+        .extract()
+        .map_err(|e| layers.error(e, profile))?;
+    let mut settings = build(profile, preset, raw, sources, plans_from_file)?;
     settings.unknown_env = unknown_env(env);
     Ok(settings)
+}
+
+/// The layers merged so far, and the source each was made from.
+#[derive(Default)]
+struct Layers {
+    figment: Figment,
+    sources: Vec<Source>,
+}
+
+impl Layers {
+    fn add(&mut self, source: Source, values: Vec<(&'static str, Value)>) {
+        self.sources.push(source.clone());
+        let layer = Layer { source, values };
+        self.figment = std::mem::take(&mut self.figment).merge(layer);
+    }
+
+    /// The source a figment value came from: its provider is named after it.
+    fn source_of(&self, metadata: &figment::Metadata) -> Option<Source> {
+        self.sources
+            .iter()
+            .find(|s| s.to_string() == metadata.name)
+            .cloned()
+    }
+
+    /// Where each key's value came from (keys no layer sets are left out).
+    fn sources(&self, profile: Profile) -> BTreeMap<&'static str, Source> {
+        let mut out = BTreeMap::new();
+        for &(key, group, _) in KEYS {
+            let path = match group {
+                "" => key.to_owned(),
+                g => format!("{g}.{key}"),
+            };
+            if let Some(m) = self.figment.find_metadata(&path) {
+                let src = self.source_of(m).unwrap_or(Source::Default(profile));
+                out.insert(key, src);
+            }
+        }
+        out
+    }
+
+    /// A serde error as the key, the layer and what was wrong.
+    fn error(&self, e: figment::Error, profile: Profile) -> ConfigError {
+        // The innermost key the path names (`kinds.1` is `kinds`).
+        let key = e
+            .path
+            .iter()
+            .rev()
+            .find_map(|k| KEYS.iter().find(|(key, _, _)| key == k))
+            .map_or("settings", |(k, _, _)| *k);
+        let origin = e
+            .metadata
+            .as_ref()
+            .and_then(|m| self.source_of(m))
+            .unwrap_or(Source::Default(profile));
+        let message = match &e.kind {
+            figment::error::Kind::Message(m) => m.clone(),
+            other => other.to_string(),
+        };
+        ConfigError::Invalid {
+            key,
+            origin,
+            message,
+        }
+    }
+}
+
+/// One layer as a figment provider: the values one source sets, each
+/// under the group its key belongs to, the provider named after the
+/// source.
+struct Layer {
+    source: Source,
+    values: Vec<(&'static str, Value)>,
+}
+
+impl figment::Provider for Layer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.source.to_string())
+    }
+
+    fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, value) in &self.values {
+            let group = KEYS
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .map_or("", |(_, g, _)| *g);
+            let dict = match group {
+                "" => &mut root,
+                g => match root.entry(g.to_owned()).or_insert(Dict::new().into()) {
+                    Value::Dict(_, d) => d,
+                    _ => unreachable!("groups hold dictionaries"),
+                },
+            };
+            dict.insert((*key).to_owned(), value.clone());
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
 }
 
 /// Every variable a setting is read from.
 fn known_env() -> impl Iterator<Item = &'static str> {
     KEYS.iter()
-        .flat_map(|(_, vars, _)| vars.iter().copied())
+        .flat_map(|(_, _, vars)| vars.iter().copied())
         .chain(SECRET_FILES.iter().map(|(_, v)| *v))
         .chain(["USAGE_SYNC_ENV", "USAGE_SYNC_PRESET", "USAGE_SYNC_CONFIG"])
 }
@@ -410,131 +511,51 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     })
 }
 
-/// Turns a TOML value into the same text an environment variable would
-/// hold, so one parser handles both.
-fn toml_scalar(v: &toml::Value, ty: Ty) -> Result<String, String> {
-    match (v, ty) {
-        (toml::Value::String(s), _) => Ok(s.clone()),
-        (toml::Value::Integer(i), Ty::Duration | Ty::Count) => Ok(i.to_string()),
-        (toml::Value::Boolean(b), Ty::Bool) => Ok(b.to_string()),
-        (toml::Value::Array(a), Ty::List) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_owned)
-                    .ok_or("list items must be strings".to_owned())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|v| v.join(",")),
-        (other, _) => Err(format!("unexpected {} value", other.type_str())),
-    }
-}
-
+/// What no single setting decides: the database URL's default, the shared
+/// tier (mode, URLs, prefix), the kinds, then the rules across settings.
 fn build(
     profile: Profile,
-    profile_src: Source,
     preset: Option<Preset>,
-    preset_src: Option<Source>,
-    raw: BTreeMap<&'static str, (String, Source)>,
+    raw: Layered,
+    mut sources: BTreeMap<&'static str, Source>,
     plans_from_file: Option<BTreeMap<String, PlanSettings>>,
 ) -> Result<Settings, ConfigError> {
-    let mut sources: BTreeMap<&'static str, Source> =
-        raw.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
-    sources.insert("profile", profile_src);
-    if let Some(s) = preset_src {
-        sources.insert("preset", s);
+    let Layered {
+        mut sync,
+        shared,
+        mut store,
+        mut http,
+        mut alerts,
+        log,
+        performance_mode,
+        sharing,
+        redis_url,
+        max_concurrent_syncs_ceiling,
+        enable_simulation,
+        kinds,
+        default_plan,
+    } = raw;
+    if store.database_url.is_empty() {
+        sources.insert("database_url", sources["data_dir"].clone());
+        store.database_url = format!(
+            "sqlite://{}",
+            store.data_dir.join("usage-sync.db").display()
+        );
     }
-    let get = |k: &'static str| -> Option<&(String, Source)> { raw.get(k) };
-    let invalid = |k: &'static str, message: String| ConfigError::Invalid {
-        key: k,
-        origin: raw
-            .get(k)
-            .map_or(Source::Default(profile), |(_, s)| s.clone()),
-        message,
-    };
-    let text = |k: &'static str| -> String { get(k).map(|(v, _)| v.clone()).unwrap_or_default() };
-    let dur = |k: &'static str| parse_duration(&text(k)).map_err(|m| invalid(k, m));
-    let count = |k: &'static str, min: u64, max: u64| -> Result<u64, ConfigError> {
-        let t = text(k);
-        let n: u64 = t
-            .trim()
-            .parse()
-            .map_err(|_| invalid(k, format!("'{t}' is not a whole number")))?;
-        if n < min || n > max {
-            return Err(invalid(k, format!("{n} is outside {min}..={max}")));
+    // A blank secret in a file is as good as none (variables that are
+    // set but empty are skipped before they become a layer).
+    for s in [
+        &mut http.api_token,
+        &mut http.admin_token,
+        &mut http.metrics_token,
+        &mut alerts.webhook,
+    ] {
+        if s.as_ref().is_some_and(|t| t.0.is_empty()) {
+            *s = None;
         }
-        Ok(n)
-    };
-    // A count that sizes something in memory (all bounds fit any usize).
-    let size = |k: &'static str, min: u64, max: u64| -> Result<usize, ConfigError> {
-        Ok(usize::try_from(count(k, min, max)?).unwrap_or(usize::MAX))
-    };
-    let boolean = |k: &'static str| parse_bool(&text(k)).map_err(|m| invalid(k, m));
-    // A zero timeout would close every connection at once.
-    let positive = |k: &'static str| {
-        let d = dur(k)?;
-        if d.is_zero() {
-            return Err(invalid(k, "must be longer than 0".into()));
-        }
-        Ok(d)
-    };
-    let secret = |k: &'static str| {
-        get(k)
-            .filter(|(v, _)| !v.is_empty())
-            .map(|(v, _)| Secret(v.clone()))
-    };
-
-    let data_dir = PathBuf::from(text("data_dir"));
-    let database_url = match get("database_url") {
-        Some((v, _)) => v.clone(),
-        None => {
-            sources.insert("database_url", sources["data_dir"].clone());
-            format!("sqlite://{}", data_dir.join("usage-sync.db").display())
-        }
-    };
-    let scheme_ok = database_url.starts_with("sqlite:")
-        || database_url.starts_with("postgres://")
-        || database_url.starts_with("postgresql://");
-    if !scheme_ok {
-        return Err(invalid(
-            "database_url",
-            "use sqlite://path or postgres://user@host/database".into(),
-        ));
     }
-    let listen_text = text("listen");
-    let listen = parse_listen(&listen_text).map_err(|m| invalid("listen", m))?;
-    let performance_mode = choose(
-        &text("performance_mode"),
-        "a mode",
-        &[
-            ("standard", PerformanceMode::Standard),
-            ("optimized", PerformanceMode::Optimized),
-        ],
-    )
-    .map_err(|m| invalid("performance_mode", m))?;
-    let log_format = choose(
-        &text("log_format"),
-        "a log format",
-        &[
-            ("json", LogFormat::Json),
-            ("pretty", LogFormat::Pretty),
-            ("text", LogFormat::Pretty),
-        ],
-    )
-    .map_err(|m| invalid("log_format", m))?;
-    let durability_text = text("durability");
-    let durability = Durability::parse(&durability_text).ok_or_else(|| {
-        invalid(
-            "durability",
-            format!("'{durability_text}' is not a durability mode (use fsync, batched or none)"),
-        )
-    })?;
-    let fault_crash_after_commit = match get("fault_crash_after_commit") {
-        Some(_) => Some(count("fault_crash_after_commit", 1, u64::MAX)?),
-        None => None,
-    };
-    let redis_url = secret("redis_url");
-    let mode = match get("sharing").map(|(v, _)| v.trim()) {
+    let redis_url = redis_url.filter(|u| !u.0.is_empty());
+    let mode = match sharing.as_deref().map(str::trim) {
         None | Some("") => {
             // Chosen by REDIS_URL: say so where check-config shows sources.
             if redis_url.is_some()
@@ -553,24 +574,22 @@ fn build(
                 ("lease", Some(SharingMode::Lease)),
             ],
         )
-        .map_err(|m| invalid("sharing", m))?,
+        .map_err(|m| invalid(&sources, profile, "sharing", m))?,
     };
-    let fallback = choose(
-        &text("redis_fallback"),
-        "a fallback",
-        &[
-            ("local", RedisFallback::Local),
-            ("deny", RedisFallback::Deny),
-        ],
-    )
-    .map_err(|m| invalid("redis_fallback", m))?;
-    let sharing = match (mode, &redis_url) {
+    let bad = |k: &'static str, m: &str| invalid(&sources, profile, k, m.to_owned());
+    let scheme_ok = store.database_url.starts_with("sqlite:")
+        || store.database_url.starts_with("postgres://")
+        || store.database_url.starts_with("postgresql://");
+    if !scheme_ok {
+        return Err(bad(
+            "database_url",
+            "use sqlite://path or postgres://user@host/database",
+        ));
+    }
+    sync.sharing = match (mode, &redis_url) {
         (None, _) => None,
         (Some(_), None) => {
-            return Err(invalid(
-                "sharing",
-                "the redis and lease modes need REDIS_URL".into(),
-            ));
+            return Err(bad("sharing", "the redis and lease modes need REDIS_URL"));
         }
         (Some(mode), Some(url)) => {
             let urls: Vec<String> = url
@@ -584,110 +603,67 @@ fn build(
                     .iter()
                     .any(|u| !u.starts_with("redis://") && !u.starts_with("rediss://"))
             {
-                return Err(invalid(
+                return Err(bad(
                     "redis_url",
-                    "use redis://host:6379 (several comma-separated nodes for a cluster)".into(),
+                    "use redis://host:6379 (several comma-separated nodes for a cluster)",
                 ));
             }
-            let cluster = boolean("redis_cluster")?;
-            if urls.len() > 1 && !cluster {
-                return Err(invalid(
+            if urls.len() > 1 && !shared.cluster {
+                return Err(bad(
                     "redis_url",
-                    "several nodes are only meaningful with USAGE_SYNC_REDIS_CLUSTER=true".into(),
+                    "several nodes are only meaningful with USAGE_SYNC_REDIS_CLUSTER=true",
                 ));
             }
-            let prefix = text("redis_prefix");
-            if prefix.is_empty() || prefix.contains(['{', '}']) {
-                return Err(invalid(
-                    "redis_prefix",
-                    "must be non-empty and without braces".into(),
-                ));
+            if shared.key_prefix.is_empty() || shared.key_prefix.contains(['{', '}']) {
+                return Err(bad("redis_prefix", "must be non-empty and without braces"));
             }
             Some(SharingConfig {
                 mode,
                 urls,
-                cluster,
-                fallback,
-                lease_size: count("lease_size", 1, 1_000_000)?,
-                lease_ttl: dur("lease_ttl")?,
-                timeout: dur("redis_timeout")?,
-                key_prefix: prefix,
-                probe_interval: Duration::from_millis(500),
+                ..shared
             })
         }
     };
-    let kinds: Vec<String> = text("kinds")
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    Kinds::new(&kinds).map_err(|m| invalid("kinds", m))?;
-
+    Kinds::new(&kinds).map_err(|m| bad("kinds", &m))?;
+    // Users about to run out are flushed at once in optimized mode.
+    sync.near_limit_flush_percent = (performance_mode == PerformanceMode::Optimized).then_some(90);
     let settings = Settings {
         profile,
         preset,
-        sync: SyncConfig {
-            enabled: boolean("enable_usage_sync")?,
-            heartbeat_interval: dur("heartbeat_interval")?,
-            check_interval: dur("sync_check_interval")?,
-            force_sync_threshold: count("force_sync_threshold", 1, 1_000_000_000)?,
-            max_sync_interval: dur("max_sync_interval")?,
-            max_active_users_check: size("max_active_users_check", 1, 10_000_000)?,
-            session_timeout: dur("session_timeout")?,
-            sync_timeout: dur("sync_timeout")?,
-            max_concurrent_syncs: size("max_concurrent_syncs", 1, 1024)?,
-            batch_size: size("batch_size", 1, 10_000)?,
-            max_cached_users: size("max_cached_users", 1, 1_000_000_000)?,
-            dedup_window: dur("dedup_window")?,
-            max_request_ids: size("max_request_ids", 1, 1_000_000_000)?,
-            crash_after_commit: fault_crash_after_commit,
-            crash_in_recovery: boolean("fault_crash_in_recovery")?,
-            sharing,
-            // Users about to run out are flushed at once in optimized mode.
-            near_limit_flush_percent: (performance_mode == PerformanceMode::Optimized)
-                .then_some(90),
-            // The log is set by `sync_config`, from the log settings.
-            wal: None,
-            ..SyncConfig::default()
-        },
-        verbose_logging: boolean("verbose_logging")?,
+        sync,
+        store,
+        http,
+        alerts,
+        log,
         performance_mode,
-        data_dir,
-        database_url,
-        db_pool_size: size("db_pool_size", 1, 1000)?,
         redis_url,
-        listen,
-        api_token: secret("api_token"),
-        admin_token: secret("admin_token"),
-        metrics_token: secret("metrics_token"),
-        alert_sync_latency: dur("alert_sync_latency")?,
-        alert_error_rate_percent: count("alert_error_rate_percent", 0, 100)?,
-        alert_cpu_percent: count("alert_cpu_percent", 0, 10_000)?,
-        alert_window: dur("alert_window")?,
-        alert_interval: dur("alert_interval")?,
-        alert_webhook: secret("alert_webhook"),
-        max_concurrent_syncs_ceiling: size("max_concurrent_syncs_ceiling", 1, 1024)?,
-        shutdown_timeout: dur("shutdown_timeout")?,
-        header_timeout: positive("header_timeout")?,
-        body_timeout: positive("body_timeout")?,
-        max_connections: match count("max_connections", 0, 1_000_000)? {
-            0 => default_max_connections(),
-            n => usize::try_from(n).unwrap_or(usize::MAX),
-        },
-        durability,
-        fsync_interval: dur("fsync_interval")?,
-        accept_log_loss: false,
-        unknown_env: Vec::new(),
-        enable_simulation: boolean("enable_simulation")?,
-        log_format,
-        log_level: log_filter(&text("log_level")).map_err(|m| invalid("log_level", m))?,
+        max_concurrent_syncs_ceiling,
+        enable_simulation,
         kinds,
-        default_plan: text("default_plan"),
+        default_plan,
         plans: plans_from_file.unwrap_or_else(default_plans),
+        unknown_env: Vec::new(),
         sources,
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// An invalid value of `key`, from the layer that set it.
+fn invalid(
+    sources: &BTreeMap<&'static str, Source>,
+    profile: Profile,
+    key: &'static str,
+    message: String,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        origin: sources
+            .get(key)
+            .cloned()
+            .unwrap_or(Source::Default(profile)),
+        message,
+    }
 }
 
 /// Levenshtein distance, for "did you mean" hints on short names.

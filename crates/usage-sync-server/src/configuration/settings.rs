@@ -12,14 +12,14 @@ impl Settings {
     pub(super) fn validate_tokens(&self) -> Result<(), ConfigError> {
         let rule = |m: String| Err(ConfigError::Rule(m));
         for (t, var) in [
-            (&self.api_token, "USAGE_SYNC_API_TOKEN"),
-            (&self.admin_token, "USAGE_SYNC_ADMIN_TOKEN"),
+            (&self.http.api_token, "USAGE_SYNC_API_TOKEN"),
+            (&self.http.admin_token, "USAGE_SYNC_ADMIN_TOKEN"),
         ] {
             if t.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
                 return rule(format!("{var} is blank; {MAKE_TOKEN}"));
             }
         }
-        match (&self.api_token, &self.admin_token) {
+        match (&self.http.api_token, &self.http.admin_token) {
             (Some(_), None) => {
                 return rule(format!(
                     "USAGE_SYNC_API_TOKEN is set but USAGE_SYNC_ADMIN_TOKEN is not: the admin routes \
@@ -66,7 +66,7 @@ impl Settings {
     /// Rules that involve several settings.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_tokens()?;
-        if self.profile == Profile::Production && self.durability == Durability::None {
+        if self.profile == Profile::Production && self.store.durability == Durability::None {
             return Err(ConfigError::Rule(
                 "USAGE_SYNC_DURABILITY=none can lose acknowledged usage and is refused in the production profile (use fsync or batched)"
                     .into(),
@@ -117,9 +117,9 @@ impl Settings {
     pub fn sync_config(&self) -> SyncConfig {
         SyncConfig {
             wal: Some(WalConfig {
-                fsync_interval: self.fsync_interval,
-                accept_loss: self.accept_log_loss,
-                ..WalConfig::new(self.data_dir.join("wal"), self.durability)
+                fsync_interval: self.store.fsync_interval,
+                accept_loss: self.store.accept_log_loss,
+                ..WalConfig::new(self.store.data_dir.join("wal"), self.store.durability)
             }),
             ..self.sync.clone()
         }
@@ -154,7 +154,7 @@ impl Settings {
             .collect::<Vec<_>>()
             .join(", ");
         // Shown when sharing is off: the library's defaults.
-        let off = SharingConfig::new(SharingMode::Redis, "");
+        let off = SharingConfig::unset();
         let sharing = self.sync.sharing.as_ref().unwrap_or(&off);
         vec![
             ("profile", self.profile.as_str().to_owned()),
@@ -179,7 +179,7 @@ impl Settings {
                 "max_sync_interval",
                 format_duration(self.sync.max_sync_interval),
             ),
-            ("verbose_logging", self.verbose_logging.to_string()),
+            ("verbose_logging", self.log.verbose.to_string()),
             (
                 "max_active_users_check",
                 self.sync.max_active_users_check.to_string(),
@@ -203,9 +203,9 @@ impl Settings {
                     PerformanceMode::Optimized => "optimized".into(),
                 },
             ),
-            ("data_dir", self.data_dir.display().to_string()),
-            ("database_url", redact_url(&self.database_url)),
-            ("db_pool_size", self.db_pool_size.to_string()),
+            ("data_dir", self.store.data_dir.display().to_string()),
+            ("database_url", redact_url(&self.store.database_url)),
+            ("db_pool_size", self.store.db_pool_size.to_string()),
             (
                 "sharing",
                 self.sync
@@ -230,34 +230,37 @@ impl Settings {
             ("redis_prefix", sharing.key_prefix.clone()),
             ("lease_size", sharing.lease_size.to_string()),
             ("lease_ttl", format_duration(sharing.lease_ttl)),
-            ("listen", self.listen.to_string()),
-            ("api_token", secret(&self.api_token)),
-            ("admin_token", secret(&self.admin_token)),
-            ("metrics_token", secret(&self.metrics_token)),
+            ("listen", self.http.listen.to_string()),
+            ("api_token", secret(&self.http.api_token)),
+            ("admin_token", secret(&self.http.admin_token)),
+            ("metrics_token", secret(&self.http.metrics_token)),
             (
                 "alert_sync_latency",
-                format_duration(self.alert_sync_latency),
+                format_duration(self.alerts.sync_latency),
             ),
             (
                 "alert_error_rate_percent",
-                self.alert_error_rate_percent.to_string(),
+                self.alerts.error_rate_percent.to_string(),
             ),
-            ("alert_cpu_percent", self.alert_cpu_percent.to_string()),
-            ("alert_window", format_duration(self.alert_window)),
-            ("alert_interval", format_duration(self.alert_interval)),
-            ("alert_webhook", secret(&self.alert_webhook)),
+            ("alert_cpu_percent", self.alerts.cpu_percent.to_string()),
+            ("alert_window", format_duration(self.alerts.window)),
+            ("alert_interval", format_duration(self.alerts.interval)),
+            ("alert_webhook", secret(&self.alerts.webhook)),
             (
                 "max_concurrent_syncs_ceiling",
                 self.max_concurrent_syncs_ceiling.to_string(),
             ),
-            ("shutdown_timeout", format_duration(self.shutdown_timeout)),
-            ("header_timeout", format_duration(self.header_timeout)),
-            ("body_timeout", format_duration(self.body_timeout)),
-            ("max_connections", self.max_connections.to_string()),
+            (
+                "shutdown_timeout",
+                format_duration(self.http.shutdown_timeout),
+            ),
+            ("header_timeout", format_duration(self.http.header_timeout)),
+            ("body_timeout", format_duration(self.http.body_timeout)),
+            ("max_connections", self.http.max_connections.to_string()),
             ("dedup_window", format_duration(self.sync.dedup_window)),
             ("max_request_ids", self.sync.max_request_ids.to_string()),
-            ("durability", self.durability.as_str().to_owned()),
-            ("fsync_interval", format_duration(self.fsync_interval)),
+            ("durability", self.store.durability.as_str().to_owned()),
+            ("fsync_interval", format_duration(self.store.fsync_interval)),
             (
                 "fault_crash_after_commit",
                 self.sync
@@ -271,12 +274,12 @@ impl Settings {
             ("enable_simulation", self.enable_simulation.to_string()),
             (
                 "log_format",
-                match self.log_format {
+                match self.log.format {
                     LogFormat::Json => "json".into(),
                     LogFormat::Pretty => "pretty".into(),
                 },
             ),
-            ("log_level", self.log_level.clone()),
+            ("log_level", self.log.level.clone()),
             ("kinds", self.kinds.join(",")),
             ("default_plan", self.default_plan.clone()),
             ("plans", plans),

@@ -1,4 +1,5 @@
 use super::*;
+use usage_sync::RedisFallback;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -15,8 +16,8 @@ fn development_defaults() {
     assert_eq!(s.sync.check_interval, Duration::from_secs(60));
     assert_eq!(s.sync.force_sync_threshold, 5);
     assert_eq!(s.sync.max_sync_interval, Duration::from_secs(600));
-    assert!(s.verbose_logging);
-    assert_eq!(s.database_url, "sqlite://./data/usage-sync.db");
+    assert!(s.log.verbose);
+    assert_eq!(s.store.database_url, "sqlite://./data/usage-sync.db");
     assert_eq!(
         s.sources["heartbeat_interval"],
         Source::Default(Profile::Development)
@@ -138,8 +139,8 @@ fn production_needs_tokens_and_uses_its_defaults() {
     .unwrap();
     assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(120));
     assert_eq!(s.sync.force_sync_threshold, 10);
-    assert!(!s.verbose_logging);
-    assert_eq!(s.log_format, LogFormat::Json);
+    assert!(!s.log.verbose);
+    assert_eq!(s.log.format, LogFormat::Json);
     // USAGE_SYNC_ENV wins over NODE_ENV.
     let s = load_from(
         None,
@@ -183,7 +184,7 @@ fn env_intervals_are_milliseconds() {
     let s = load_from(None, &env(&[("USAGE_SYNC_CHECK_INTERVAL", "300000")])).unwrap();
     assert_eq!(s.sync.check_interval, Duration::from_secs(300));
     let s = load_from(None, &env(&[("ENABLE_VERBOSE_LOGGING", "false")])).unwrap();
-    assert!(!s.verbose_logging);
+    assert!(!s.log.verbose);
 }
 
 #[test]
@@ -207,8 +208,8 @@ fn redis_url_is_the_source_of_sharing_and_toml_null_gets_a_hint() {
 #[test]
 fn listen_takes_names_and_typos_are_named() {
     let s = load_from(None, &env(&[("USAGE_SYNC_LISTEN", "localhost:18081")])).unwrap();
-    assert_eq!(s.listen.port(), 18081);
-    assert!(s.listen.ip().is_loopback());
+    assert_eq!(s.http.listen.port(), 18081);
+    assert!(s.http.listen.ip().is_loopback());
     // A misspelt variable is reported with the name it was meant to be.
     let s = load_from(
         None,
@@ -282,7 +283,7 @@ fn file_plans_unknown_keys_and_secret_files() {
         ]),
     )
     .unwrap();
-    assert_eq!(s.admin_token.unwrap().expose(), "s3cret");
+    assert_eq!(s.http.admin_token.unwrap().expose(), "s3cret");
 }
 
 #[test]
@@ -313,7 +314,7 @@ fn the_configuration_doc_lists_every_setting() {
         "/../../docs/configuration.md"
     ))
     .unwrap();
-    for (key, vars, _) in KEYS {
+    for (key, _, vars) in KEYS {
         assert!(
             doc.contains(&format!("`{key}`")),
             "docs/configuration.md misses key {key}"
@@ -341,33 +342,37 @@ fn the_configuration_doc_lists_every_setting() {
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration("1500").unwrap(), Duration::from_millis(1500));
-    assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-    assert!(parse_duration("5 parsecs").is_err());
     assert_eq!(format_duration(Duration::from_secs(600)), "10m");
 }
 
 #[test]
-fn a_word_setting_names_the_words_it_takes_and_accepts_its_aliases() {
-    let words = [
-        ("json", LogFormat::Json),
-        ("pretty", LogFormat::Pretty),
-        ("text", LogFormat::Pretty),
-    ];
-    assert_eq!(
-        choose(" text ", "a log format", &words),
-        Ok(LogFormat::Pretty)
-    );
-    assert_eq!(
-        choose("xml", "a log format", &words),
-        Err("'xml' is not a log format (use json or pretty)".to_owned())
-    );
-    assert_eq!(
-        choose(
-            "both",
-            "a sharing mode",
-            &[("none", 0), ("redis", 1), ("lease", 2)]
+fn a_file_takes_typed_values_and_its_errors_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "heartbeat_interval = 45000\nenable_usage_sync = false\nbatch_size = 250\nkinds = [\"premium\", \" fast \"]\n",
+    )
+    .unwrap();
+    let s = load_from(Some(&f), &env(&[])).unwrap();
+    assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(45));
+    assert!(!s.sync.enabled);
+    assert_eq!(s.sync.batch_size, 250);
+    assert_eq!(s.kinds, ["premium", "fast"]);
+    assert_eq!(s.sources["batch_size"], Source::File(f.clone()));
+    for (text, key, says) in [
+        ("kinds = [\"a\", 3]\n", "kinds", "expected a string"),
+        (
+            "batch_size = \"x\"\n",
+            "batch_size",
+            "'x' is not a whole number",
         ),
-        Err("'both' is not a sharing mode (use none, redis or lease)".to_owned())
-    );
+        ("lease_ttl = true\n", "lease_ttl", "true is not a duration"),
+        ("listen = 8080\n", "listen", "expected a string"),
+    ] {
+        std::fs::write(&f, text).unwrap();
+        let e = load_from(Some(&f), &env(&[])).unwrap_err().to_string();
+        let want = format!("invalid value for {key} from file ({})", f.display());
+        assert!(e.contains(&want) && e.contains(says), "{text}: {e}");
+    }
 }

@@ -1,56 +1,7 @@
-//! Parsing and printing of single values: durations, booleans, the
-//! listen address, log filters, and redacted URLs.
+//! Parsing and printing of single values: durations, the listen
+//! address, log filters, and redacted URLs.
 
 use super::*;
-
-/// Parses a bare number as milliseconds (`1500`), anything else with
-/// humantime (`500ms`, `30s`, `5m`, `2h`, `1d`, `1h 30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let d = if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
-        let ms: u64 = s.parse().map_err(|_| format!("'{s}' is out of range"))?;
-        Duration::from_millis(ms)
-    } else {
-        humantime::parse_duration(s).map_err(|e| {
-            format!("'{s}' is not a duration: {e} (use milliseconds or 500ms, 30s, 5m, 2h, 1d)")
-        })?
-    };
-    if d < Duration::from_millis(1) {
-        return Err("must be at least 1 ms".into());
-    }
-    Ok(d)
-}
-
-/// The value `words` gives to `text` (trimmed), or what to write instead:
-/// "'x' is not a mode (use standard or optimized)". A word that names the
-/// same value as an earlier one is an alias, accepted and not offered.
-pub(super) fn choose<T: Copy + PartialEq>(
-    text: &str,
-    what: &str,
-    words: &[(&str, T)],
-) -> Result<T, String> {
-    let t = text.trim();
-    if let Some(&(_, v)) = words.iter().find(|(w, _)| *w == t) {
-        return Ok(v);
-    }
-    let offered: Vec<&str> = (0..words.len())
-        .filter(|&i| !words[..i].iter().any(|(_, v)| *v == words[i].1))
-        .map(|i| words[i].0)
-        .collect();
-    let list = match offered.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => offered.join(""),
-    };
-    Err(format!("'{t}' is not {what} (use {list})"))
-}
-
-pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("'{s}' is not a boolean (use true or false)")),
-    }
-}
 
 /// Shows a duration the way a person writes it (`10m`, `1h 30m`, `500ms`).
 pub fn format_duration(d: Duration) -> String {
