@@ -5,130 +5,99 @@ use std::time::Duration;
 
 use usage_sync_store::WalConfig;
 
-#[cfg(feature = "serde")]
 use crate::de;
 use crate::sharing::SharingConfig;
 
 /// How the sync engine decides when to write to the store.
 ///
-/// With feature `serde` it reads from the same keys as the server's
-/// config file (`heartbeat_interval`, `sync_check_interval`, ...); keys
-/// left out keep [`SyncConfig::default`], and the fields that are not
-/// settings (the log, sharing, retry pacing) are always left to code.
-#[derive(Clone, Debug)]
-#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(default))]
+/// It deserializes from the keys of the server's config file
+/// (`heartbeat_interval`, `sync_check_interval`, ...); keys left out keep
+/// [`SyncConfig::default`], and the fields that are not settings (the log,
+/// sharing, retry pacing) are always left to code.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default)]
 pub struct SyncConfig {
     /// Run the triggers at all (`ENABLE_USAGE_SYNC`). When false nothing is
     /// ever flushed and units stay in memory.
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "enable_usage_sync", deserialize_with = "de::flag")
-    )]
+    #[serde(rename = "enable_usage_sync", deserialize_with = "de::flag")]
     pub enabled: bool,
     /// Heartbeat: retries, session ends, eviction.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "de::duration"))]
+    #[serde(deserialize_with = "de::duration")]
     pub heartbeat_interval: Duration,
     /// Main check: the oldest pending users, up to `max_active_users_check`.
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "sync_check_interval", deserialize_with = "de::duration")
-    )]
+    #[serde(rename = "sync_check_interval", deserialize_with = "de::duration")]
     pub check_interval: Duration,
     /// Pending units of one counter that force a prompt flush.
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")]
     pub force_sync_threshold: u64,
     /// Guarantee: everything pending is flushed at least this often.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "de::duration"))]
+    #[serde(deserialize_with = "de::duration")]
     pub max_sync_interval: Duration,
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 10_000_000, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 10_000_000, _, _>")]
     pub max_active_users_check: usize,
     /// A user idle this long with pending units is flushed (session end);
     /// idle and clean, it is evicted from memory.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "de::duration"))]
+    #[serde(deserialize_with = "de::duration")]
     pub session_timeout: Duration,
     /// Bound on one flush transaction; on expiry the batch is retried under
     /// the same flush id.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "de::duration"))]
+    #[serde(deserialize_with = "de::duration")]
     pub sync_timeout: Duration,
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 1024, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 1024, _, _>")]
     pub max_concurrent_syncs: usize,
     /// Counters per batch (one transaction).
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 10_000, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 10_000, _, _>")]
     pub batch_size: usize,
     /// Soft bound on users held in memory; idle clean users are evicted
     /// first when it is exceeded.
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")]
     pub max_cached_users: usize,
     /// Least time between the starts of two threshold rounds, so that
     /// crossings close together share one transaction. Bounds threshold
     /// rounds to 1/linger per second under any load; a crossing after a
     /// quiet spell is flushed at once, one under load waits at most this.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub threshold_linger: Duration,
     /// How long a request id is remembered.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "de::duration"))]
+    #[serde(deserialize_with = "de::duration")]
     pub dedup_window: Duration,
     /// Most request ids remembered at once; a consume with a new id past
     /// it answers 503 and counts nothing (see `LedgerConfig`).
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")
-    )]
+    #[serde(deserialize_with = "de::count::<1, 1_000_000_000, _, _>")]
     pub max_request_ids: usize,
     /// First retry delay after a failed flush; doubles up to `retry_max`.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub retry_base: Duration,
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub retry_max: Duration,
     /// How long applied flush ids are kept in the store.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub flush_id_retention: Duration,
     /// The write-ahead log. `None` keeps everything in memory only (units
     /// not yet flushed are lost if the process dies): for tests and for
     /// applications that accept that.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub wal: Option<WalConfig>,
     /// Fault injection for crash tests: abort the process right after the
     /// Nth successful database commit, before the log records it. Never set
     /// this in production.
-    #[cfg_attr(
-        feature = "serde",
-        serde(
-            rename = "fault_crash_after_commit",
-            deserialize_with = "de::some_count::<1, { u64::MAX }, _, _>"
-        )
+    #[serde(
+        rename = "fault_crash_after_commit",
+        deserialize_with = "de::some_count::<1, { u64::MAX }, _, _>"
     )]
     pub crash_after_commit: Option<u64>,
     /// Fault injection for crash tests: abort during start-up recovery,
     /// after the recovered state is installed in memory and before it is
     /// checkpointed. Never set this in production.
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "fault_crash_in_recovery", deserialize_with = "de::flag")
-    )]
+    #[serde(rename = "fault_crash_in_recovery", deserialize_with = "de::flag")]
     pub crash_in_recovery: bool,
     /// The shared tier for several instances; `None` is single-instance.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub sharing: Option<SharingConfig>,
     /// Flush a counter as soon as its usage reaches this percentage of its
     /// limit (the optimized performance mode sets 90); `None` waits for
     /// the usual triggers.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub near_limit_flush_percent: Option<u8>,
 }
 

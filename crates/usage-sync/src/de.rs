@@ -1,8 +1,7 @@
-//! Reading settings written by people. With feature `serde`, the engine's
-//! configuration derives `Deserialize` with these readers, so an
-//! application (or the usage-sync server) can load it from any serde
-//! format and from environment variables, where every value arrives as
-//! text.
+//! Reading settings written by people. The engine's configuration
+//! derives `Deserialize` with these readers, so an application (or the
+//! usage-sync server) can load it from any serde format and from
+//! environment variables, where every value arrives as text.
 //!
 //! Each reader takes the value both typed (a TOML integer, a boolean) and
 //! as text (`"1500"`, `"yes"`), and says what it expected in words an
@@ -10,7 +9,6 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "serde")]
 pub use readers::*;
 
 /// Parses a bare number as milliseconds (`1500`), anything else with
@@ -54,6 +52,19 @@ pub fn choose<T: Copy + PartialEq>(
     Err(format!("'{t}' is not {what} (use {list})"))
 }
 
+/// A setting that takes one of a few words.
+pub trait Words: Copy + PartialEq + 'static {
+    /// What a wrong word is not: "'x' is not {WHAT} (use ...)".
+    const WHAT: &'static str;
+    /// Each word and its value; a later word for the same value is an
+    /// alias, accepted and not offered.
+    const WORDS: &'static [(&'static str, Self)];
+
+    fn from_word(text: &str) -> Result<Self, String> {
+        choose(text, Self::WHAT, Self::WORDS)
+    }
+}
+
 /// `true`, `1`, `yes`, `on` and their opposites, any case.
 pub fn parse_flag(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -63,7 +74,6 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
     }
 }
 
-#[cfg(feature = "serde")]
 mod readers {
     use std::fmt;
     use std::marker::PhantomData;
@@ -72,7 +82,7 @@ mod readers {
     use serde::Deserializer;
     use serde::de::{self, Visitor};
 
-    use super::{parse_duration, parse_flag};
+    use super::{Words, parse_duration, parse_flag};
 
     /// A scalar as it arrived: a number, a boolean or text.
     enum Scalar {
@@ -166,23 +176,19 @@ mod readers {
         count::<MIN, MAX, T, D>(d).map(Some)
     }
 
-    /// A word setting: the enum's `FromStr` says which words it takes.
-    pub fn word<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: std::str::FromStr<Err = String>,
-    {
-        struct Words<T>(PhantomData<T>);
-        impl<T: std::str::FromStr<Err = String>> Visitor<'_> for Words<T> {
+    /// A word setting (see [`Words`]).
+    pub fn word<'de, T: Words, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        struct Word<T>(PhantomData<T>);
+        impl<T: Words> Visitor<'_> for Word<T> {
             type Value = T;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a word")
+                write!(f, "{}", T::WHAT)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-                v.parse().map_err(E::custom)
+                T::from_word(v).map_err(E::custom)
             }
         }
-        d.deserialize_str(Words(PhantomData))
+        d.deserialize_str(Word(PhantomData))
     }
 }
 

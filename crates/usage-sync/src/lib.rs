@@ -31,7 +31,7 @@
 //!   manual sync and shutdown.
 //! - [`config`]: the settings of the sync engine ([`SyncConfig`]).
 //! - [`de`]: reading settings written by people (durations, words,
-//!   booleans), and with feature `serde` the readers `SyncConfig` uses.
+//!   booleans): the serde readers `SyncConfig` uses.
 //! - [`clock`]: where "now" comes from ([`SystemClock`], [`TokioClock`]).
 //! - [`recovery`]: start-up recovery from the write-ahead log.
 //! - [`sharing`]: the shared tier (Redis) that makes one quota decision

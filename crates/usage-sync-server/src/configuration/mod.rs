@@ -118,18 +118,12 @@ pub enum PerformanceMode {
     Optimized,
 }
 
-impl std::str::FromStr for PerformanceMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        choose(
-            s,
-            "a mode",
-            &[
-                ("standard", PerformanceMode::Standard),
-                ("optimized", PerformanceMode::Optimized),
-            ],
-        )
-    }
+impl de::Words for PerformanceMode {
+    const WHAT: &'static str = "a mode";
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("standard", PerformanceMode::Standard),
+        ("optimized", PerformanceMode::Optimized),
+    ];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,19 +132,13 @@ pub enum LogFormat {
     Pretty,
 }
 
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        choose(
-            s,
-            "a log format",
-            &[
-                ("json", LogFormat::Json),
-                ("pretty", LogFormat::Pretty),
-                ("text", LogFormat::Pretty),
-            ],
-        )
-    }
+impl de::Words for LogFormat {
+    const WHAT: &'static str = "a log format";
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("json", LogFormat::Json),
+        ("pretty", LogFormat::Pretty),
+        ("text", LogFormat::Pretty),
+    ];
 }
 
 /// A secret: never printed by `Debug` or `check-config`.

@@ -90,62 +90,43 @@ impl RedisFallback {
     }
 }
 
-impl std::str::FromStr for RedisFallback {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let words = [
-            ("local", RedisFallback::Local),
-            ("deny", RedisFallback::Deny),
-        ];
-        crate::de::choose(s, "a fallback", &words)
-    }
+impl crate::de::Words for RedisFallback {
+    const WHAT: &'static str = "a fallback";
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("local", RedisFallback::Local),
+        ("deny", RedisFallback::Deny),
+    ];
 }
 
 /// Settings of the shared tier.
 ///
-/// With feature `serde` it reads from the server's keys (`redis_cluster`,
+/// It deserializes from the server's keys (`redis_cluster`,
 /// `redis_fallback`, `redis_timeout`, `redis_prefix`, `lease_size`,
 /// `lease_ttl`); the mode and the URLs are the caller's to set.
-#[derive(Clone, Debug)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Deserialize),
-    serde(default = "SharingConfig::unset")
-)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default = "SharingConfig::unset")]
 pub struct SharingConfig {
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub mode: SharingMode,
     /// One URL for a single server; the seed nodes for a cluster.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub urls: Vec<String>,
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "redis_cluster", deserialize_with = "crate::de::flag")
-    )]
+    #[serde(rename = "redis_cluster", deserialize_with = "crate::de::flag")]
     pub cluster: bool,
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "redis_fallback", deserialize_with = "crate::de::word")
-    )]
+    #[serde(rename = "redis_fallback", deserialize_with = "crate::de::word")]
     pub fallback: RedisFallback,
-    #[cfg_attr(
-        feature = "serde",
-        serde(deserialize_with = "crate::de::count::<1, 1_000_000, _, _>")
-    )]
+    #[serde(deserialize_with = "crate::de::count::<1, 1_000_000, _, _>")]
     pub lease_size: u64,
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::de::duration"))]
+    #[serde(deserialize_with = "crate::de::duration")]
     pub lease_ttl: Duration,
     /// Bound on one Redis call; past it the instance is degraded.
-    #[cfg_attr(
-        feature = "serde",
-        serde(rename = "redis_timeout", deserialize_with = "crate::de::duration")
-    )]
+    #[serde(rename = "redis_timeout", deserialize_with = "crate::de::duration")]
     pub timeout: Duration,
     /// Prefix of every key, so several deployments can share one Redis.
-    #[cfg_attr(feature = "serde", serde(rename = "redis_prefix"))]
+    #[serde(rename = "redis_prefix")]
     pub key_prefix: String,
     /// How often a degraded instance probes Redis.
-    #[cfg_attr(feature = "serde", serde(skip))]
+    #[serde(skip)]
     pub probe_interval: Duration,
 }
 
