@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use usage_sync_core::{FlushBatch, FlushId, Timestamp};
 
 use crate::{
-    BoxFuture, FlushOutcome, Store, StoreError, StoredPlan, StoredUser, UsageRow, UserState,
+    FlushOutcome, Store, StoreError, StoreFuture, StoredPlan, StoredUser, UsageRow, UserState,
 };
 
 /// Wraps a store and fails operations as instructed.
@@ -73,60 +73,49 @@ impl<S: Store> Store for Arc<FaultyStore<S>> {
         self.inner.backend()
     }
 
-    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.check()?;
             self.inner.migrate().await
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.check()?;
             self.inner.ping().await
         })
     }
 
-    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>> {
+    fn load_plans(&self) -> StoreFuture<'_, Vec<StoredPlan>> {
         Box::pin(async move {
             self.check()?;
             self.inner.load_plans().await
         })
     }
 
-    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_plan(&self, plan: StoredPlan) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.check()?;
             self.inner.save_plan(plan).await
         })
     }
 
-    fn load_user(
-        &self,
-        user_id: String,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<UserState, StoreError>> {
+    fn load_users(&self, ids: Vec<String>, since: Timestamp) -> StoreFuture<'_, Vec<UserState>> {
         Box::pin(async move {
             self.check()?;
-            self.inner.load_user(user_id, since).await
+            self.inner.load_users(ids, since).await
         })
     }
 
-    fn save_user(
-        &self,
-        user_id: String,
-        user: StoredUser,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_user(&self, user_id: String, user: StoredUser) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.check()?;
             self.inner.save_user(user_id, user).await
         })
     }
 
-    fn apply_flush(
-        &self,
-        batch: Arc<FlushBatch>,
-    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+    fn apply_flush(&self, batch: Arc<FlushBatch>) -> StoreFuture<'_, FlushOutcome> {
         Box::pin(async move {
             let delay = self.flush_delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
@@ -146,26 +135,26 @@ impl<S: Store> Store for Arc<FaultyStore<S>> {
         })
     }
 
-    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn flush_applied(&self, id: FlushId) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             self.check()?;
             self.inner.flush_applied(id).await
         })
     }
 
-    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune_flushes(&self, before: Timestamp) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.check()?;
             self.inner.prune_flushes(before).await
         })
     }
 
-    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+    fn all_usage(&self) -> StoreFuture<'_, Vec<UsageRow>> {
         // Tests read totals through this even while the store is "down".
         self.inner.all_usage()
     }
 
-    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+    fn all_profiles(&self) -> StoreFuture<'_, Vec<(String, StoredUser)>> {
         Box::pin(async move {
             self.check()?;
             self.inner.all_profiles().await

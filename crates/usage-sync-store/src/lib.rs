@@ -54,10 +54,11 @@ pub use sqlite::SqliteStore;
 use usage_sync_core::{FlushBatch, FlushId, Limit, PeriodKind, Timestamp};
 pub use wal::{Durability, Wal, WalConfig};
 
-/// A boxed future, so `Store` can be used as `Arc<dyn Store>` (the backend
-/// is chosen at run time from `DATABASE_URL`). Flushes are batched, so the
-/// allocation is not on any hot path.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// What a store operation returns: a boxed future, so `Store` can be used
+/// as `Arc<dyn Store>` (the backend is chosen at run time from
+/// `DATABASE_URL`). Flushes are batched, so the allocation is not on any
+/// hot path.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A plan as stored (kinds by name, so a stored plan survives a change in
 /// the configured kinds' order).
@@ -112,61 +113,49 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Creates or upgrades the schema. Idempotent.
-    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn migrate(&self) -> StoreFuture<'_, ()>;
 
     /// Cheap round trip proving the store answers.
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn ping(&self) -> StoreFuture<'_, ()>;
 
-    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>>;
+    fn load_plans(&self) -> StoreFuture<'_, Vec<StoredPlan>>;
 
-    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>>;
-
-    fn load_user(
-        &self,
-        user_id: String,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<UserState, StoreError>>;
+    fn save_plan(&self, plan: StoredPlan) -> StoreFuture<'_, ()>;
 
     /// Loads several distinct users at once: one state per id, in the
     /// order given. The engine batches cold loads through this (a restart
-    /// or a burst of new users makes thousands at once); the default loads
-    /// them one by one.
-    fn load_users(
-        &self,
-        user_ids: Vec<String>,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+    /// or a burst of new users makes thousands at once), so a backend
+    /// answers a batch in as few round trips as it can.
+    fn load_users(&self, ids: Vec<String>, since: Timestamp) -> StoreFuture<'_, Vec<UserState>>;
+
+    /// One user: a batch of one.
+    fn load_user(&self, user_id: String, since: Timestamp) -> StoreFuture<'_, UserState> {
         Box::pin(async move {
-            let mut out = Vec::with_capacity(user_ids.len());
-            for id in user_ids {
-                out.push(self.load_user(id, since).await?);
-            }
-            Ok(out)
+            let mut states = self.load_users(vec![user_id], since).await?;
+            states
+                .pop()
+                .ok_or_else(|| StoreError::Task("load_users returned no state".into()))
         })
     }
 
-    fn save_user(&self, user_id: String, user: StoredUser)
-    -> BoxFuture<'_, Result<(), StoreError>>;
+    fn save_user(&self, user_id: String, user: StoredUser) -> StoreFuture<'_, ()>;
 
     /// Applies a batch exactly once (see the module docs).
-    fn apply_flush(
-        &self,
-        batch: Arc<FlushBatch>,
-    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>>;
+    fn apply_flush(&self, batch: Arc<FlushBatch>) -> StoreFuture<'_, FlushOutcome>;
 
     /// Whether a flush id is recorded (used by log recovery).
-    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn flush_applied(&self, id: FlushId) -> StoreFuture<'_, bool>;
 
     /// Forgets flush ids recorded before `before`. Ids only need to be kept
     /// for as long as a batch with that id may still be re-sent.
-    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
+    fn prune_flushes(&self, before: Timestamp) -> StoreFuture<'_, u64>;
 
     /// Every counter, for tests, exports and the load-test totals.
-    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>>;
+    fn all_usage(&self) -> StoreFuture<'_, Vec<UsageRow>>;
 
     /// Every user with a saved profile (plan, overrides, reset), by id.
     /// For the admin user list; reads the whole table.
-    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>>;
+    fn all_profiles(&self) -> StoreFuture<'_, Vec<(String, StoredUser)>>;
 
     /// Connection pool (size, in use), for backends that have one.
     fn pool_status(&self) -> Option<(usize, usize)> {

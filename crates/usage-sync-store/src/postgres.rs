@@ -33,8 +33,8 @@ use usage_sync_core::{FlushBatch, FlushId, Timestamp};
 use crate::error::StoreError;
 use crate::migrations::POSTGRES;
 use crate::{
-    BoxFuture, FlushOutcome, Store, StoredPlan, StoredUser, UsageRow, UserState, limits_from_json,
-    limits_to_json,
+    FlushOutcome, Store, StoreFuture, StoredPlan, StoredUser, UsageRow, UserState,
+    limits_from_json, limits_to_json,
 };
 
 /// Advisory lock key held while migrating, so instances starting together
@@ -295,7 +295,7 @@ impl Store for PostgresStore {
         "postgres"
     }
 
-    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -334,14 +334,14 @@ impl Store for PostgresStore {
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.client().await?.query_one("SELECT 1", &[]).await?;
             Ok(())
         })
     }
 
-    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>> {
+    fn load_plans(&self) -> StoreFuture<'_, Vec<StoredPlan>> {
         Box::pin(async move {
             let rows = self
                 .client()
@@ -366,7 +366,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_plan(&self, plan: StoredPlan) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.client()
                 .await?
@@ -385,25 +385,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn load_user(
-        &self,
-        user_id: String,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<UserState, StoreError>> {
-        // The batch path with one id: the same two pipelined queries.
-        Box::pin(async move {
-            let mut states = self.load_users(vec![user_id], since).await?;
-            states
-                .pop()
-                .ok_or_else(|| StoreError::Task("load_users returned no state".into()))
-        })
-    }
-
-    fn load_users(
-        &self,
-        user_ids: Vec<String>,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+    fn load_users(&self, ids: Vec<String>, since: Timestamp) -> StoreFuture<'_, Vec<UserState>> {
         Box::pin(async move {
             let client = self.client().await?;
             // Two queries for the whole batch, whatever its size, both sent
@@ -421,17 +403,17 @@ impl Store for PostgresStore {
             let (profile_params, usage_params): (
                 [&(dyn tokio_postgres::types::ToSql + Sync); 1],
                 [&(dyn tokio_postgres::types::ToSql + Sync); 2],
-            ) = ([&user_ids], [&user_ids, &since.0]);
+            ) = ([&ids], [&ids, &since.0]);
             let (profiles, usage) = tokio::try_join!(
                 client.query(&profile_sql, &profile_params),
                 client.query(&usage_sql, &usage_params),
             )?;
-            let index: HashMap<&str, usize> = user_ids
+            let index: HashMap<&str, usize> = ids
                 .iter()
                 .enumerate()
                 .map(|(i, id)| (id.as_str(), i))
                 .collect();
-            let mut out = vec![UserState::default(); user_ids.len()];
+            let mut out = vec![UserState::default(); ids.len()];
             for r in profiles {
                 if let Some(&i) = index.get(r.get::<_, &str>(0)) {
                     out[i].profile = Some(StoredUser {
@@ -456,11 +438,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn save_user(
-        &self,
-        user_id: String,
-        user: StoredUser,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_user(&self, user_id: String, user: StoredUser) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.client()
                 .await?
@@ -484,14 +462,11 @@ impl Store for PostgresStore {
         })
     }
 
-    fn apply_flush(
-        &self,
-        batch: Arc<FlushBatch>,
-    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+    fn apply_flush(&self, batch: Arc<FlushBatch>) -> StoreFuture<'_, FlushOutcome> {
         Box::pin(async move { self.apply(&batch).await })
     }
 
-    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn flush_applied(&self, id: FlushId) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             Ok(self
                 .client()
@@ -505,7 +480,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune_flushes(&self, before: Timestamp) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             // After a long outage there may be many to delete.
             let mut client = self.client().await?;
@@ -526,7 +501,7 @@ impl Store for PostgresStore {
         Some(PostgresStore::pool_status(self))
     }
 
-    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+    fn all_usage(&self) -> StoreFuture<'_, Vec<UsageRow>> {
         Box::pin(async move {
             let rows = self
                 .full_scan(&format!(
@@ -546,7 +521,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+    fn all_profiles(&self) -> StoreFuture<'_, Vec<(String, StoredUser)>> {
         Box::pin(async move {
             let rows = self
                 .full_scan(&format!(

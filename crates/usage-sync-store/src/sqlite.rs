@@ -20,8 +20,8 @@ use usage_sync_core::{FlushBatch, FlushId, Timestamp};
 use crate::error::StoreError;
 use crate::migrations::SQLITE;
 use crate::{
-    BoxFuture, FlushOutcome, Store, StoredPlan, StoredUser, UsageRow, UserState, limits_from_json,
-    limits_to_json,
+    FlushOutcome, Store, StoreFuture, StoredPlan, StoredUser, UsageRow, UserState,
+    limits_from_json, limits_to_json,
 };
 
 /// Sizes of the multi-row upsert statements a batch is split into,
@@ -150,7 +150,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the write connection on the blocking pool.
-    fn write<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
+    fn write<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -160,7 +160,7 @@ impl SqliteStore {
 
     /// Runs `f` with the read connection (WAL mode: never waits for a
     /// flush in progress).
-    fn read<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
+    fn read<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -169,10 +169,7 @@ impl SqliteStore {
     }
 }
 
-fn on_blocking_pool<'a, T, F>(
-    conn: Arc<Mutex<Connection>>,
-    f: F,
-) -> BoxFuture<'a, Result<T, StoreError>>
+fn on_blocking_pool<'a, T, F>(conn: Arc<Mutex<Connection>>, f: F) -> StoreFuture<'a, T>
 where
     T: Send + 'static,
     F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -335,18 +332,18 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn migrate(&self) -> StoreFuture<'_, ()> {
         self.write(migrate)
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         self.read(|c| {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
         })
     }
 
-    fn load_plans(&self) -> BoxFuture<'_, Result<Vec<StoredPlan>, StoreError>> {
+    fn load_plans(&self) -> StoreFuture<'_, Vec<StoredPlan>> {
         self.read(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT name, period, limits FROM plans ORDER BY name")?;
@@ -372,7 +369,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn save_plan(&self, plan: StoredPlan) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_plan(&self, plan: StoredPlan) -> StoreFuture<'_, ()> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO plans (name, period, limits, updated_at) VALUES (?1, ?2, ?3, ?4)
@@ -389,33 +386,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn load_user(
-        &self,
-        user_id: String,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<UserState, StoreError>> {
-        self.read(move |c| load_one(c, user_id, since))
-    }
-
-    fn load_users(
-        &self,
-        user_ids: Vec<String>,
-        since: Timestamp,
-    ) -> BoxFuture<'_, Result<Vec<UserState>, StoreError>> {
+    fn load_users(&self, ids: Vec<String>, since: Timestamp) -> StoreFuture<'_, Vec<UserState>> {
         // One trip to the blocking pool for the whole batch.
-        self.read(move |c| {
-            user_ids
-                .into_iter()
-                .map(|id| load_one(c, id, since))
-                .collect()
-        })
+        self.read(move |c| ids.into_iter().map(|id| load_one(c, id, since)).collect())
     }
 
-    fn save_user(
-        &self,
-        user_id: String,
-        user: StoredUser,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn save_user(&self, user_id: String, user: StoredUser) -> StoreFuture<'_, ()> {
         self.write(move |c| {
             c.execute(
                 "INSERT INTO users (user_id, plan, limits, period_reset_at, updated_at)
@@ -435,14 +411,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn apply_flush(
-        &self,
-        batch: Arc<FlushBatch>,
-    ) -> BoxFuture<'_, Result<FlushOutcome, StoreError>> {
+    fn apply_flush(&self, batch: Arc<FlushBatch>) -> StoreFuture<'_, FlushOutcome> {
         self.write(move |c| apply_flush(c, &batch))
     }
 
-    fn flush_applied(&self, id: FlushId) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn flush_applied(&self, id: FlushId) -> StoreFuture<'_, bool> {
         self.read(move |c| {
             Ok(
                 c.prepare_cached("SELECT 1 FROM flushes WHERE flush_id = ?1")?
@@ -453,7 +426,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn prune_flushes(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune_flushes(&self, before: Timestamp) -> StoreFuture<'_, u64> {
         self.write(move |c| {
             Ok(c.execute(
                 "DELETE FROM flushes WHERE applied_at < ?1",
@@ -462,7 +435,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn all_usage(&self) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+    fn all_usage(&self) -> StoreFuture<'_, Vec<UsageRow>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT user_id, kind, period_start, used FROM usage ORDER BY user_id, kind, period_start",
@@ -489,7 +462,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn all_profiles(&self) -> BoxFuture<'_, Result<Vec<(String, StoredUser)>, StoreError>> {
+    fn all_profiles(&self) -> StoreFuture<'_, Vec<(String, StoredUser)>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT user_id, plan, limits, period_reset_at FROM users ORDER BY user_id",
