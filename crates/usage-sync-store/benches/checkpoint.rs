@@ -30,16 +30,12 @@ const NOW: Timestamp = Timestamp(1_795_000_000_000);
 
 fn ledger() -> Arc<Ledger> {
     let (kinds, plans) = open_catalogue();
-    Arc::new(Ledger::new(
-        kinds,
-        plans,
-        LedgerConfig {
-            threshold: u64::MAX,
-            // As the service sizes it for its default million users.
-            shards: LedgerConfig::shards_for(1_000_000),
-            ..LedgerConfig::default()
-        },
-    ))
+    // Sized as the service sizes it for its default million users.
+    let config = LedgerConfig {
+        threshold: u64::MAX,
+        ..LedgerConfig::sized_for(1_000_000)
+    };
+    Arc::new(Ledger::new(kinds, plans, config))
 }
 
 fn warm(l: &Ledger, id: &UserId) {

@@ -114,6 +114,15 @@ impl Default for LedgerConfig {
 }
 
 impl LedgerConfig {
+    /// The defaults, with the shards sized for `max_users` resident users
+    /// (see [`LedgerConfig::shards_for`]).
+    pub fn sized_for(max_users: usize) -> Self {
+        LedgerConfig {
+            shards: Self::shards_for(max_users),
+            ..LedgerConfig::default()
+        }
+    }
+
     /// User shards for at most `max_users` resident users: about one per
     /// thousand of them, between 64 and 1 024.
     ///

@@ -134,25 +134,22 @@ async fn tokens_guard_their_routes() {
         "the token is not stored as is: {cookie}"
     );
     let pair = cookie.split(';').next().unwrap().to_owned();
+    // A GET of `path` by the browser, with one header.
+    let get = |path: &str, (name, value): (&str, String)| {
+        let url = format!("{}{path}", app.address);
+        let request = browser.get(url).header(name, value).send();
+        async move { request.await.unwrap() }
+    };
     for path in [
         "/dashboard",
         "/dashboard/data/status",
         "/dashboard/data/users/u/diagnose",
     ] {
-        let r = browser
-            .get(format!("{}{path}", app.address))
-            .header("cookie", &pair)
-            .send()
-            .await
-            .unwrap();
+        let r = get(path, ("cookie", pair.clone())).await;
         assert_eq!(r.status().as_u16(), 200, "{path} with the cookie");
     }
-    let r = browser
-        .get(format!("{}/dashboard/data/status", app.address))
-        .header("cookie", "usage_sync_dashboard=00")
-        .send()
-        .await
-        .unwrap();
+    let forged = ("cookie", "usage_sync_dashboard=00".to_owned());
+    let r = get("/dashboard/data/status", forged).await;
     assert_eq!(r.status().as_u16(), 401, "a forged cookie");
     let (s, _) = app
         .request(Method::GET, "/dashboard", None, Some("admin-secret"))
@@ -164,12 +161,7 @@ async fn tokens_guard_their_routes() {
         "/dashboard/app.js",
         "/dashboard/uPlot.iife.min.js",
     ] {
-        let r = browser
-            .get(format!("{}{path}", app.address))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .unwrap();
+        let r = get(path, ("authorization", "Bearer admin-secret".to_owned())).await;
         assert_eq!(r.status().as_u16(), 200, "{path}");
         let h = r.headers();
         let csp = h["content-security-policy"].to_str().unwrap();
