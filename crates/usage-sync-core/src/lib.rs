@@ -31,8 +31,9 @@ pub mod time;
 
 pub use batches::{Delta, FlushBatch, FlushId, Trigger};
 pub use counters::{
-    ConsumeOutcome, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig, LedgerTotals,
-    LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, UnitsOutside, UserUsage,
+    ConsumeOutcome, Cover, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig,
+    LedgerTotals, LoadEpoch, PersistedRow, Quota, RecoveredSlot, RefundOutcome, UnitsOutside,
+    UserUsage,
 };
 pub use dedup::{DedupKey, Fingerprint};
 pub use error::CoreError;

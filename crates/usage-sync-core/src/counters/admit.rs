@@ -131,7 +131,7 @@ impl Ledger {
         request_id: Option<&RequestId>,
         now: Timestamp,
     ) -> Result<ConsumeOutcome, CoreError> {
-        self.consume_with(user, kind, amount, request_id, now, false)
+        self.consume_with(user, kind, amount, request_id, now, Admit::Limit)
     }
 
     /// Counts units a shared tier (Redis) has already admitted: no local
@@ -148,7 +148,28 @@ impl Ledger {
         request_id: Option<&RequestId>,
         now: Timestamp,
     ) -> Result<ConsumeOutcome, CoreError> {
-        self.consume_with(user, kind, amount, request_id, now, true)
+        self.consume_with(user, kind, amount, request_id, now, Admit::Granted)
+    }
+
+    /// A consume that `cover` decides, under the one shard lock that
+    /// counts it: `cover` is given the counter's quota and answers with a
+    /// decision made elsewhere ([`Cover::Decided`], such as a lease held in
+    /// memory), with [`Cover::Local`] to check the local limit as
+    /// [`Ledger::consume`] does, or with [`Cover::No`], in which case
+    /// nothing is counted or logged and the outcome is a denial the caller
+    /// is expected to decide again. `cover` runs under the shard lock: it
+    /// must not take a lock that is ever held while a shard lock is taken.
+    /// It is called at most once, and only when the units can be counted.
+    #[inline]
+    pub fn consume_covered(
+        &self,
+        user: &str,
+        kind: &Kind,
+        amount: Units,
+        now: Timestamp,
+        cover: &mut dyn FnMut(&Quota) -> Cover,
+    ) -> Result<ConsumeOutcome, CoreError> {
+        self.consume_with(user, kind, amount, None, now, Admit::Covered(cover))
     }
 
     /// The quota of one counter as this instance sees it: the limit and
@@ -162,16 +183,10 @@ impl Ledger {
             .find_mut(hash, user)
             .ok_or(CoreError::NotResident)?;
         e.refresh(&self.plans, version, now);
-        let s = &e.current[kind.index()];
-        if !s.loaded {
+        if !e.current[kind.index()].loaded {
             return Err(CoreError::NotResident);
         }
-        Ok(Quota {
-            limit: s.limit(),
-            used: shown(s.used()),
-            period_start: e.period_start,
-            period_end: e.period_end,
-        })
+        Ok(e.quota(kind.index()))
     }
 
     #[inline]
@@ -182,13 +197,13 @@ impl Ledger {
         amount: Units,
         request_id: Option<&RequestId>,
         now: Timestamp,
-        granted: bool,
+        admit: Admit<'_>,
     ) -> Result<ConsumeOutcome, CoreError> {
         // Hashed once: the user's shard, its bucket, and the request id's
         // owner all come from this.
         let user_hash = self.shard_hasher.hash_one(user);
         let Some(rid) = request_id else {
-            return self.consume_locked(user, user_hash, kind, amount, None, now, granted);
+            return self.consume_locked(user, user_hash, kind, amount, None, now, admit);
         };
         // Lock order: dedup shard, then user shard (refund uses the same
         // order). Holding the dedup shard across the consume is what makes
@@ -226,10 +241,11 @@ impl Ledger {
         // A shared tier (granted) has admitted the units already: they are
         // counted whatever the table holds, and it asked first
         // (`request_conflict`).
+        let granted = matches!(admit, Admit::Granted);
         if !granted && !self.room_for_one(&dedup) {
             return Err(CoreError::RequestIdsFull);
         }
-        let out = self.consume_locked(user, user_hash, kind, amount, Some(rid), now, granted)?;
+        let out = self.consume_locked(user, user_hash, kind, amount, Some(rid), now, admit)?;
         let replaced = dedup.insert(
             fp,
             &Remembered {
@@ -259,7 +275,7 @@ impl Ledger {
         amount: Units,
         request_id: Option<&RequestId>,
         now: Timestamp,
-        granted: bool,
+        admit: Admit<'_>,
     ) -> Result<ConsumeOutcome, CoreError> {
         let version = self.plans_version.load(Ordering::Acquire);
         let mut guard = lock(&self.shards[self.index_of_hash(hash)].0);
@@ -277,11 +293,26 @@ impl Ledger {
         let amount = amount.signed();
         let used = e.current[k].used();
         let next = used.checked_add(amount).ok_or(CoreError::Overflow)?;
-        let allowed = granted
-            || match e.current[k].limit() {
-                Some(limit) => next <= signed(limit),
-                None => true,
-            };
+        let within_limit = || match e.current[k].limit() {
+            Some(limit) => next <= signed(limit),
+            None => true,
+        };
+        // A decision made elsewhere replaces the local one in the answer.
+        let mut decided = None;
+        let allowed = match admit {
+            Admit::Limit => within_limit(),
+            Admit::Granted => true,
+            // Called only now that nothing below can fail: what it spends
+            // (a lease's units) is counted.
+            Admit::Covered(cover) => match cover(&e.quota(k)) {
+                Cover::Decided(d) => {
+                    decided = Some(d);
+                    true
+                }
+                Cover::Local => within_limit(),
+                Cover::No => false,
+            },
+        };
         let mut threshold_reached = false;
         if allowed {
             let had = e.has_units();
@@ -300,7 +331,7 @@ impl Ledger {
             }
             Shard::mark_dirty(&mut shard.dirty, &mut shard.with_units, shard.cut, e, now);
         }
-        let decision = e.decision(k, allowed);
+        let decision = decided.unwrap_or_else(|| e.decision(k, allowed));
         // Logged under the shard lock: the log's order is this counter's
         // order. Denied consumes are logged only when they carry a request
         // id (their decision must survive a restart for deduplication).

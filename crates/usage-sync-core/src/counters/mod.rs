@@ -168,6 +168,30 @@ pub struct ConsumeOutcome {
     pub lsn: Option<Lsn>,
 }
 
+/// How a consume is admitted.
+pub(crate) enum Admit<'f> {
+    /// By the local limit.
+    Limit,
+    /// Already, by a shared tier (Redis): counted whatever the local view
+    /// of the limit says.
+    Granted,
+    /// As `cover` answers, under the shard lock (see
+    /// [`Ledger::consume_covered`]).
+    Covered(&'f mut dyn FnMut(&Quota) -> Cover),
+}
+
+/// What covers a consume (see [`Ledger::consume_covered`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cover {
+    /// A decision made elsewhere, such as a lease held in memory: counted
+    /// with this decision as the answer.
+    Decided(Decision),
+    /// The local limit decides, as in [`Ledger::consume`].
+    Local,
+    /// Nothing covers it: nothing is counted.
+    No,
+}
+
 /// One counter's quota as this instance sees it (see [`Ledger::quota`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
@@ -463,6 +487,17 @@ impl UserEntry {
 
     fn is_clean(&self) -> bool {
         self.slots().all(|(_, s)| s.is_clean())
+    }
+
+    /// The quota of one of its counters as this instance sees it.
+    fn quota(&self, kind: usize) -> Quota {
+        let s = &self.current[kind];
+        Quota {
+            limit: s.limit(),
+            used: shown(s.used()),
+            period_start: self.period_start,
+            period_end: self.period_end,
+        }
     }
 
     fn decision(&self, kind: usize, allowed: bool) -> Decision {

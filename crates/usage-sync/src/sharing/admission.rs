@@ -2,6 +2,7 @@
 //! `redis` and `lease` mode, and the local fallback when Redis is down.
 
 use super::*;
+use usage_sync_core::Cover;
 
 impl Engine {
     /// Loads the user if needed and returns its quota for `kind`.
@@ -55,21 +56,19 @@ impl Engine {
                 .request_conflict(rid, user.as_str(), kind, amount, self.now())?;
         }
         for _ in 0..4 {
-            let q = self.quota(user, kind).await?;
-            if q.limit.is_none() && request_id.is_none() {
-                // Nothing to share: no limit and no id to deduplicate.
-                return self
-                    .consume_local(Spend {
-                        request_id: None,
-                        ..s
-                    })
-                    .await;
-            }
+            let q = match request_id {
+                // One shard lock when this instance can decide alone.
+                None => match self.consume_covered(t, s).await? {
+                    Ok(out) => return Ok(out),
+                    Err(q) => q,
+                },
+                Some(_) => self.quota(user, kind).await?,
+            };
             if !t.is_up() {
                 return self.fallback(t, s, &q).await;
             }
             if t.mode() == SharingMode::Lease && request_id.is_none() {
-                match self.consume_leased(t, s, &q).await? {
+                match self.take_lease(t, s, &q).await? {
                     Some(out) => return Ok(out),
                     None => continue,
                 }
@@ -152,30 +151,66 @@ impl Engine {
         ))
     }
 
-    /// Lease mode without a request id. `None` means "retry from the top"
-    /// (the user changed).
-    pub(super) async fn consume_leased(
+    /// A consume without a request id that this instance decides alone,
+    /// under the one shard lock that counts it: nothing to share (no
+    /// limit), or in lease mode a held lease that covers the units.
+    /// Otherwise nothing is counted and the counter's quota is returned,
+    /// for a decision through Redis (or the fallback while it is down).
+    ///
+    /// The lease table's lock is taken under the shard lock; it is a leaf
+    /// (nothing takes a shard lock while holding it).
+    async fn consume_covered(
+        &self,
+        t: &SharedTier,
+        s: Spend<'_>,
+    ) -> Result<Result<ConsumeOutcome, Quota>, Error> {
+        let Spend {
+            user, kind, amount, ..
+        } = s;
+        let k = u16::try_from(kind.index()).unwrap_or(u16::MAX);
+        let leases = t.mode() == SharingMode::Lease && t.is_up();
+        // The quota the cover saw, and whether it covered the consume.
+        let mut seen: Option<(Quota, bool)> = None;
+        let out = self
+            .resident(user, |l, now| {
+                let mut cover = |q: &Quota| {
+                    let held = || {
+                        t.leases
+                            .spend(user, k, q.period_start, amount.get(), Instant::now())
+                    };
+                    let cover = if q.limit.is_none() {
+                        // Nothing to share: no limit and no id.
+                        Cover::Local
+                    } else if let Some(spent) = leases.then(held).flatten() {
+                        Cover::Decided(decision_at(q, true, spent))
+                    } else {
+                        Cover::No
+                    };
+                    seen = Some((*q, cover != Cover::No));
+                    cover
+                };
+                l.consume_covered(user.as_str(), kind, amount, now, &mut cover)
+            })
+            .await?;
+        Ok(match seen {
+            Some((q, false)) => Err(q),
+            _ => Ok(out),
+        })
+    }
+
+    /// Lease mode without a request id, when no held lease covers the
+    /// consume: takes a lease from Redis. `None` means "retry from the
+    /// top" (the user changed).
+    pub(super) async fn take_lease(
         &self,
         t: &SharedTier,
         s: Spend<'_>,
         q: &Quota,
     ) -> Result<Option<ConsumeOutcome>, Error> {
-        let s = Spend {
-            request_id: None,
-            ..s
-        };
         let Spend {
             user, kind, amount, ..
         } = s;
         let k = u16::try_from(kind.index()).unwrap_or(u16::MAX);
-        if let Some(spent) = t
-            .leases
-            .spend(user, k, q.period_start, amount.get(), Instant::now())
-        {
-            let mut out = self.count_granted(s).await?;
-            out.decision = decision_at(q, true, spent);
-            return Ok(Some(out));
-        }
         let adm = self.admission(t, s, q);
         t.ops(1);
         let reply = match t.redis.lease(&adm, t.config.lease_size).await {

@@ -664,3 +664,52 @@ fn shards_grow_with_resident_users_between_64_and_1024() {
     assert_eq!(remembered, 64);
     assert_eq!(l.dedup_entries(), 64);
 }
+
+/// `consume_covered` counts with the decision its cover makes, checks the
+/// local limit when told to, and counts nothing when nothing covers it.
+#[test]
+fn a_covered_consume_counts_as_its_cover_decides() {
+    let l = ledger(100);
+    let fast = kind(&l, "fast");
+    let two = Units::parse(2).unwrap();
+    let mut seen = Vec::new();
+    // Not resident: the cover is never asked.
+    let e = l.consume_covered("u", &fast, two, T0, &mut |q| {
+        seen.push(*q);
+        Cover::Local
+    });
+    assert_eq!(e.unwrap_err(), CoreError::NotResident);
+    assert!(seen.is_empty());
+    warm(&l, "u", UserProfile::default(), &[], T0);
+    let elsewhere = Decision {
+        allowed: true,
+        used: 40,
+        limit: Some(50),
+        remaining: Some(10),
+        period_start: T0,
+    };
+    let out = l
+        .consume_covered("u", &fast, two, T0, &mut |q| {
+            seen.push(*q);
+            Cover::Decided(elsewhere.clone())
+        })
+        .unwrap();
+    assert_eq!(out.decision, elsewhere);
+    assert_eq!(pending(&l, "u", "fast"), 2);
+    assert_eq!((seen.len(), seen[0].used, seen[0].limit), (1, 0, Some(50)));
+    let out = l
+        .consume_covered("u", &fast, two, T0, &mut |_| Cover::No)
+        .unwrap();
+    assert!(!out.decision.allowed);
+    assert_eq!(pending(&l, "u", "fast"), 2, "nothing counted");
+    let out = l
+        .consume_covered("u", &fast, two, T0, &mut |_| Cover::Local)
+        .unwrap();
+    assert_eq!((out.decision.allowed, out.decision.used), (true, 4));
+    let big = Units::parse(47).unwrap();
+    let out = l
+        .consume_covered("u", &fast, big, T0, &mut |_| Cover::Local)
+        .unwrap();
+    assert!(!out.decision.allowed, "the local limit of 50 decides");
+    assert_eq!(pending(&l, "u", "fast"), 4);
+}
