@@ -1,7 +1,8 @@
 //! The service's own groups of settings, each read by serde from the
 //! layered figment (the engine's groups, `SyncConfig` and `SharingConfig`,
 //! derive `Deserialize` in the library). Field names are the keys of the
-//! config file; bounds sit next to the field they bound.
+//! config file; bounds sit next to the field they bound. An `Option`
+//! that no layer sets is `None` (serde's rule for missing options).
 
 use serde::Deserializer;
 
@@ -33,11 +34,8 @@ pub struct StoreSettings {
 pub struct HttpSettings {
     #[serde(deserialize_with = "listen")]
     pub listen: SocketAddr,
-    #[serde(default)]
     pub api_token: Option<Secret>,
-    #[serde(default)]
     pub admin_token: Option<Secret>,
-    #[serde(default)]
     pub metrics_token: Option<Secret>,
     /// How long SIGTERM waits for in-flight requests, and then again at
     /// most for the final flush.
@@ -77,7 +75,7 @@ pub struct AlertSettings {
     pub window: Duration,
     #[serde(rename = "alert_interval", deserialize_with = "de::duration")]
     pub interval: Duration,
-    #[serde(rename = "alert_webhook", default)]
+    #[serde(rename = "alert_webhook")]
     pub webhook: Option<Secret>,
 }
 
@@ -107,9 +105,7 @@ pub(super) struct Layered {
     #[serde(deserialize_with = "de::word")]
     pub performance_mode: PerformanceMode,
     /// `none`, `redis` or `lease`; unset, chosen by `redis_url`.
-    #[serde(default)]
     pub sharing: Option<String>,
-    #[serde(default)]
     pub redis_url: Option<Secret>,
     #[serde(deserialize_with = "de::count::<1, 1024, _, _>")]
     pub max_concurrent_syncs_ceiling: usize,
