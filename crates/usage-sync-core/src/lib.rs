@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 // Casts that can wrap are denied in the whole workspace (Cargo.toml).
 
+pub mod backoff;
 pub mod batches;
 pub mod counters;
 pub mod dedup;
@@ -29,6 +30,7 @@ pub mod lock;
 pub mod quota;
 pub mod time;
 
+pub use backoff::Backoff;
 pub use batches::{Delta, FlushBatch, FlushId, Trigger};
 pub use counters::{
     ConsumeOutcome, Cover, Decision, HeartbeatOutcome, KindUsage, Ledger, LedgerConfig,

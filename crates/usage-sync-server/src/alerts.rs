@@ -234,7 +234,14 @@ fn notify(webhook: &Option<String>, body: Value) {
             Ok(c) => c,
             Err(_) => return,
         };
+        let backoff = usage_sync_core::Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(4),
+        };
         for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(backoff.delay(attempt - 1, fastrand::f64())).await;
+            }
             match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => return,
                 Ok(r) => {
@@ -244,7 +251,6 @@ fn notify(webhook: &Option<String>, body: Value) {
                     tracing::warn!(target: "admin", error = %e, attempt, "alert webhook unreachable")
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
         }
         tracing::error!(target: "admin", "alert webhook failed after 4 attempts; the alert is only in the logs");
     });

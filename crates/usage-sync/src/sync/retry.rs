@@ -2,7 +2,7 @@
 //! puts a batch back in it whenever its flush does not finish.
 
 use super::*;
-use usage_sync_core::Locked;
+use usage_sync_core::{Backoff, Locked};
 
 impl SyncEngine {
     pub(super) fn retries(&self) -> std::sync::MutexGuard<'_, Vec<Retry>> {
@@ -35,16 +35,13 @@ impl SyncEngine {
 }
 
 impl Inner {
-    /// Capped exponential backoff with "equal jitter": half fixed, half
-    /// random, so retries from many batches spread out after an outage.
+    /// Capped exponential backoff with equal jitter (see [`Backoff`]).
     pub(super) fn backoff(&self, attempts: u32) -> Duration {
-        let base = u64::try_from(self.config.retry_base.as_millis()).unwrap_or(u64::MAX);
-        let cap = u64::try_from(self.config.retry_max.as_millis()).unwrap_or(u64::MAX);
-        let exp = base
-            .saturating_mul(1u64 << attempts.min(20))
-            .min(cap)
-            .max(1);
-        Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
+        let b = Backoff {
+            base: self.config.retry_base,
+            cap: self.config.retry_max,
+        };
+        b.delay(attempts, fastrand::f64())
     }
 
     /// Guards batches the moment they leave the ledger (no await may come
