@@ -204,6 +204,39 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
     }
 
+    /// The engine's settings read from text, as an application's own
+    /// environment or file would give them; keys left out keep their
+    /// defaults, and a bad value says what it is not.
+    #[test]
+    fn sync_config_reads_from_text_keys() {
+        use serde::Deserialize;
+        use serde::de::value::{Error, MapDeserializer};
+        let read = |pairs: Vec<(&'static str, &'static str)>| {
+            crate::SyncConfig::deserialize(MapDeserializer::<_, Error>::new(pairs.into_iter()))
+        };
+        let c = read(vec![
+            ("heartbeat_interval", "45s"),
+            ("sync_check_interval", "300000"),
+            ("enable_usage_sync", "no"),
+            ("batch_size", "250"),
+        ])
+        .unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(45));
+        assert_eq!(c.check_interval, Duration::from_secs(300));
+        assert!(!c.enabled);
+        assert_eq!(c.batch_size, 250);
+        assert_eq!(
+            c.session_timeout,
+            crate::SyncConfig::default().session_timeout
+        );
+        let e = read(vec![("batch_size", "0")]).unwrap_err().to_string();
+        assert_eq!(e, "0 is outside 1..=10000");
+        let e = read(vec![("dedup_window", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("'soon' is not a duration"), "{e}");
+    }
+
     #[test]
     fn a_word_setting_names_the_words_it_takes_and_accepts_its_aliases() {
         let words = [("json", 0), ("pretty", 1), ("text", 1)];
