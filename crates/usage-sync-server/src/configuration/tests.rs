@@ -8,6 +8,15 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A config file holding `text`, in a directory that lives as long as
+/// the returned guard.
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("usage-sync.toml");
+    std::fs::write(&f, text).unwrap();
+    (dir, f)
+}
+
 #[test]
 fn development_defaults() {
     let s = load_from(None, &env(&[])).unwrap();
@@ -155,13 +164,8 @@ fn production_needs_tokens_and_uses_its_defaults() {
 
 #[test]
 fn layers_apply_in_order_and_record_their_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("usage-sync.toml");
-    std::fs::write(
-        &f,
-        "preset = \"large\"\nsync_check_interval = \"7m\"\nforce_sync_threshold = 9\n",
-    )
-    .unwrap();
+    let (_dir, f) =
+        config_file("preset = \"large\"\nsync_check_interval = \"7m\"\nforce_sync_threshold = 9\n");
     let s = load_from(Some(&f), &env(&[("USAGE_SYNC_THRESHOLD", "12")])).unwrap();
     assert_eq!(s.preset, Some(Preset::Large));
     assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(60)); // preset
@@ -195,9 +199,7 @@ fn redis_url_is_the_source_of_sharing_and_toml_null_gets_a_hint() {
         s.sources["redis_url"].to_string()
     );
     assert!(s.sources["sharing"].to_string().contains("REDIS_URL"));
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(&f, "[plans.free]\nlimits = { premium = 5, fast = null }\n").unwrap();
+    let (_dir, f) = config_file("[plans.free]\nlimits = { premium = 5, fast = null }\n");
     let e = load_from(Some(&f), &env(&[])).unwrap_err().to_string();
     assert!(
         e.contains("write an unlimited limit as \"unlimited\""),
@@ -260,13 +262,9 @@ fn invalid_values_name_the_key() {
 
 #[test]
 fn file_plans_unknown_keys_and_secret_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
+    let (dir, f) = config_file(
         "kinds = [\"fast\"]\ndefault_plan = \"open\"\n[plans.open]\nperiod = \"daily\"\nlimits = { fast = \"unlimited\" }\n",
-    )
-    .unwrap();
+    );
     let s = load_from(Some(&f), &env(&[])).unwrap();
     assert_eq!(s.plans["open"].limits["fast"], None);
     assert_eq!(s.plans["open"].period, PeriodKind::Daily);
@@ -347,13 +345,9 @@ fn durations() {
 
 #[test]
 fn a_file_takes_typed_values_and_its_errors_name_the_key_and_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
+    let (_dir, f) = config_file(
         "heartbeat_interval = 45000\nenable_usage_sync = false\nbatch_size = 250\nkinds = [\"premium\", \" fast \"]\n",
-    )
-    .unwrap();
+    );
     let s = load_from(Some(&f), &env(&[])).unwrap();
     assert_eq!(s.sync.heartbeat_interval, Duration::from_secs(45));
     assert!(!s.sync.enabled);
