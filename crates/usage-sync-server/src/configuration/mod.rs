@@ -417,6 +417,8 @@ impl figment::Provider for Layer {
     fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
         let mut root = Dict::new();
         for (key, value) in &self.values {
+            // Every key here is from the table (the file's are checked
+            // against it first), and no key is named like a group.
             let group = KEYS
                 .iter()
                 .find(|(k, _, _)| k == key)
@@ -425,7 +427,7 @@ impl figment::Provider for Layer {
                 "" => &mut root,
                 g => match root.entry(g.to_owned()).or_insert(Dict::new().into()) {
                     Value::Dict(_, d) => d,
-                    _ => unreachable!("groups hold dictionaries"),
+                    _ => return Err(format!("'{g}' is a group of settings, not a setting").into()),
                 },
             };
             dict.insert((*key).to_owned(), value.clone());

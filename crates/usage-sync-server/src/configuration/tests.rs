@@ -370,3 +370,12 @@ fn a_file_takes_typed_values_and_its_errors_name_the_key_and_file() {
         assert!(e.contains(&want) && e.contains(says), "{text}: {e}");
     }
 }
+
+/// A key named like a group would land on the group's table in the
+/// layers: the settings table must never have one.
+#[test]
+fn no_setting_is_named_like_a_group() {
+    for (key, _, _) in KEYS {
+        assert!(!KEYS.iter().any(|(_, g, _)| g == key), "{key}");
+    }
+}
