@@ -13,22 +13,33 @@ use crate::error::ErrorDetail;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = ConsumeBody))]
 #[serde(deny_unknown_fields)]
-pub struct ConsumeRequest {
-    pub user_id: String,
-    pub kind: String,
+pub struct ConsumeRequest<'a> {
+    // Borrowed from the request body unless it holds escapes: a consume
+    // parses without allocating.
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: Cow<'a, str>,
     #[serde(default)]
     pub amount: Option<i64>,
-    #[serde(default)]
-    pub request_id: Option<String>,
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub request_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = CheckBody))]
 #[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    pub user_id: String,
-    pub kind: String,
+pub struct CheckRequest<'a> {
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: Cow<'a, str>,
     #[serde(default)]
     pub amount: Option<i64>,
 }

@@ -530,8 +530,8 @@ impl Client {
     /// The same question without counting.
     pub async fn check(&self, user: &str, kind: &str, amount: u64) -> Result<Decision, Error> {
         let body = encode(&api::CheckRequest {
-            user_id: user.to_owned(),
-            kind: kind.to_owned(),
+            user_id: user.into(),
+            kind: kind.into(),
             amount: Some(amount_field(amount)),
         })?;
         let decision = self

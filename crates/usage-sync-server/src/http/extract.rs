@@ -2,6 +2,8 @@
 //! a JSON body (size-limited, strictly typed), a query string and a user
 //! id path segment.
 
+use std::task::Poll;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
@@ -57,9 +59,16 @@ impl<const MAX: usize> FromRequest<AppState> for BodyBytes<MAX> {
             )
         };
         let limit = state.body_timeout;
-        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
-            .await
-            .map_err(|_| {
+        let mut read = std::pin::pin!(Bytes::from_request(req, state));
+        // A small body almost always arrives with the headers, and hyper
+        // hands it over before the handler first runs: then the body is
+        // read in this first poll, and no timer is armed (a timer costs
+        // two clock reads and a timer-wheel entry per request). Only a
+        // body still on its way waits under the timeout.
+        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        let read = match first {
+            Poll::Ready(read) => read,
+            Poll::Pending => tokio::time::timeout(limit, read).await.map_err(|_| {
                 ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     Code::RequestTimeout,
@@ -68,7 +77,8 @@ impl<const MAX: usize> FromRequest<AppState> for BodyBytes<MAX> {
                         limit.as_millis()
                     ),
                 )
-            })?;
+            })?,
+        };
         let bytes = read.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
