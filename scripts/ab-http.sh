@@ -42,9 +42,9 @@ for R in $(seq 1 "$ROUNDS"); do
       [ "$S" = B ] && BIN=$B
       start "$BIN" "$M"
       consume "$WARMUP" >/dev/null
-      echo "10 000 users, $M|$S|$(consume "$DURATION")" >> "$WORK/raw"
+      echo "10 000 users, $M|$S|$(with_cpu "$PID" consume "$DURATION")" >> "$WORK/raw"
       bare "$WARMUP" >/dev/null
-      echo "bare route, $M|$S|$(bare "$DURATION")" >> "$WORK/raw"
+      echo "bare route, $M|$S|$(with_cpu "$PID" bare "$DURATION")" >> "$WORK/raw"
       stop
     done
   done
@@ -57,11 +57,15 @@ from wrk_runs import read, med, trailer
 raw, rounds, conns, duration, a, b = sys.argv[1:7]
 runs = read(raw)
 print(f"A = {a}, B = {b}; wrk -t2 -c{conns} -d{duration} after a warm-up, median of {rounds} interleaved rounds.\n")
-print("| workload | A | B | B / A |")
-print("|---|---|---|---|")
+print("CPU per request answered: the server's own (user + system), and in brackets the whole machine's busy time.\n")
+print("| workload | A | B | B / A | server CPU per request, A → B |")
+print("|---|---|---|---|---|")
 cell = lambda xs: f"{med(xs, 'rps'):,.0f} req/s, p99 {med(xs, 'p99'):.2f} ms"
 for work in dict.fromkeys(w for w, _ in runs):
     ra, rb = runs[(work, "A")], runs[(work, "B")]
-    print(f"| {work} | {cell(ra)} | {cell(rb)} | **{med(rb, 'rps') / med(ra, 'rps'):.2f}×** |")
+    ca, cb = med(ra, 'cpu'), med(rb, 'cpu')
+    print(f"| {work} | {cell(ra)} | {cell(rb)} | **{med(rb, 'rps') / med(ra, 'rps'):.2f}×** "
+          f"| {ca:.2f} → {cb:.2f} µs (**{cb / ca:.2f}×**) "
+          f"[{med(ra, 'busy'):.1f} → {med(rb, 'busy'):.1f}] |")
 print("\n".join(trailer(runs)))
 PY

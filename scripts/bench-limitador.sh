@@ -76,17 +76,17 @@ for R in $(seq 1 "$ROUNDS"); do
     echo "round $R: $T" >&2
     start "$T"
     load "$T" "$WARMUP" 10000 0 >/dev/null
-    record "10 000 users" "$T" "$(load "$T" "$DURATION" 10000 0)"
+    record "10 000 users" "$T" "$(with_cpu "$PID" load "$T" "$DURATION" 10000 0)"
     # Users in order first, so all 100 000 are touched before measuring.
     load "$T" "$WARMUP" 100000 1 >/dev/null
     load "$T" "$WARMUP" 100000 1 >/dev/null
-    record "100 000 users" "$T" "$(load "$T" "$DURATION" 100000 0)"
+    record "100 000 users" "$T" "$(with_cpu "$PID" load "$T" "$DURATION" 100000 0)"
     bare "$T" "$WARMUP" >/dev/null
-    record "bare route" "$T" "$(bare "$T" "$DURATION")"
+    record "bare route" "$T" "$(with_cpu "$PID" bare "$T" "$DURATION")"
     stop
     # Cold: a fresh server, every request a user it has never seen.
     start "$T"
-    record "cold users (first touch)" "$T" "$(load "$T" "$DURATION" 10000000 1)"
+    record "cold users (first touch)" "$T" "$(with_cpu "$PID" load "$T" "$DURATION" 10000000 1)"
     stop
   done
 done
@@ -110,6 +110,19 @@ for w in works:
     for m in modes:
         k = runs[(w, m)]
         cells.append(f"**{med(k, 'rps') / med(lim, 'rps'):.2f}×** ({med(k, 'rps'):,.0f}/s), p99 {med(k, 'p99'):.1f} ms")
+    L.append(f"| {w} | " + " | ".join(cells) + " |")
+L += ["", "CPU time per request answered, median of the rounds, in µs: the server's own "
+      "(user + system, every thread) of the whole machine's busy time (server, wrk, kernel). "
+      "The ratio is limitador-server's server time over usage-sync's (above 1: usage-sync "
+      "spends less):\n",
+      "| workload | limitador-server | usage-sync `none` | `batched` | `fsync` |",
+      "|---|---|---|---|---|"]
+for w in works:
+    lim = med(runs[(w, "limitador")], "cpu")
+    cells = [f"{lim:.1f} of {med(runs[(w, 'limitador')], 'busy'):.1f}"]
+    for m in modes:
+        c, b = med(runs[(w, m)], "cpu"), med(runs[(w, m)], "busy")
+        cells.append(f"{c:.1f} of {b:.1f} (**{lim / c:.2f}×**)" if c else "n/a")
     L.append(f"| {w} | " + " | ".join(cells) + " |")
 L += trailer(runs)
 open(out, "w").write("\n".join(L) + "\n")

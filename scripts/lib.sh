@@ -62,5 +62,33 @@ start_usage_sync() {
   wait_http "$PORT"
 }
 
+# cpu_us PID: the CPU time (user + system, all its threads) PID has used
+# so far, in microseconds.
+cpu_us() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d\n", ($14 + $15) * 1000000 / hz }' "/proc/$1/stat"; }
+
+# busy_us: the CPU time every core of the machine has spent not idle so
+# far (every process, the kernel's own work included), in microseconds.
+busy_us() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%d\n", ($2 + $3 + $4 + $7 + $8) * 1000000 / hz }' /proc/stat; }
+
+# with_cpu PID COMMAND...: runs COMMAND, which prints one RESULT line, and
+# adds to it the CPU time PID spent meanwhile per request answered
+# (server_cpu_ns=...), and the machine's (busy_cpu_ns=...: the server, the
+# load generator and everything else). The server's own cost of a
+# request is what the load generator sharing the cores blurs in
+# requests/s.
+with_cpu() {
+  local pid=$1 before after busy0 busy1 line n
+  shift
+  before=$(cpu_us "$pid")
+  busy0=$(busy_us)
+  line=$("$@")
+  after=$(cpu_us "$pid")
+  busy1=$(busy_us)
+  n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+  n=${n:-0}
+  [ "$n" -gt 0 ] || n=1
+  echo "$line server_cpu_ns=$(((after - before) * 1000 / n)) busy_cpu_ns=$(((busy1 - busy0) * 1000 / n))"
+}
+
 # stop: SIGTERM to PID, and wait for it.
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }

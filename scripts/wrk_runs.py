@@ -14,6 +14,12 @@ def read(path):
         runs.setdefault((work, server), []).append(dict(
             rps=int(d["requests"]) / (int(d["duration_us"]) / 1e6),
             p99=int(d["p99_us"]) / 1000,
+            # The server's CPU time per request, in µs, where the script
+            # measured it (scripts/lib.sh `with_cpu`).
+            cpu=int(d.get("server_cpu_ns", 0)) / 1000,
+            # Every core's busy time per request (server, load generator,
+            # kernel), in µs.
+            busy=int(d.get("busy_cpu_ns", 0)) / 1000,
             err=int(d["non2xx"]) + int(d["socket_errors"])))
     return runs
 
