@@ -33,9 +33,9 @@ fn parse(
 }
 
 /// The answer of `/v1/consume` (`deduplicated` given) and `/v1/check`
-/// (`None`): the fields of [`usage_sync_api::Decision`], written by hand into one
-/// buffer of about the right size (see [`push_decision`]; a test checks
-/// the bytes against the serde-derived shape).
+/// (`None`): the fields of [`usage_sync_api::Decision`], written by hand
+/// into one buffer of about the right size (see [`push_decision`]; a test
+/// checks the bytes against the serde-derived shape).
 fn decision_response(
     user: &UserId,
     kind: &Kind,
@@ -325,13 +325,12 @@ impl BatchWriter {
     }
 }
 
-/// The fields of a decision, `"allowed"` to `"period_start"`, in the order
-/// (and with the omissions) of [`usage_sync_api::Decision`]'s serde derive, without the
-/// braces: shared by `/v1/consume`, `/v1/check` and each result of
-/// `/v1/consume/batch`. Written by hand rather than derived: serde's
-/// escaping of every key and string and the formatting of each
-/// `period_start` into a `String` were a tenth of the server's CPU under
-/// batch ingest, and an allocation and a copy per single consume.
+/// The fields of a decision, `"allowed"` to `"period_start"`, in the
+/// order (and with the omissions) of [`usage_sync_api::Decision`]'s serde
+/// derive, without the braces: shared by `/v1/consume`, `/v1/check` and
+/// each result of `/v1/consume/batch`, for the reasons [`BatchWriter`]
+/// gives (on a single consume, serde's writer also cost an allocation
+/// for `period_start` and a copy).
 fn push_decision(
     b: &mut Vec<u8>,
     user: &str,
